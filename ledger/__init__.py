@@ -1,0 +1,1 @@
+"""The ledger: SQL models, verdict engine, costs, audit."""

@@ -1,0 +1,1 @@
+"""Alembic migrations of the docket ledger (shipped in the wheel; ``docket init`` runs them)."""

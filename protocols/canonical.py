@@ -1,0 +1,54 @@
+"""Canonical JSON of a validated protocol and its sha256.
+
+Canonical form: the validated model dumped in JSON mode with every default filled in, numbers
+normalised (a float with an integral value is written as an integer, ``-0.0`` as ``0``; other
+floats in Python's shortest round-trip repr; Decimals as strings of their normalised value), keys
+sorted, no whitespace, UTF-8. Comments, key order, quoting style and omitted defaults therefore do
+not change the hash; any change of a value does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from decimal import Decimal
+from typing import Any
+
+from protocols.schema import Protocol
+
+
+def _normalise(value: Any) -> Any:
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"non-finite number {value!r} cannot be part of a protocol")
+        if value == int(value) and abs(value) < 2**53:
+            return int(value)
+        return value
+    if isinstance(value, Decimal):
+        text = format(value.normalize(), "f")
+        return text
+    if isinstance(value, dict):
+        return {str(k): _normalise(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_normalise(v) for v in value]
+    return value
+
+
+def canonical_json(protocol: Protocol) -> str:
+    """The canonical JSON text (see module docstring)."""
+    data = protocol.model_dump(mode="python")
+    return json.dumps(
+        _normalise(data), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+
+
+def protocol_sha256(protocol: Protocol) -> str:
+    """Hex sha256 of the UTF-8 canonical JSON."""
+    return hashlib.sha256(canonical_json(protocol).encode("utf-8")).hexdigest()
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()

@@ -1,0 +1,223 @@
+"""Checks that need more than one section of a protocol: names that must refer to something.
+
+Each problem is ``(path, message)``; the loader turns paths into lines.
+"""
+
+from __future__ import annotations
+
+from protocols.schema import (
+    CombinationRule,
+    NonInferiorityRule,
+    Protocol,
+    RegimeWinsRule,
+    ThresholdRule,
+)
+
+Problem = tuple[tuple[str | int, ...], str]
+
+
+def _one_of(name: str, allowed: list[str] | set[str]) -> str:
+    shown = ", ".join(sorted(allowed)) if allowed else "(none declared)"
+    return f"expected one of: {shown}; found {name!r}"
+
+
+def _check_jobs(protocol: Protocol) -> list[Problem]:
+    problems: list[Problem] = []
+    names: dict[str, int] = {}
+    for i, job in enumerate(protocol.jobs):
+        if job.name in names:
+            problems.append(
+                (
+                    ("jobs", i, "name"),
+                    f"duplicate job name {job.name!r} (also jobs[{names[job.name]}])",
+                )
+            )
+        names.setdefault(job.name, i)
+    for i, job in enumerate(protocol.jobs):
+        for j, dep in enumerate(job.after):
+            if dep not in names:
+                problems.append(
+                    (("jobs", i, "after", j), "unknown job: " + _one_of(dep, set(names)))
+                )
+            elif dep == job.name:
+                problems.append((("jobs", i, "after", j), "a job cannot run after itself"))
+    if problems:
+        return problems
+    # cycle detection (depth-first, colouring)
+    graph = {job.name: job.after for job in protocol.jobs}
+    state: dict[str, int] = {}
+
+    def visit(node: str, trail: list[str]) -> list[str] | None:
+        state[node] = 1
+        for dep in graph[node]:
+            if state.get(dep) == 1:
+                return trail + [node, dep]
+            if state.get(dep) is None:
+                found = visit(dep, trail + [node])
+                if found:
+                    return found
+        state[node] = 2
+        return None
+
+    for name in graph:
+        if state.get(name) is None:
+            cycle = visit(name, [])
+            if cycle:
+                problems.append(
+                    (("jobs", names[name], "after"), "dependency cycle: " + " -> ".join(cycle))
+                )
+                break
+    return problems
+
+
+def cross_check(protocol: Protocol) -> list[Problem]:
+    """Every cross-reference problem of a schema-valid protocol (empty list = consistent)."""
+    problems: list[Problem] = []
+    signals = set(protocol.signals)
+    groups = set(protocol.groups)
+    jobs = {job.name for job in protocol.jobs}
+    hyp_ids = [h.id for h in protocol.hypotheses]
+    rules = set(protocol.decision_rules)
+
+    seen: set[str] = set()
+    for i, hyp in enumerate(protocol.hypotheses):
+        if hyp.id in seen:
+            problems.append((("hypotheses", i, "id"), f"duplicate hypothesis id {hyp.id!r}"))
+        seen.add(hyp.id)
+        if hyp.rule not in rules:
+            problems.append(
+                (("hypotheses", i, "rule"), "unknown decision rule: " + _one_of(hyp.rule, rules))
+            )
+    if protocol.primary is not None and protocol.primary not in seen:
+        problems.append((("primary",), "unknown hypothesis: " + _one_of(protocol.primary, seen)))
+    if len(set(protocol.groups)) != len(protocol.groups):
+        problems.append((("groups",), "groups must be unique"))
+
+    if protocol.labels is not None and protocol.labels.source == "regime":
+        ref = protocol.labels.reference
+        if ref is None:
+            problems.append((("labels", "reference"), "source: regime needs a reference group"))
+        elif ref not in groups:
+            problems.append((("labels", "reference"), "unknown group: " + _one_of(ref, groups)))
+
+    for name, rule in protocol.decision_rules.items():
+        base = ("decision_rules", name)
+        if rule.kind != "all_of" and rule.kind != "any_of" and getattr(rule, "job", None):
+            if rule.job not in jobs:  # type: ignore[union-attr]
+                problems.append((base + ("job",), "unknown job: " + _one_of(rule.job, jobs)))  # type: ignore[union-attr]
+        if isinstance(rule, RegimeWinsRule):
+            if protocol.labels is None:
+                problems.append((base, "a regime_wins rule needs a top-level labels: section"))
+            if not protocol.groups:
+                problems.append((base, "a regime_wins rule needs the protocol's groups"))
+            for j, cand in enumerate(rule.candidates):
+                if cand not in signals:
+                    problems.append(
+                        (base + ("candidates", j), "unknown signal: " + _one_of(cand, signals))
+                    )
+            baselines = protocol.baselines_for(rule)
+            if not baselines:
+                problems.append(
+                    (
+                        base + ("baselines",),
+                        "no baseline: list baselines or mark a signal role: baseline",
+                    )
+                )
+            for j, b in enumerate(rule.baselines or []):
+                if b not in signals:
+                    problems.append(
+                        (base + ("baselines", j), "unknown signal: " + _one_of(b, signals))
+                    )
+                if b in rule.candidates:
+                    problems.append(
+                        (base + ("baselines", j), f"{b!r} is both candidate and baseline")
+                    )
+            if "PROVEN" not in rule.verdicts or "DISPROVEN" not in rule.verdicts:
+                problems.append(
+                    (base + ("verdicts",), "verdicts must define at least PROVEN and DISPROVEN")
+                )
+            for verdict, cond in rule.verdicts.items():
+                if cond.min_wins is None and cond.max_wins is None and not cond.require_any_of:
+                    problems.append(
+                        (base + ("verdicts", verdict), "state min_wins, max_wins or require_any_of")
+                    )
+                for j, g in enumerate(cond.require_any_of):
+                    if g not in groups:
+                        problems.append(
+                            (
+                                base + ("verdicts", verdict, "require_any_of", j),
+                                "unknown group: " + _one_of(g, groups),
+                            )
+                        )
+        elif isinstance(rule, ThresholdRule):
+            if rule.statistic in ("mean", "auroc"):
+                if rule.signal is None:
+                    problems.append(
+                        (base + ("signal",), f"statistic {rule.statistic} needs a signal")
+                    )
+                elif rule.signal not in signals:
+                    problems.append(
+                        (base + ("signal",), "unknown signal: " + _one_of(rule.signal, signals))
+                    )
+                if rule.statistic == "auroc" and protocol.labels is None:
+                    problems.append((base, "statistic auroc needs a top-level labels: section"))
+            if rule.statistic == "metric" and rule.metric is None:
+                problems.append((base + ("metric",), "statistic metric needs a metric name"))
+        elif isinstance(rule, NonInferiorityRule):
+            if rule.signal not in signals:
+                problems.append(
+                    (base + ("signal",), "unknown signal: " + _one_of(rule.signal, signals))
+                )
+            for key in ("candidate_job", "reference_job"):
+                value = getattr(rule, key)
+                if value not in jobs:
+                    problems.append((base + (key,), "unknown job: " + _one_of(value, jobs)))
+            if rule.statistic == "auroc" and protocol.labels is None:
+                problems.append((base, "statistic auroc needs a top-level labels: section"))
+        elif isinstance(rule, CombinationRule):
+            for j, h in enumerate(rule.of):
+                if h not in hyp_ids:
+                    problems.append(
+                        (base + ("of", j), "unknown hypothesis: " + _one_of(h, set(hyp_ids)))
+                    )
+
+    # combination rules must not refer to themselves through their hypotheses
+    rule_of_hyp = {h.id: h.rule for h in protocol.hypotheses}
+    for i, hyp in enumerate(protocol.hypotheses):
+        stack, seen_h = [hyp.id], set()
+        while stack:
+            current = stack.pop()
+            rule = protocol.decision_rules.get(rule_of_hyp.get(current, ""))
+            if isinstance(rule, CombinationRule):
+                for h in rule.of:
+                    if h == hyp.id:
+                        problems.append(
+                            (("hypotheses", i, "rule"), f"hypothesis {hyp.id!r} depends on itself")
+                        )
+                        stack = []
+                        break
+                    if h not in seen_h:
+                        seen_h.add(h)
+                        stack.append(h)
+
+    for name, metric in protocol.metrics.items():
+        from protocols.expr import ExprError, parse_expr
+
+        try:
+            parsed = parse_expr(metric.expr)
+        except ExprError as exc:
+            problems.append((("metrics", name, "expr"), str(exc)))
+            continue
+        for k, example in enumerate(metric.sign_check):
+            for side in ("better", "worse"):
+                missing = parsed.names - set(getattr(example, side))
+                if missing:
+                    problems.append(
+                        (
+                            ("metrics", name, "sign_check", k, side),
+                            f"missing values for {', '.join(sorted(missing))} used by expr",
+                        )
+                    )
+
+    problems.extend(_check_jobs(protocol))
+    return problems

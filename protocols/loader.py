@@ -1,0 +1,235 @@
+"""Reading a protocol file: safe YAML with lines -> schema -> cross-references.
+
+Every problem found is reported at once as ``FILE:LINE: field.path: what was expected, what was
+found`` (:class:`protocols.errors.ProtocolErrors`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from protocols.canonical import canonical_json, protocol_sha256
+from protocols.crosscheck import cross_check
+from protocols.errors import ProtocolError, ProtocolErrors
+from protocols.schema import Protocol
+from protocols.yaml_lines import YamlProblem, line_for, load_with_lines
+
+MAX_BYTES = 2_000_000
+
+
+@dataclass(frozen=True)
+class LoadedProtocol:
+    """A validated protocol with its source text, canonical JSON and sha256."""
+
+    protocol: Protocol
+    source: str
+    yaml_text: str
+    canonical: str
+    sha256: str
+
+
+def _dotted(path: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _found(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _allowed_keys(model: type[BaseModel] | None) -> list[str]:
+    return sorted(model.model_fields) if model is not None else []
+
+
+def _model_at(path: tuple[str | int, ...], data: Any) -> type[BaseModel] | None:
+    """The pydantic model class that validates the mapping at ``path`` (best effort)."""
+    from typing import get_args, get_origin
+
+    from protocols import schema
+
+    model: Any = Protocol
+    node = data
+    for part in path:
+        if model is None:
+            return None
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            field = model.model_fields.get(str(part))
+            if field is None:
+                return None
+            model = field.annotation
+            node = node.get(part) if isinstance(node, dict) else None
+            continue
+        # containers: unwrap list[...] / dict[..., X] / unions / Annotated
+        origin = get_origin(model)
+        args = [a for a in get_args(model) if a is not type(None)]
+        if origin in (list, dict) and args:
+            model = args[-1]
+            node = node[part] if isinstance(node, list | dict) and _has(node, part) else None
+        else:
+            return None
+        model = _unwrap(model, node, schema)
+    model = _unwrap(model, node, schema)
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _has(node: Any, part: Any) -> bool:
+    if isinstance(node, list):
+        return isinstance(part, int) and 0 <= part < len(node)
+    return part in node
+
+
+def _unwrap(model: Any, node: Any, schema: Any) -> Any:
+    from typing import Annotated, Union, get_args, get_origin
+
+    for _ in range(5):
+        origin = get_origin(model)
+        if origin is Annotated:
+            model = get_args(model)[0]
+        elif origin is Union or str(origin) == "<class 'types.UnionType'>":
+            options = [a for a in get_args(model) if a is not type(None)]
+            if isinstance(node, dict) and "kind" in node:
+                for option in options:
+                    if isinstance(option, type) and issubclass(option, BaseModel):
+                        kind = option.model_fields.get("kind")
+                        if kind is not None and node["kind"] in get_args(kind.annotation):
+                            return option
+            models = [o for o in options if isinstance(o, type) and issubclass(o, BaseModel)]
+            model = models[0] if len(models) == 1 else (options[0] if len(options) == 1 else None)
+        else:
+            break
+    return model
+
+
+def _format_validation(
+    exc: ValidationError, data: Any, lines: dict, source: str
+) -> list[ProtocolError]:
+    errors: list[ProtocolError] = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(err["loc"])
+        # drop discriminator tags pydantic inserts into locations ("regime_wins", "function-after")
+        clean: list[str | int] = []
+        node = data
+        for part in loc:
+            if isinstance(node, dict) and part in node:
+                clean.append(part)
+                node = node[part]
+            elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+                clean.append(part)
+                node = node[part]
+            elif err["type"] in ("missing", "extra_forbidden") and part == loc[-1]:
+                clean.append(part)
+        path = tuple(clean)
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            allowed = _allowed_keys(_model_at(path[:-1], data))
+            message = f"unknown key {path[-1]!r}; expected one of: {', '.join(allowed)}"
+        elif kind == "missing":
+            message = f"required field {path[-1]!r} is missing"
+        elif kind == "union_tag_invalid" or kind == "union_tag_not_found":
+            message = (
+                "kind: expected one of regime_wins, threshold, non_inferiority, all_of, any_of; "
+                f"found {_found(err.get('input', {}).get('kind') if isinstance(err.get('input'), dict) else err.get('input'))}"
+            )
+        else:
+            message = f"{err['msg']}; found {_found(err.get('input'))}"
+        errors.append(ProtocolError(source, line_for(lines, path), _dotted(path), message))
+    return errors
+
+
+def load_protocol_text(text: str, source: str = "<protocol>") -> LoadedProtocol:
+    """Validate protocol YAML text; raise :class:`ProtocolErrors` listing every problem."""
+    if not text.strip():
+        raise ProtocolErrors(
+            [ProtocolError(source, 1, "", "the file is empty; expected a protocol mapping")]
+        )
+    try:
+        data, lines = load_with_lines(text)
+    except YamlProblem as problem:
+        raise ProtocolErrors(
+            [ProtocolError(source, problem.line, _dotted(problem.path), problem.message)]
+        ) from None
+    if not isinstance(data, dict):
+        raise ProtocolErrors(
+            [
+                ProtocolError(
+                    source,
+                    1,
+                    "",
+                    f"expected a mapping of protocol fields, found {type(data).__name__}",
+                )
+            ]
+        )
+    try:
+        protocol = Protocol.model_validate(data)
+    except ValidationError as exc:
+        raise ProtocolErrors(_format_validation(exc, data, lines, source)) from None
+    problems = cross_check(protocol)
+    if problems:
+        raise ProtocolErrors(
+            [
+                ProtocolError(source, line_for(lines, path), _dotted(path), msg)
+                for path, msg in problems
+            ]
+        )
+    return LoadedProtocol(
+        protocol, source, text, canonical_json(protocol), protocol_sha256(protocol)
+    )
+
+
+def load_protocol_file(path: str | Path) -> LoadedProtocol:
+    """Read and validate a protocol file; unreadable, binary or huge files are clear errors."""
+    path = Path(path)
+    source = str(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ProtocolErrors([ProtocolError(source, None, "", "file not found")]) from None
+    except IsADirectoryError:
+        raise ProtocolErrors(
+            [ProtocolError(source, None, "", "is a directory, expected a YAML file")]
+        ) from None
+    except OSError as exc:
+        raise ProtocolErrors(
+            [ProtocolError(source, None, "", f"cannot read: {exc.strerror}")]
+        ) from None
+    if len(raw) > MAX_BYTES:
+        raise ProtocolErrors(
+            [
+                ProtocolError(
+                    source, None, "", f"file is {len(raw)} bytes; a protocol is at most {MAX_BYTES}"
+                )
+            ]
+        )
+    if b"\x00" in raw:
+        raise ProtocolErrors(
+            [
+                ProtocolError(
+                    source, 1, "", "binary data (NUL bytes); expected a UTF-8 YAML text file"
+                )
+            ]
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ProtocolErrors(
+            [
+                ProtocolError(
+                    source,
+                    line,
+                    "",
+                    f"not valid UTF-8 at byte {exc.start}; expected a UTF-8 YAML text file",
+                )
+            ]
+        ) from None
+    return load_protocol_text(text, source)

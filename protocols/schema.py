@@ -1,0 +1,230 @@
+"""The protocol schema (pydantic v2). Every field is documented in docs/protocol.md.
+
+Unknown keys are errors everywhere (``extra="forbid"``): a typo must never pass silently.
+Cross-references between sections (a rule naming a signal, a job naming its dependencies, ...) are
+checked by :func:`protocols.crosscheck.cross_check`, which reports paths so errors carry lines.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+Identifier = Annotated[
+    str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_.\-]*$", min_length=1, max_length=100)
+]
+ProtocolId = Annotated[
+    str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9\-_.]*$", min_length=1, max_length=100)
+]
+VerdictName = Literal["PROVEN", "PARTIAL", "DISPROVEN"]
+Probability = Annotated[float, Field(gt=0.0, lt=1.0)]
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=False)
+
+
+class Hypothesis(StrictModel):
+    """A claim, decided by one named decision rule."""
+
+    id: Identifier
+    statement: str = Field(min_length=1)
+    rule: Identifier
+
+
+class SignalSpec(StrictModel):
+    """A per-sample signal and what a HIGH value of it means.
+
+    ``higher_means: positive`` = a high value points to the label's positive class (failure / OOD);
+    ``negative`` = a high value points away from it (a confidence). AUROCs are computed on the
+    oriented score (the value, or minus the value for ``negative``); never auto-flipped.
+    """
+
+    higher_means: Literal["positive", "negative"]
+    role: Literal["candidate", "baseline", "diagnostic"] = "candidate"
+    description: str | None = None
+    polarity_override_reason: str | None = None
+
+
+class LabelSpec(StrictModel):
+    """Where the binary label of a sample comes from.
+
+    ``judged``: each sample carries its own 0/1 label (e.g. the judged failure of a generation).
+    ``regime``: the group decides; samples of ``reference`` are the negatives, and each other group
+    is compared with the reference (its samples are the positives).
+    """
+
+    source: Literal["judged", "regime"]
+    positive: str = "positive"
+    negative: str | None = None
+    reference: str | None = None
+
+
+class CISpec(StrictModel):
+    """How a confidence interval is computed. ``seed`` makes every resample reproducible."""
+
+    method: Literal["paired_bootstrap", "delong"] = "paired_bootstrap"
+    level: Probability = 0.95
+    resamples: Annotated[int, Field(ge=100, le=1_000_000)] = 10_000
+    seed: int = 0
+
+
+class VerdictThreshold(StrictModel):
+    """Win-count conditions for one verdict of a ``regime_wins`` rule (all stated ones must hold)."""
+
+    min_wins: Annotated[int, Field(ge=0)] | None = None
+    max_wins: Annotated[int, Field(ge=0)] | None = None
+    require_any_of: list[Identifier] = Field(default_factory=list)
+
+
+class RegimeWinsRule(StrictModel):
+    """Per group: each candidate vs the best baseline; a win needs delta >= margin and a CI of the
+    delta that excludes 0. A group is won if any candidate (the family) wins there. Verdicts are
+    tried in the order PROVEN, PARTIAL, DISPROVEN; the first whose conditions hold is returned."""
+
+    kind: Literal["regime_wins"]
+    metric: Literal["auroc"] = "auroc"
+    candidates: list[Identifier] = Field(min_length=1)
+    baselines: list[Identifier] | None = None
+    margin: float = Field(ge=0.0, le=1.0)
+    ci: CISpec = Field(default_factory=CISpec)
+    best_baseline: Literal["fixed", "per_resample"] = "fixed"
+    job: Identifier | None = None
+    verdicts: dict[VerdictName, VerdictThreshold]
+
+
+class ThresholdRule(StrictModel):
+    """A scalar statistic with a CI against a bound: the CI's far side past the bound -> PROVEN,
+    only the point estimate past it -> PARTIAL, else DISPROVEN.
+
+    ``statistic: mean`` = mean of ``signal`` over samples (bootstrap CI over samples);
+    ``auroc`` = pooled AUROC of ``signal`` (stratified bootstrap CI);
+    ``metric`` = a scalar metric a job recorded (its recorded CI if any, else point only)."""
+
+    kind: Literal["threshold"]
+    statistic: Literal["mean", "auroc", "metric"]
+    signal: Identifier | None = None
+    metric: Identifier | None = None
+    job: Identifier | None = None
+    op: Literal[">=", ">", "<=", "<"] = ">="
+    bound: float
+    ci: CISpec = Field(default_factory=CISpec)
+
+
+class NonInferiorityRule(StrictModel):
+    """Candidate job's statistic is no worse than the reference job's by more than ``margin``:
+    CI of (candidate - reference), oriented so higher is better, entirely above -margin -> PROVEN;
+    point estimate only -> PARTIAL; else DISPROVEN."""
+
+    kind: Literal["non_inferiority"]
+    statistic: Literal["mean", "auroc"]
+    signal: Identifier
+    candidate_job: Identifier
+    reference_job: Identifier
+    margin: float = Field(ge=0.0)
+    higher_is_better: bool = True
+    ci: CISpec = Field(default_factory=CISpec)
+
+
+class CombinationRule(StrictModel):
+    """``all_of``: PROVEN iff every listed hypothesis is PROVEN, DISPROVEN if any is DISPROVEN.
+    ``any_of``: PROVEN if any is PROVEN, DISPROVEN iff all are DISPROVEN. Otherwise INCONCLUSIVE
+    when a listed hypothesis is INCONCLUSIVE, else PARTIAL."""
+
+    kind: Literal["all_of", "any_of"]
+    of: list[Identifier] = Field(min_length=1)
+
+
+DecisionRule = Annotated[
+    RegimeWinsRule | ThresholdRule | NonInferiorityRule | CombinationRule,
+    Field(discriminator="kind"),
+]
+
+
+class SignCheckExample(StrictModel):
+    """Raw inputs for which ``better`` must score better than ``worse`` under the direction."""
+
+    better: dict[Identifier, float]
+    worse: dict[Identifier, float]
+
+
+class DerivedMetric(StrictModel):
+    """A scalar metric derived from raw quantities by a safe arithmetic expression."""
+
+    expr: str = Field(min_length=1)
+    direction: Literal["higher_is_better", "lower_is_better"]
+    sign_check: list[SignCheckExample] = Field(default_factory=list)
+
+
+class JobSpec(StrictModel):
+    """A job the runners execute: its kind, dependencies, knobs and resources."""
+
+    name: Identifier
+    kind: Identifier
+    after: list[Identifier] = Field(default_factory=list)
+    params: dict[str, Any] = Field(default_factory=dict)
+    hardware: Identifier = "cpu"
+    num_cpus: Annotated[float, Field(gt=0)] = 1.0
+    num_gpus: Annotated[float, Field(ge=0)] = 0.0
+    estimate_seconds: Annotated[float, Field(gt=0)] | None = None
+    seed: int | None = None
+    description: str | None = None
+
+
+class Budget(StrictModel):
+    """Spending cap in US dollars, enforced before each job starts."""
+
+    usd: Decimal = Field(ge=0, max_digits=12, decimal_places=6)
+
+    @field_validator("usd", mode="before")
+    @classmethod
+    def _exact(cls, value: Any) -> Any:
+        # YAML gives 5.00 as a float; str() of it is exact for any amount a human writes.
+        return Decimal(str(value)) if isinstance(value, float) else value
+
+
+class Claim(StrictModel):
+    """A headline number bound to a job's metric; ``docket reproduce`` re-derives it."""
+
+    job: Identifier
+    metric: Identifier
+    expected: float
+    tolerance: float = Field(ge=0.0)
+    description: str | None = None
+
+
+class Protocol(StrictModel):
+    """A pre-registered experiment (see docs/protocol.md for every field)."""
+
+    docket: Literal[1]
+    id: ProtocolId
+    title: str = Field(min_length=1)
+    description: str | None = None
+    authors: list[str] = Field(default_factory=list)
+    seed: int = 0
+    hypotheses: list[Hypothesis] = Field(min_length=1)
+    primary: Identifier | None = None
+    signals: dict[Identifier, SignalSpec] = Field(default_factory=dict)
+    labels: LabelSpec | None = None
+    groups: list[Identifier] = Field(default_factory=list)
+    decision_rules: dict[Identifier, DecisionRule] = Field(min_length=1)
+    metrics: dict[Identifier, DerivedMetric] = Field(default_factory=dict)
+    jobs: list[JobSpec] = Field(default_factory=list)
+    budget: Budget | None = None
+    claims: dict[Identifier, Claim] = Field(default_factory=dict)
+
+    def job(self, name: str) -> JobSpec:
+        for job in self.jobs:
+            if job.name == name:
+                return job
+        raise KeyError(name)
+
+    def primary_hypothesis(self) -> str:
+        return self.primary or self.hypotheses[0].id
+
+    def baselines_for(self, rule: RegimeWinsRule) -> list[str]:
+        if rule.baselines is not None:
+            return list(rule.baselines)
+        return [name for name, spec in self.signals.items() if spec.role == "baseline"]

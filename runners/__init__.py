@@ -1,0 +1,1 @@
+"""Runners: models, data and jobs that produce observations for a frozen protocol."""
