@@ -25,7 +25,7 @@ def signal_registry() -> dict[str, str]:
 
 
 def run_sign_check(protocol: Protocol) -> dict[str, Any]:
-    from protocols.signcheck import sign_check
+    from ledger.signcheck import sign_check
 
     return sign_check(protocol, registry=signal_registry())
 
@@ -100,7 +100,7 @@ def signcheck_cmd(env: Env, protocol_id: str, as_json: bool) -> None:
 def simulate_cmd(env: Env, protocol_id: str, n_sims: int, plot: Path | None, as_json: bool) -> None:
     """Power curve: probability of each verdict against the true AUROC gap, and the PROVEN rate
     when there is no effect."""
-    from protocols.simulate import plot_simulation, simulate_protocol
+    from ledger.simulate import plot_simulation, simulate_protocol
 
     with env.ledger().session() as session:
         protocol = store.parse_row(store.latest(session, protocol_id))
