@@ -64,7 +64,7 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON i
 
 
 def console() -> Console:
-    return Console(highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else 120)
+    return Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 120)
 
 
 def print_json(data: Any) -> None:
