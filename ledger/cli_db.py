@@ -30,7 +30,7 @@ def db_group() -> None:
 @pass_env
 def db_upgrade(env: Env, revision: str, as_json: bool) -> None:
     """Migrate the ledger's schema (back it up first)."""
-    engine = make_engine(env.db_url)
+    engine = make_engine(env.db_url, create=True)
     before = current_revision(engine)
     upgrade(engine, revision)
     after = current_revision(engine)

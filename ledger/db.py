@@ -57,6 +57,9 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor = dbapi_conn.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA foreign_keys=ON")
+        # REPLACE conflict resolution deletes rows without firing DELETE triggers unless this is on:
+        # without it `INSERT OR REPLACE` could overwrite a frozen protocol or a verdict.
+        cursor.execute("PRAGMA recursive_triggers=ON")
         cursor.execute("PRAGMA busy_timeout=60000")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
@@ -66,8 +69,11 @@ def _configure_sqlite(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def make_engine(url: str | None = None) -> Engine:
-    """Create an engine for ``url`` (see module docstring); raise :class:`LedgerError` on a bad URL."""
+def make_engine(url: str | None = None, *, create: bool = False) -> Engine:
+    """Create an engine for ``url`` (see module docstring); raise :class:`LedgerError` on a bad URL.
+
+    A SQLite file that does not exist is refused unless ``create`` (``docket init``): read
+    commands never create files or directories."""
     url = resolve_url(url)
     try:
         parsed = make_url(url)
@@ -85,7 +91,11 @@ def make_engine(url: str | None = None) -> Engine:
         if backend == "sqlite":
             database = parsed.database
             if database and database != ":memory:":
-                Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+                path = Path(database).expanduser()
+                if create:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                elif not path.exists():
+                    raise LedgerError(f"no docket ledger at {path}: run `docket init` first")
             engine = create_engine(parsed, connect_args={"timeout": 60, "check_same_thread": False})
             _configure_sqlite(engine)
         else:
@@ -190,7 +200,7 @@ def open_ledger(url: str | None = None, *, check: bool = True) -> Ledger:
 
 def init_ledger(url: str | None = None) -> Ledger:
     """Create or upgrade the ledger to head and open it."""
-    engine = make_engine(url)
+    engine = make_engine(url, create=True)
     current_revision(engine)  # connection check with a clear message
     upgrade(engine)
     return Ledger(engine, sessionmaker(engine, expire_on_commit=False))

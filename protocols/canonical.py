@@ -3,12 +3,15 @@
 Canonical form: the validated model dumped in JSON mode with every default filled in, numbers
 normalised (a float with an integral value is written as an integer, ``-0.0`` as ``0``; other
 floats in Python's shortest round-trip repr; Decimals as strings of their normalised value), keys
-sorted, no whitespace, UTF-8. Comments, key order, quoting style and omitted defaults therefore do
-not change the hash; any change of a value does.
+sorted, no whitespace, UTF-8. Derived-metric expressions are written in one spelling
+(``ast.unparse``: ``a-b``, ``a - b`` and ``(a - b)`` are the same expression). Comments, key order,
+quoting style, omitted defaults and expression spacing therefore do not change the hash; any change
+of a value does.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import math
@@ -37,9 +40,18 @@ def _normalise(value: Any) -> Any:
     return value
 
 
+def _expression(source: str) -> str:
+    try:
+        return ast.unparse(ast.parse(source.strip(), mode="eval"))
+    except SyntaxError:  # the loader refuses these; keep the text if called on an unchecked model
+        return source
+
+
 def canonical_json(protocol: Protocol) -> str:
     """The canonical JSON text (see module docstring)."""
     data = protocol.model_dump(mode="python")
+    for metric in data.get("metrics", {}).values():
+        metric["expr"] = _expression(metric["expr"])
     return json.dumps(
         _normalise(data), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
     )

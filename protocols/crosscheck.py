@@ -5,6 +5,7 @@ Each problem is ``(path, message)``; the loader turns paths into lines.
 
 from __future__ import annotations
 
+from protocols.errors import did_you_mean
 from protocols.schema import (
     CombinationRule,
     NonInferiorityRule,
@@ -18,7 +19,7 @@ Problem = tuple[tuple[str | int, ...], str]
 
 def _one_of(name: str, allowed: list[str] | set[str]) -> str:
     shown = ", ".join(sorted(allowed)) if allowed else "(none declared)"
-    return f"expected one of: {shown}; found {name!r}"
+    return f"expected one of: {shown}; found {name!r}{did_you_mean(name, allowed)}"
 
 
 def _check_jobs(protocol: Protocol) -> list[Problem]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 
 
@@ -26,3 +27,9 @@ class ProtocolErrors(Exception):
     def __init__(self, errors: list[ProtocolError]) -> None:
         self.errors = errors
         super().__init__("\n".join(str(e) for e in errors))
+
+
+def did_you_mean(name: str, options: list[str] | set[str]) -> str:
+    """``" (did you mean 'x'?)"`` for the option closest to a misspelt ``name``, else ``""``."""
+    close = difflib.get_close_matches(str(name), sorted(options), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -97,7 +97,7 @@ def _eval(node: ast.expr, values: Mapping[str, float]) -> float:
 def parse_expr(source: str) -> Expr:
     """Parse and whitelist-check ``source``; raise :class:`ExprError` naming what is refused."""
     try:
-        tree = ast.parse(source, mode="eval").body
+        tree = ast.parse(source.strip(), mode="eval").body
     except SyntaxError as exc:
         raise ExprError(f"not a valid expression: {source!r} ({exc.msg})") from None
     names: set[str] = set()

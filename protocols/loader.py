@@ -6,6 +6,7 @@ found`` (:class:`protocols.errors.ProtocolErrors`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 
 from protocols.canonical import canonical_json, protocol_sha256
 from protocols.crosscheck import cross_check
-from protocols.errors import ProtocolError, ProtocolErrors
+from protocols.errors import ProtocolError, ProtocolErrors, did_you_mean
 from protocols.schema import Protocol
 from protocols.yaml_lines import YamlProblem, line_for, load_with_lines
 
@@ -49,6 +50,34 @@ def _found(value: Any) -> str:
 
 def _allowed_keys(model: type[BaseModel] | None) -> list[str]:
     return sorted(model.model_fields) if model is not None else []
+
+
+_KINDS = "regime_wins, threshold, non_inferiority, all_of, any_of"
+
+
+def _describe_type(value: Any) -> str:
+    if value is None:
+        return "nothing (the file holds no YAML value, only comments or ~)"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return f"a string {_found(value)}"
+    return f"{type(value).__name__} {_found(value)}"
+
+
+def _non_finite(data: Any, path: tuple[str | int, ...] = ()) -> list[tuple[str | int, ...]]:
+    """Paths of every NaN or infinite number (YAML .nan / .inf) in the parsed document."""
+    if isinstance(data, float):
+        return [] if math.isfinite(data) else [path]
+    if isinstance(data, dict):
+        return [p for key, value in data.items() for p in _non_finite(value, path + (key,))]
+    if isinstance(data, list):
+        return [p for i, value in enumerate(data) for p in _non_finite(value, path + (i,))]
+    return []
+
+
+def _by_line(errors: list[ProtocolError]) -> list[ProtocolError]:
+    return sorted(errors, key=lambda e: e.line if e.line is not None else 0)
 
 
 def _model_at(path: tuple[str | int, ...], data: Any) -> type[BaseModel] | None:
@@ -132,14 +161,22 @@ def _format_validation(
         kind = err["type"]
         if kind == "extra_forbidden":
             allowed = _allowed_keys(_model_at(path[:-1], data))
-            message = f"unknown key {path[-1]!r}; expected one of: {', '.join(allowed)}"
+            message = (
+                f"unknown key {path[-1]!r}{did_you_mean(str(path[-1]), allowed)}; "
+                f"expected one of: {', '.join(allowed)}"
+            )
         elif kind == "missing":
             message = f"required field {path[-1]!r} is missing"
-        elif kind == "union_tag_invalid" or kind == "union_tag_not_found":
+        elif kind == "union_tag_invalid":
+            # point at the `kind:` line, not at the rule's name
+            given = err.get("input", {}).get("kind") if isinstance(err.get("input"), dict) else None
+            path = path + ("kind",)
             message = (
-                "kind: expected one of regime_wins, threshold, non_inferiority, all_of, any_of; "
-                f"found {_found(err.get('input', {}).get('kind') if isinstance(err.get('input'), dict) else err.get('input'))}"
+                f"unknown rule kind{did_you_mean(str(given), _KINDS.split(', '))}; "
+                f"expected one of: {_KINDS}; found {_found(given)}"
             )
+        elif kind == "union_tag_not_found":
+            message = f"required field 'kind' is missing; expected one of: {_KINDS}"
         else:
             message = f"{err['msg']}; found {_found(err.get('input'))}"
         errors.append(ProtocolError(source, line_for(lines, path), _dotted(path), message))
@@ -165,21 +202,36 @@ def load_protocol_text(text: str, source: str = "<protocol>") -> LoadedProtocol:
                     source,
                     1,
                     "",
-                    f"expected a mapping of protocol fields, found {type(data).__name__}",
+                    f"expected a mapping of protocol fields (docket: 1, id: ...), "
+                    f"found {_describe_type(data)}",
                 )
             ]
         )
+    # NaN / infinity would make verdicts and the canonical hash meaningless: refuse them anywhere.
+    bad_numbers = _non_finite(data)
+    errors = [
+        ProtocolError(
+            source, line_for(lines, path), _dotted(path), "expected a finite number, found NaN/inf"
+        )
+        for path in bad_numbers
+    ]
     try:
         protocol = Protocol.model_validate(data)
     except ValidationError as exc:
-        raise ProtocolErrors(_format_validation(exc, data, lines, source)) from None
+        shown = {e.path for e in errors}
+        errors += [e for e in _format_validation(exc, data, lines, source) if e.path not in shown]
+        raise ProtocolErrors(_by_line(errors)) from None
+    if errors:
+        raise ProtocolErrors(_by_line(errors))
     problems = cross_check(protocol)
     if problems:
         raise ProtocolErrors(
-            [
-                ProtocolError(source, line_for(lines, path), _dotted(path), msg)
-                for path, msg in problems
-            ]
+            _by_line(
+                [
+                    ProtocolError(source, line_for(lines, path), _dotted(path), msg)
+                    for path, msg in problems
+                ]
+            )
         )
     return LoadedProtocol(
         protocol, source, text, canonical_json(protocol), protocol_sha256(protocol)

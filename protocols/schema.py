@@ -72,7 +72,7 @@ class CISpec(StrictModel):
 
 
 class VerdictThreshold(StrictModel):
-    """Win-count conditions for one verdict of a ``regime_wins`` rule (all stated ones must hold)."""
+    """Win-count conditions for one verdict of a ``regime_wins`` rule (all stated must hold)."""
 
     min_wins: Annotated[int, Field(ge=0)] | None = None
     max_wins: Annotated[int, Field(ge=0)] | None = None

@@ -2,16 +2,30 @@
 
 ``load_with_lines(text)`` returns ``(data, lines)`` where ``lines`` maps a path tuple such as
 ``("decision_rules", "regime_wins", "margin")`` or ``("groups", 3)`` to its 1-based line. Only the
-YAML safe subset is constructed (no Python object tags).
+YAML safe subset is constructed: no Python object tags, no other tags on mappings or lists, no
+recursive aliases, at most ``MAX_NODES`` values after alias expansion and ``MAX_DEPTH`` levels.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import yaml
 
 Path = tuple[str | int, ...]
+
+
+class _Loader(yaml.SafeLoader):
+    """The safe loader, reading ``1e-3`` as a float as YAML 1.2 does (YAML 1.1 and PyYAML's
+    default make it the string "1e-3", which would reach a job's params as text)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 
 class YamlProblem(Exception):
@@ -24,45 +38,99 @@ class YamlProblem(Exception):
         super().__init__(message)
 
 
-def _convert(loader: yaml.SafeLoader, node: yaml.Node, path: Path, lines: dict[Path, int]) -> Any:
-    lines.setdefault(path, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        loader.flatten_mapping(node)  # resolves YAML merge keys (<<) like the safe loader does
-        result: dict[str, Any] = {}
-        for key_node, value_node in node.value:
-            key = loader.construct_object(key_node, deep=True)
-            key_line = key_node.start_mark.line + 1
-            if not isinstance(key, str | int | float | bool):
-                raise YamlProblem(
-                    key_line, path, f"mapping keys must be plain scalars, found {key!r}"
-                )
-            key = str(key) if not isinstance(key, str) else key
-            if key in result:
-                first = lines.get(path + (key,))
-                raise YamlProblem(
-                    key_line,
-                    path + (key,),
-                    f"duplicate key {key!r} (first defined on line {first}); "
-                    "each key may appear once per mapping",
-                )
-            lines[path + (key,)] = key_line
-            result[key] = _convert(loader, value_node, path + (key,), lines)
-            lines[path + (key,)] = key_line
-        return result
-    if isinstance(node, yaml.SequenceNode):
-        return [_convert(loader, item, path + (i,), lines) for i, item in enumerate(node.value)]
+MAX_NODES = 100_000
+MAX_DEPTH = 64
+_MAP_TAG = "tag:yaml.org,2002:map"
+_SEQ_TAG = "tag:yaml.org,2002:seq"
+
+
+class _Walk:
+    """Bookkeeping of one conversion: values produced and the collections being expanded."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.active: set[int] = set()
+
+
+def _convert(
+    loader: yaml.SafeLoader, node: yaml.Node, path: Path, lines: dict[Path, int], walk: _Walk
+) -> Any:
+    line = node.start_mark.line + 1
+    lines.setdefault(path, line)
+    walk.count += 1
+    if walk.count > MAX_NODES:
+        # aliases can expand a small file exponentially ("billion laughs"): name the top-level
+        # entry being expanded, the alias's own position is lost by the composer
+        raise YamlProblem(
+            lines.get(path[:1], line),
+            path[:1],
+            f"the document expands to more than {MAX_NODES} values (through aliases?)",
+        )
+    if len(path) > MAX_DEPTH:
+        raise YamlProblem(line, path[:3], f"nested more than {MAX_DEPTH} levels deep")
+    if isinstance(node, yaml.MappingNode | yaml.SequenceNode):
+        expected = _MAP_TAG if isinstance(node, yaml.MappingNode) else _SEQ_TAG
+        if node.tag != expected:
+            raise YamlProblem(line, path, f"unsupported YAML tag {node.tag!r}; use plain YAML")
+        if id(node) in walk.active:
+            raise YamlProblem(line, path, "recursive alias: a value contains itself")
+        walk.active.add(id(node))
+        try:
+            return _convert_collection(loader, node, path, lines, walk)
+        finally:
+            walk.active.discard(id(node))
     return loader.construct_object(node, deep=True)
+
+
+def _convert_collection(
+    loader: yaml.SafeLoader, node: yaml.Node, path: Path, lines: dict[Path, int], walk: _Walk
+) -> Any:
+    if isinstance(node, yaml.SequenceNode):
+        return [
+            _convert(loader, item, path + (i,), lines, walk) for i, item in enumerate(node.value)
+        ]
+    loader.flatten_mapping(node)  # resolves YAML merge keys (<<) like the safe loader does
+    result: dict[str, Any] = {}
+    for key_node, value_node in node.value:
+        key_line = key_node.start_mark.line + 1
+        if not isinstance(key_node, yaml.ScalarNode):
+            raise YamlProblem(key_line, path, "mapping keys must be plain scalars")
+        key = loader.construct_object(key_node, deep=True)
+        if not isinstance(key, str | int | float | bool):
+            raise YamlProblem(key_line, path, f"mapping keys must be plain scalars, found {key!r}")
+        key = str(key) if not isinstance(key, str) else key
+        if key in result:
+            first = lines.get(path + (key,))
+            raise YamlProblem(
+                key_line,
+                path + (key,),
+                f"duplicate key {key!r} (first defined on line {first}); "
+                "each key may appear once per mapping",
+            )
+        lines[path + (key,)] = key_line
+        result[key] = _convert(loader, value_node, path + (key,), lines, walk)
+        lines[path + (key,)] = key_line
+    return result
 
 
 def load_with_lines(text: str) -> tuple[Any, dict[Path, int]]:
     """Parse one YAML document safely; raise :class:`YamlProblem` on any YAML-level problem."""
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = _Loader(text)  # checks every character is printable
+    except yaml.reader.ReaderError as exc:
+        line = text[: exc.position].count("\n") + 1
+        raise YamlProblem(
+            line,
+            (),
+            f"control character {exc.character:#04x} is not allowed in YAML; "
+            "expected a UTF-8 YAML text file",
+        ) from None
     try:
         node = loader.get_single_node()
         if node is None:
             return None, {}
         lines: dict[Path, int] = {}
-        return _convert(loader, node, (), lines), lines
+        return _convert(loader, node, (), lines, _Walk()), lines
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
@@ -71,6 +139,8 @@ def load_with_lines(text: str) -> tuple[Any, dict[Path, int]]:
         raise YamlProblem(line, (), f"invalid YAML: {problem}{context}") from None
     except yaml.YAMLError as exc:
         raise YamlProblem(None, (), f"invalid YAML: {exc}") from None
+    except RecursionError:
+        raise YamlProblem(None, (), f"nested more than {MAX_DEPTH} levels deep") from None
     finally:
         loader.dispose()
 
