@@ -220,5 +220,8 @@ def cross_check(protocol: Protocol) -> list[Problem]:
                         )
                     )
 
+    for name, claim in protocol.claims.items():
+        if claim.job not in jobs:
+            problems.append((("claims", name, "job"), "unknown job: " + _one_of(claim.job, jobs)))
     problems.extend(_check_jobs(protocol))
     return problems

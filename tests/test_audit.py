@@ -1,0 +1,212 @@
+"""``docket audit``: a clean ledger passes; tampering through raw SQL with the triggers dropped is
+found and named (table, row, what differs) with exit 3, on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from ledger.audit import audit, json_differences
+from ledger.db import Ledger, open_ledger
+from ledger.runs import create_run, start_run
+from ledger.triggers import expected_triggers
+
+AUDITED = """\
+docket: 1
+id: audited
+title: Audited study
+hypotheses:
+  - {id: H1, statement: s separates the classes, rule: r}
+signals:
+  s: {higher_means: positive}
+labels: {source: judged}
+groups: [g1]
+decision_rules:
+  r:
+    kind: threshold
+    statistic: auroc
+    signal: s
+    job: synth
+    op: ">="
+    bound: 0.6
+    ci: {resamples: 200, seed: 1}
+jobs:
+  - name: synth
+    kind: synthetic
+    params: {groups: [g1], signals: {s: positive}, n_per_class: 20, effect: 2.0}
+"""
+
+
+@pytest.fixture
+def studied(docket, tmp_path: Path) -> Iterator[tuple[object, Ledger]]:
+    """A ledger with a frozen protocol, a run, a verdict, three journal entries and costs."""
+    (tmp_path / "audited.yaml").write_text(AUDITED, encoding="utf-8")
+    for args in (
+        ("protocol", "register", "audited.yaml"),
+        ("protocol", "freeze", "audited"),
+        ("run", "audited", "--no-progress"),
+        ("verdict", "audited"),
+        ("journal", "add", "--protocol", "audited", "--title", "first", "--obs", "auroc 0.99"),
+        ("journal", "add", "--title", "second", "--inf", "it separates:0.9"),
+        ("journal", "add", "--corrects", "1", "--title", "third"),
+        ("cost", "import-receipts", "--protocol", "audited"),
+    ):
+        result = docket(*args)
+        assert result.exit_code == 0, (args, result.output)
+    led = open_ledger(docket.url)  # type: ignore[attr-defined]
+    yield docket, led
+    led.engine.dispose()
+
+
+def drop_triggers(led: Ledger, tables: list[str]) -> None:
+    """DROP TRIGGER (SQLite / PostgreSQL) for every docket trigger of ``tables``."""
+    with led.engine.begin() as conn:
+        for table in tables:
+            for name in expected_triggers(table, conn.dialect.name):
+                if conn.dialect.name == "sqlite":
+                    conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {name}")
+                else:
+                    conn.execute(text(f"DROP TRIGGER IF EXISTS {name} ON {table}"))
+
+
+def _findings(result) -> list[dict]:
+    return json.loads(result.stdout)["findings"]
+
+
+def test_clean_ledger(studied) -> None:
+    docket, led = studied
+    result = docket("audit")
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("clean:")
+    data = json.loads(docket("audit", "--json").output)
+    assert data["clean"] is True and data["findings"] == []
+    assert data["checked"] == {
+        "protocols": 1,
+        "journal_entries": 3,
+        "costs": 7,  # the run's metered cost + six receipts
+        "verdicts": 1,
+        "triggers_missing": 0,
+    }
+    assert len(data["heads"]["journal_entries"]) == 64
+
+
+def test_tampering_is_found_and_named(studied) -> None:
+    docket, led = studied
+    drop_triggers(led, ["protocols", "costs", "journal_entries"])
+    with led.engine.begin() as conn:
+        conn.execute(
+            text("UPDATE protocols SET yaml_text = REPLACE(yaml_text, 'bound: 0.6', 'bound: 0.1')")
+        )
+        conn.execute(text("UPDATE costs SET usd_micros = 1 WHERE seq = 4"))  # receipts:v7
+        conn.execute(
+            text(
+                "UPDATE journal_entries SET body_json = REPLACE(body_json, 'auroc 0.99', "
+                "'auroc 0.51') WHERE seq = 1"
+            )
+        )
+        conn.execute(text("DELETE FROM journal_entries WHERE seq = 2"))
+        conn.execute(
+            text(
+                "UPDATE observations SET value = value + 10 "
+                "WHERE id = (SELECT MIN(id) FROM observations)"
+            )
+        )
+    result = docket("audit", "--json")
+    assert result.exit_code == 3, result.output
+    found: dict[tuple, str] = {}
+    for f in _findings(result):  # several findings of one row are joined
+        key = (f["table"], f["row"])
+        found[key] = found[key] + " | " + f["problem"] if key in found else f["problem"]
+    problems = json.dumps(list(found.values()))
+    protocol = found[("protocols", "1 (audited v1)")]
+    assert "decision_rules.r.bound: stored 0.6, now 0.1" in protocol
+    assert "sha256 stored" in problems and "recomputed from yaml_text" in problems
+    assert found[("costs", 4)].startswith("content changed") and "now reads 1 micros" in problems
+    assert found[("journal_entries", 1)].startswith("content changed")
+    assert "does not link" in found[("journal_entries", 3)]  # seq 2 was deleted
+    assert "observations changed" in found[("verdicts", 1)]
+    missing = {f["problem"].split()[1] for f in _findings(result) if f["row"] is None}
+    dialect = led.dialect
+    assert missing == {
+        name
+        for t in ("protocols", "costs", "journal_entries")
+        for name in expected_triggers(t, dialect)
+    }
+    human = docket("audit")
+    assert human.exit_code == 3
+    assert "integrity findings" in human.output and "integrity finding(s)" in human.output
+
+
+def test_a_missing_trigger_alone_fails_the_audit(docket) -> None:
+    assert docket("audit").exit_code == 0
+    led = open_ledger(docket.url)
+    try:
+        with led.engine.begin() as conn:
+            if conn.dialect.name == "sqlite":
+                conn.exec_driver_sql("DROP TRIGGER docket_reproductions_no_delete")
+            else:
+                conn.execute(text("DROP TRIGGER docket_reproductions_no_delete ON reproductions"))
+    finally:
+        led.engine.dispose()
+    result = docket("audit", "--json")
+    assert result.exit_code == 3
+    gone = "trigger docket_reproductions_no_delete is missing: reproductions is unguarded"
+    assert _findings(result) == [{"table": "reproductions", "row": None, "problem": gone}]
+
+
+def test_rebinding_a_run_and_rehashing_a_protocol_is_found(studied) -> None:
+    docket, led = studied
+    drop_triggers(led, ["protocols"])
+    with led.engine.begin() as conn:  # rewrite the protocol consistently: canonical, sha and yaml
+        conn.execute(
+            text(
+                "UPDATE protocols SET sha256 = :sha, canonical_json = REPLACE(canonical_json, "
+                ":old_c, :new_c), yaml_text = REPLACE(yaml_text, :old_y, :new_y)"
+            ),
+            {
+                "sha": "f" * 64,
+                "old_c": '"bound":0.6',
+                "new_c": '"bound":0.1',
+                "old_y": "bound: 0.6",
+                "new_y": "bound: 0.1",
+            },
+        )
+    found = _findings(docket("audit", "--json"))
+    tables = {(f["table"], f["row"]) for f in found}
+    assert ("protocols", "1 (audited v1)") in tables
+    assert ("runs", 1) in tables and ("sign_checks", 1) in tables and ("verdicts", 1) in tables
+    assert any("canonical_json hashes to" in f["problem"] for f in found)
+
+
+def test_audit_reaps_abandoned_runs_first(ledger) -> None:
+    from ledger import protocol_store as store
+    from protocols.loader import load_protocol_text
+
+    with ledger.session() as session:
+        row = store.register(session, load_protocol_text(AUDITED)).row
+        run = create_run(
+            session,
+            protocol_pk=row.id,
+            protocol_sha256=row.sha256,
+            job="synth",
+            kind="synthetic",
+            config={},
+        )
+        start_run(session, run.id, worker="gone", lease_s=-1.0)  # the runner died long ago
+        run_id = run.id
+    report = audit(ledger)
+    assert report.reaped_runs == [run_id]
+    assert report.clean, report.findings  # the reaped run's cost joined the chain cleanly
+    assert report.checked["costs"] == 1
+
+
+def test_json_differences() -> None:
+    assert json_differences({"a": {"b": 1, "c": [1, 2]}}, {"a": {"b": 2, "c": [1, 3]}}) == [
+        "a.b: stored 1, now 2",
+        "a.c[1]: stored 2, now 3",
+    ]
+    assert json_differences({"a": 1}, {"b": 1}) == ["a: removed (was 1)", "b: added 1"]
