@@ -43,6 +43,15 @@ def print_sign_check(report: dict[str, Any], console: Any) -> None:
         for c in report["checks"]
     ]
     console.print(table("sign-check", ["", "check", "target", "expected", "found", "likely cause"], rows))
+    for c in report["checks"]:
+        if not c["passed"]:
+            console.print(
+                f"FAIL {c['check']} {c['target']}: expected {c.get('expected', '')}, "
+                f"found {c.get('found', '')}; likely cause: {c.get('cause') or 'unknown'}",
+                markup=False,
+            )
+    for note in report.get("notes", []):
+        console.print(f"note: {note}")
     console.print("sign-check " + ("passed" if report["passed"] else "FAILED"))
 
 
@@ -94,17 +103,23 @@ def signcheck_cmd(env: Env, protocol_id: str, as_json: bool) -> None:
 @protocol_group.command("simulate")
 @click.argument("protocol_id")
 @click.option("--runs", "n_sims", default=200, show_default=True, help="Simulated studies per gap.")
+@click.option("--n", "n_per_class", default=30, show_default=True, type=click.IntRange(2, 100_000),
+              help="Items per class per group in each simulated study.")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Write a PNG power curve.")
 @json_option
 @pass_env
-def simulate_cmd(env: Env, protocol_id: str, n_sims: int, plot: Path | None, as_json: bool) -> None:
+def simulate_cmd(
+    env: Env, protocol_id: str, n_sims: int, n_per_class: int, plot: Path | None, as_json: bool
+) -> None:
     """Power curve: probability of each verdict against the true AUROC gap, and the PROVEN rate
     when there is no effect."""
     from ledger.simulate import plot_simulation, simulate_protocol
 
+    if n_sims < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--runs")
     with env.ledger().session() as session:
         protocol = store.parse_row(store.latest(session, protocol_id))
-    result = simulate_protocol(protocol, n_sims=n_sims)
+    result = simulate_protocol(protocol, n_sims=n_sims, n_per_class=n_per_class)
     if plot is not None:
         plot_simulation(result, plot)
         result["plot"] = str(plot)
@@ -113,8 +128,12 @@ def simulate_cmd(env: Env, protocol_id: str, n_sims: int, plot: Path | None, as_
         for rule in result["rules"]:
             verdicts = rule["verdicts"]
             rows = [[f"{p['gap']:+.3f}"] + [f"{p['rates'].get(v, 0):.2f}" for v in verdicts] for p in rule["points"]]
-            c.print(table(f"rule {rule['rule']} ({rule['kind']}): verdict rates by true gap", ["gap"] + verdicts, rows))
+            c.print(table(f"rule {rule['rule']} ({rule['kind']}): verdict rates by {rule.get('gap_label', 'true gap')}", ["gap"] + verdicts, rows))
             c.print(f"PROVEN rate under the null: {rule['null_proven_rate']:.3f}")
+        for skip in result.get("skipped", []):
+            c.print(f"rule {skip['rule']} not simulated: {skip['reason']}")
+        for note in result.get("notes", []):
+            c.print(f"note: {note}")
         if plot is not None:
             c.print(f"plot written to {plot}")
 

@@ -1,0 +1,449 @@
+"""``docket ingest``: per-sample results produced anywhere, recorded as a run of a frozen protocol.
+
+Formats
+-------
+* JSONL (``.jsonl``, ``.ndjson``, ``.json``, or content starting with ``{``): one object per
+  line, ``{"group": str, "item": str|int, "label": 0|1|"<class name>", "signals": {name:
+  number}}``; blank lines are skipped; any other key is an error.
+* CSV (``.csv`` or anything else): a header ``group,item,label,<signal>,...`` then one row per
+  item; an empty cell is a missing value.
+
+Labels: ``1``/``0`` (also ``"1"``/``"0"``, ``true``/``false``), the protocol's positive class name
+(-> 1) or its negative class name (-> 0). With ``labels.source: judged`` a label is required.
+With ``source: regime`` the group decides (the reference group is 0, every other group 1): the
+label may be left empty, and a label that contradicts the group is an error. Without a
+``labels:`` section a label is optional.
+
+Signals: every row must carry the signals the rules fed by this job read (for ``--job X``: rules
+with ``job: X``, rules without ``job:`` and ``non_inferiority`` rules naming X), plus every
+signal that appears anywhere in the file (a file is rectangular). Values must be finite numbers.
+
+Validation is complete before anything is written: every problem is reported as
+``FILE:LINE: message`` (all at once; exit 2) and the ledger is left untouched. A valid file is
+recorded in ONE transaction as a ``succeeded`` run (source ``ingest``, job ``ingest`` or
+``--job``) bound to the latest frozen version, with the file's sha256 as ``input_sha256``.
+Ingesting into a protocol that was never frozen is refused (exit 1).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ledger import protocol_store as store
+from ledger.errors import UserError
+from ledger.models import RunRow
+from ledger.rules import rule_sources
+from ledger.runs import complete_run, create_run, reap_abandoned, start_run
+from protocols.schema import NonInferiorityRule, Protocol, RegimeWinsRule, ThresholdRule
+
+DEFAULT_JOB = "ingest"
+MAX_PROBLEMS_SHOWN = 200
+JSONL_KEYS = ("group", "item", "label", "signals")
+
+
+@dataclass
+class Parsed:
+    """The validated content of a results file."""
+
+    format: str
+    observations: list[dict[str, Any]] = field(default_factory=list)
+    items: int = 0
+    signals: list[str] = field(default_factory=list)
+    problems: list[tuple[int, str]] = field(default_factory=list)
+
+
+def required_signals(protocol: Protocol, job: str) -> list[str]:
+    """Signals read by the rules that data recorded under ``job`` feeds."""
+    out: list[str] = []
+    for rule in protocol.decision_rules.values():
+        sources = rule_sources(rule)
+        if job not in sources and None not in sources:
+            continue
+        if isinstance(rule, RegimeWinsRule):
+            names = list(rule.candidates) + protocol.baselines_for(rule)
+        elif isinstance(rule, ThresholdRule | NonInferiorityRule):
+            names = [rule.signal] if rule.signal and rule.statistic != "metric" else []
+        else:
+            names = []
+        out += [n for n in names if n not in out]
+    return out
+
+
+class _Labeler:
+    def __init__(self, protocol: Protocol) -> None:
+        self.spec = protocol.labels
+
+    def parse(self, raw: Any, group: str) -> tuple[int | None, str | None]:
+        """(label, problem): the stored label of a row, or a sentence saying what is wrong."""
+        spec = self.spec
+        empty = raw is None or (isinstance(raw, str) and raw.strip() == "")
+        value: int | None = None
+        if not empty:
+            if isinstance(raw, bool):
+                value = int(raw)
+            elif isinstance(raw, int | float) and raw in (0, 1):
+                value = int(raw)
+            elif isinstance(raw, str) and raw.strip() in ("0", "1"):
+                value = int(raw.strip())
+            elif spec is not None and isinstance(raw, str) and raw.strip() == spec.positive:
+                value = 1
+            elif (
+                spec is not None
+                and spec.negative
+                and isinstance(raw, str)
+                and (raw.strip() == spec.negative)
+            ):
+                value = 0
+            else:
+                names = ["0", "1"]
+                if spec is not None:
+                    names.append(repr(spec.positive))
+                    if spec.negative:
+                        names.append(repr(spec.negative))
+                return None, f"bad label {raw!r}: expected one of {', '.join(names)}"
+        if spec is None:
+            return value, None
+        if spec.source == "judged":
+            if value is None:
+                return None, "missing label: this protocol's labels are judged per item (0 or 1)"
+            return value, None
+        expected = 0 if group == spec.reference else 1
+        if value is not None and value != expected:
+            role = (
+                f"the reference group ({spec.negative or 'negative'}, label 0)"
+                if expected == 0
+                else f"an out-of-reference group ({spec.positive}, label 1)"
+            )
+            return None, (
+                f"label {raw!r} contradicts the regime: group {group!r} is {role}; leave the label "
+                "empty or make it match"
+            )
+        return expected, None
+
+
+def _number(raw: Any) -> tuple[float | None, str | None]:
+    if isinstance(raw, bool) or raw is None:
+        return None, f"non-numeric value {raw!r}"
+    if isinstance(raw, int | float):
+        value = float(raw)
+    elif isinstance(raw, str):
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            return None, f"non-numeric value {raw!r}"
+    else:
+        return None, f"non-numeric value {raw!r}"
+    if not math.isfinite(value):
+        return None, f"value {raw!r} is not finite (NaN/inf are not results)"
+    return value, None
+
+
+class _Validator:
+    """Row-level checks shared by the JSONL and CSV readers."""
+
+    def __init__(self, protocol: Protocol, job: str, parsed: Parsed) -> None:
+        self.protocol = protocol
+        self.groups = set(protocol.groups)
+        self.known = set(protocol.signals)
+        self.required = required_signals(protocol, job)
+        self.labeler = _Labeler(protocol)
+        self.parsed = parsed
+        self.seen: dict[tuple[str, str], int] = {}
+        self.rows: list[tuple[int, str, str, int | None, dict[str, float]]] = []
+
+    def problem(self, line: int, message: str) -> None:
+        self.parsed.problems.append((line, message))
+
+    def row(self, line: int, group: Any, item: Any, label: Any, signals: dict[str, Any]) -> None:
+        """Check one row (every problem is recorded) and keep it for :meth:`finish`."""
+        keyed = True
+        if not isinstance(group, str) or not group.strip():
+            self.problem(line, f"group must be a non-empty string, found {group!r}")
+            keyed = False
+        elif self.groups and group not in self.groups:
+            self.problem(
+                line,
+                f"unknown group {group!r}; expected one of: {', '.join(self.protocol.groups)}",
+            )
+            keyed = False
+        if isinstance(item, bool) or not isinstance(item, str | int) or str(item).strip() == "":
+            self.problem(line, f"item must be a non-empty string or integer, found {item!r}")
+            keyed = False
+        if keyed:
+            key = (group, str(item))
+            if key in self.seen:
+                self.problem(
+                    line,
+                    f"duplicate item {str(item)!r} in group {group!r} (first on line "
+                    f"{self.seen[key]})",
+                )
+            else:
+                self.seen[key] = line
+        lab, why = self.labeler.parse(label, group if isinstance(group, str) else "")
+        if why:
+            self.problem(line, why)
+        values: dict[str, float] = {}
+        for name, raw in signals.items():
+            if name not in self.known:
+                known = ", ".join(sorted(self.known)) or "(none declared)"
+                self.problem(line, f"unknown signal {name!r}; the protocol declares: {known}")
+                continue
+            value, why = _number(raw)
+            if why:
+                self.problem(line, f"signal {name!r}: {why}")
+            else:
+                assert value is not None
+                values[name] = value
+        self.rows.append((line, str(group), str(item), lab, values))
+
+    def finish(self, present_everywhere: set[str]) -> None:
+        """Missing-signal checks (needs the whole file), then build the observations."""
+        wanted = list(self.required) + sorted(present_everywhere - set(self.required))
+        wanted = [w for w in wanted if w in self.known]
+        problem_lines = {line for line, _ in self.parsed.problems}
+        for line, group, item, lab, values in self.rows:
+            absent = [w for w in wanted if w not in values]
+            # a signal that failed to parse on this line was already reported
+            reported = {
+                msg.split("'")[1]
+                for ln, msg in self.parsed.problems
+                if ln == line and msg.startswith("signal '")
+            }
+            absent = [a for a in absent if a not in reported]
+            if absent:
+                why = (
+                    "read by this protocol's rules"
+                    if set(absent) & set(self.required)
+                    else "present on other rows"
+                )
+                self.problem(line, f"missing signal(s) {', '.join(absent)} ({why})")
+                continue
+            if line in problem_lines:
+                continue
+            for name in wanted:
+                self.parsed.observations.append(
+                    {
+                        "group": group,
+                        "item": item,
+                        "label": lab,
+                        "signal": name,
+                        "value": values[name],
+                    }
+                )
+        self.parsed.items = len(self.rows)
+        self.parsed.signals = wanted
+        self.parsed.problems.sort(key=lambda p: p[0])
+
+
+def _detect(path: Path, text: str) -> str:
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson", ".json"):
+        return "jsonl"
+    if suffix == ".csv":
+        return "csv"
+    return "jsonl" if text.lstrip().startswith("{") else "csv"
+
+
+def _parse_jsonl(text: str, v: _Validator) -> set[str]:
+    present: set[str] = set()
+    for n, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            v.problem(n, f"malformed JSON: {exc.msg} at column {exc.colno}")
+            continue
+        if not isinstance(obj, dict):
+            v.problem(n, f"expected a JSON object, found {type(obj).__name__}")
+            continue
+        extra = sorted(set(obj) - set(JSONL_KEYS))
+        if extra:
+            v.problem(n, f"unknown key(s) {', '.join(extra)}; expected {', '.join(JSONL_KEYS)}")
+        absent = [k for k in ("group", "item", "signals") if k not in obj]
+        if absent:
+            v.problem(n, f"missing key(s) {', '.join(absent)}")
+            continue
+        signals = obj["signals"]
+        if not isinstance(signals, dict):
+            v.problem(n, f"signals must be an object of name -> number, found {signals!r}")
+            continue
+        present |= set(signals)
+        v.row(n, obj["group"], obj["item"], obj.get("label"), signals)
+    return present
+
+
+def _parse_csv(text: str, v: _Validator) -> set[str]:
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader)
+    except StopIteration:
+        return set()
+    except csv.Error as exc:
+        v.problem(1, f"malformed CSV header: {exc}")
+        return set()
+    header = [h.strip() for h in header]
+    if header[:3] != ["group", "item", "label"]:
+        v.problem(1, f"the header must start with group,item,label; found {','.join(header[:3])}")
+        return set()
+    signals = header[3:]
+    ok_cols = []
+    for name in signals:
+        if name not in v.known:
+            known = ", ".join(sorted(v.known)) or "(none declared)"
+            v.problem(1, f"unknown signal column {name!r}; the protocol declares: {known}")
+        elif name in ok_cols:
+            v.problem(1, f"duplicate signal column {name!r}")
+        else:
+            ok_cols.append(name)
+    if len(ok_cols) != len(signals):
+        return set()
+    line = 1
+    while True:
+        start = reader.line_num + 1
+        try:
+            cells = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            v.problem(start, f"malformed CSV: {exc}")
+            break
+        line = start
+        if not cells or all(not c.strip() for c in cells):
+            continue
+        if len(cells) != len(header):
+            v.problem(line, f"expected {len(header)} fields, found {len(cells)}")
+            continue
+        values = {name: cells[3 + k] for k, name in enumerate(signals) if cells[3 + k].strip()}
+        v.row(line, cells[0].strip(), cells[1].strip(), cells[2].strip() or None, values)
+    return set(signals)
+
+
+def parse_results(protocol: Protocol, path: Path, data: bytes, job: str) -> Parsed:
+    """Validate a results file completely; ``Parsed.problems`` lists (line, message)."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        return Parsed("unknown", problems=[(line, f"not valid UTF-8 at byte {exc.start}")])
+    fmt = _detect(path, text)
+    parsed = Parsed(fmt)
+    v = _Validator(protocol, job, parsed)
+    present = _parse_jsonl(text, v) if fmt == "jsonl" else _parse_csv(text, v)
+    if not v.rows and not parsed.problems:
+        parsed.problems.append((1, "no result rows in the file"))
+        return parsed
+    v.finish(present)
+    return parsed
+
+
+def ingest_file(
+    session: Session, protocol_id: str, path: Path, job: str | None = None
+) -> dict[str, Any]:
+    """Validate ``path`` and record it as a run of ``protocol_id``'s latest frozen version.
+
+    Raises :class:`ledger.errors.CheckFailed` (not frozen), :class:`ledger.errors.UserError`
+    (bad file: every problem with its line; nothing written).
+    """
+    started = time.perf_counter()
+    reap_abandoned(session)
+    row = store.latest_frozen(session, protocol_id)
+    protocol = store.parse_row(row)
+    job = job or DEFAULT_JOB
+    names = [j.name for j in protocol.jobs]
+    if job != DEFAULT_JOB and job not in names:
+        raise UserError(
+            f"--job {job!r} is not a job of {protocol_id}; jobs: {', '.join(names) or '(none)'} "
+            f"(or omit --job to record the run as {DEFAULT_JOB!r})"
+        )
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a directory, expected a JSONL or CSV file") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read: {exc.strerror}") from None
+    parsed = parse_results(protocol, path, data, job)
+    if parsed.problems:
+        shown = parsed.problems[:MAX_PROBLEMS_SHOWN]
+        lines = [f"{path}:{line}: {msg}" for line, msg in shown]
+        more = len(parsed.problems) - len(shown)
+        if more > 0:
+            lines.append(f"... and {more} more problem(s)")
+        raise UserError(
+            f"{path}: {len(parsed.problems)} problem(s); nothing was recorded\n" + "\n".join(lines)
+        )
+    digest = hashlib.sha256(data).hexdigest()
+    earlier = session.scalars(
+        select(RunRow.id).where(
+            RunRow.protocol_sha256 == row.sha256,
+            RunRow.input_sha256 == digest,
+            RunRow.source == "ingest",
+        )
+    ).all()
+    run = create_run(
+        session,
+        protocol_pk=row.id,
+        protocol_sha256=row.sha256,
+        job=job,
+        kind="ingest",
+        config={
+            "file": str(path),
+            "format": parsed.format,
+            "items": parsed.items,
+            "signals": parsed.signals,
+        },
+        source="ingest",
+        input_sha256=digest,
+    )
+    start_run(session, run.id, worker="ingest")
+    complete_run(
+        session,
+        run.id,
+        status="succeeded",
+        observations=parsed.observations,
+        wall_s=time.perf_counter() - started,
+    )
+    latest = store.latest(session, protocol_id)
+    notes = []
+    if latest.id != row.id:
+        notes.append(
+            f"bound to v{row.version} (the latest frozen version); v{latest.version} is "
+            f"{latest.status} and not used until frozen"
+        )
+    fed = [n for n, r in protocol.decision_rules.items() if {job, None} & set(rule_sources(r))]
+    if not fed:
+        read = sorted({j for r in protocol.decision_rules.values() for j in rule_sources(r) if j})
+        notes.append(
+            f"no decision rule reads job {job!r}; the rules read "
+            + (", ".join(read) if read else "no job")
+            + " (use --job NAME)"
+        )
+    return {
+        "run_id": run.id,
+        "protocol": protocol_id,
+        "version": row.version,
+        "protocol_sha256": row.sha256,
+        "job": job,
+        "file": str(path),
+        "format": parsed.format,
+        "file_sha256": digest,
+        "items": parsed.items,
+        "signals": parsed.signals,
+        "observations": len(parsed.observations),
+        "previously_ingested_as": list(earlier),
+        "feeds_rules": fed,
+        "notes": notes,
+    }
