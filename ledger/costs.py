@@ -9,16 +9,24 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from ledger.chainlock import lock_chain
-from ledger.hardware import Hardware, billed_seconds, cost_micros
-from ledger.models import CostRow, utcnow
+from ledger.hardware import (
+    Hardware,
+    HardwareCatalog,
+    UnknownHardwareError,
+    billed_seconds,
+    cost_micros,
+    load_catalog,
+)
+from ledger.models import CostRow, RunRow, utcnow
 
 GENESIS = "0" * 64
 
@@ -124,6 +132,95 @@ def meter_run(
         label=label,
         note=note,
     )
+
+
+def record_abandoned_costs(
+    session: Session, runs: Sequence[RunRow], catalog: HardwareCatalog | None = None
+) -> list[CostRow]:
+    """Keep the cost of runs just marked ``abandoned`` (in the caller's transaction).
+
+    Each run is metered like a finished run over ``run.wall_s`` (started_at to its last
+    heartbeat, set by :func:`ledger.runs.reap_abandoned`: a lower bound of what it ran) at the
+    catalog rate of its hardware, with a note saying so; ``runs.cost_micros`` is set to match. A
+    run that already has a cost row is skipped (idempotent). Hardware unknown to this machine's
+    catalog is recorded at $0 with a note naming it, so the seconds are never lost.
+    """
+    written: list[CostRow] = []
+    if not runs:
+        return written
+    catalog = catalog if catalog is not None else load_catalog()
+    for run in runs:
+        already = session.scalar(select(CostRow.id).where(CostRow.run_id == run.id).limit(1))
+        if already is not None:
+            continue
+        wall = float(run.wall_s or 0.0)
+        note = "abandoned (lease expired): metered from start to the last heartbeat"
+        try:
+            hw = catalog[run.hardware]
+        except UnknownHardwareError:
+            row = append_cost(
+                session,
+                hardware=run.hardware,
+                usd_micros=0,
+                run_id=run.id,
+                protocol_pk=run.protocol_pk,
+                wall_s=wall,
+                label=run.job,
+                note=f"{note}; hardware {run.hardware!r} is not in this catalog: $0 recorded",
+            )
+        else:
+            row = meter_run(
+                session,
+                hw=hw,
+                wall_s=wall,
+                run_id=run.id,
+                protocol_pk=run.protocol_pk,
+                label=run.job,
+                note=note,
+            )
+        session.execute(
+            update(RunRow).where(RunRow.id == run.id).values(cost_micros=row.usd_micros)
+        )
+        written.append(row)
+    return written
+
+
+def record_late_finish_cost(
+    session: Session, *, hw: Hardware, run: RunRow, wall_s: float
+) -> tuple[CostRow | None, int]:
+    """Cost of a run that finished after it was reaped as abandoned (its process was alive but
+    missed its heartbeats): append the remainder so that the run's cost rows add up to
+    ``cost_micros(hw, wall_s)``. Returns (the row or None when nothing remains, the run's total
+    cost in micro-dollars); ``runs.cost_micros`` is set to the total."""
+    spent = int(
+        session.scalar(
+            select(func.coalesce(func.sum(CostRow.usd_micros), 0)).where(CostRow.run_id == run.id)
+        )
+        or 0
+    )
+    billed = int(
+        session.scalar(
+            select(func.coalesce(func.sum(CostRow.billed_s), 0)).where(CostRow.run_id == run.id)
+        )
+        or 0
+    )
+    total = cost_micros(hw, wall_s)
+    if total <= spent:
+        return None, spent
+    row = append_cost(
+        session,
+        hardware=hw.name,
+        usd_micros=total - spent,
+        run_id=run.id,
+        protocol_pk=run.protocol_pk,
+        wall_s=float(wall_s),
+        billed_s=max(0, billed_seconds(hw, wall_s) - billed),
+        rate_micros=rate_micros_per_hour(hw),
+        label=run.job,
+        note="finished after its lease expired (abandoned): remainder of its cost",
+    )
+    session.execute(update(RunRow).where(RunRow.id == run.id).values(cost_micros=total))
+    return row, total
 
 
 def verify_cost_chain(rows: list[CostRow]) -> list[dict[str, Any]]:

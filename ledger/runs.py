@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
+from itertools import islice
 from typing import Any
 
 from sqlalchemy import insert, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
+from ledger.hardware import HardwareCatalog
 from ledger.models import MetricRow, ObservationRow, RunRow, RunTextRow, utcnow
 
 FINAL_STATUSES = ("succeeded", "failed", "abandoned", "silent_noop", "skipped")
@@ -97,32 +100,64 @@ def heartbeat(session: Session, run_id: int, lease_s: float = DEFAULT_LEASE_S) -
     return result.rowcount == 1
 
 
-def insert_observations(session: Session, run_id: int, rows: Iterable[dict[str, Any]]) -> int:
-    """Bulk-insert observations (dicts with group, item, label, signal, value) in chunks.
+OBS_COLUMNS = ("run_id", "grp", "item", "label", "signal", "value")
 
-    Uses one executemany INSERT per chunk (SQLAlchemy's insertmanyvalues / psycopg pipelining)
-    rather than ORM objects: see benchmarks/ledger.py for the ratio."""
-    buffer: list[dict[str, Any]] = []
-    total = 0
-    table = ObservationRow.__table__
+
+def _observation_tuples(run_id: int, rows: Iterable[dict[str, Any]]) -> Iterator[tuple[Any, ...]]:
     for row in rows:
-        buffer.append(
-            {
-                "run_id": run_id,
-                "grp": row["group"],
-                "item": str(row["item"]),
-                "label": row.get("label"),
-                "signal": row["signal"],
-                "value": float(row["value"]),
-            }
+        label = row.get("label")
+        yield (
+            run_id,
+            row["group"],
+            str(row["item"]),
+            None if label is None else int(label),
+            row["signal"],
+            float(row["value"]),
         )
-        if len(buffer) >= OBS_CHUNK:
-            session.execute(insert(table), buffer)
-            total += len(buffer)
-            buffer = []
-    if buffer:
-        session.execute(insert(table), buffer)
-        total += len(buffer)
+
+
+def insert_observations(session: Session, run_id: int, rows: Iterable[dict[str, Any]]) -> int:
+    """Bulk-insert observations (dicts with group, item, label, signal, value) into run
+    ``run_id`` in the caller's transaction; return how many were inserted.
+
+    PostgreSQL: one ``COPY observations ... FROM STDIN`` on the session's own connection (a
+    dropped connection surfaces as SQLAlchemy's ``OperationalError`` with the connection
+    invalidated, like any other statement, so :mod:`ledger.retry` can retry the transaction).
+    SQLite: plain DB-API ``executemany`` of tuples in chunks of ``OBS_CHUNK``. Both skip the ORM
+    and SQLAlchemy's per-row parameter processing: see benchmarks/ledger.py for the ratio."""
+    conn = session.connection()
+    table = ObservationRow.__tablename__
+    columns = ", ".join(OBS_COLUMNS)
+    tuples = _observation_tuples(run_id, rows)
+    total = 0
+    if conn.dialect.name == "postgresql":
+        import psycopg
+
+        statement = f"COPY {table} ({columns}) FROM STDIN"
+        dbapi_conn = conn.connection.dbapi_connection
+        try:
+            with dbapi_conn.cursor() as cursor, cursor.copy(statement) as copy:
+                for values in tuples:
+                    copy.write_row(values)
+                    total += 1
+        except psycopg.Error as exc:
+            disconnect = conn.dialect.is_disconnect(exc, dbapi_conn, None)
+            if disconnect:
+                conn.invalidate(exc)
+            raise DBAPIError.instance(
+                statement,
+                None,
+                exc,
+                psycopg.Error,
+                connection_invalidated=disconnect,
+                dialect=conn.dialect,
+            ) from exc
+        return total
+    marks = ", ".join("?" for _ in OBS_COLUMNS)
+    statement = f"INSERT INTO {table} ({columns}) VALUES ({marks})"
+    while chunk := list(islice(tuples, OBS_CHUNK)):
+        conn.exec_driver_sql(statement, chunk)
+        total += len(chunk)
     return total
 
 
@@ -192,11 +227,25 @@ def complete_run(
     return True
 
 
-def reap_abandoned(session: Session, now: datetime | None = None) -> list[RunRow]:
-    """Mark running runs whose lease expired as ``abandoned``; return them (their cost is kept
-    by the caller, :func:`ledger.costs.record_abandoned_costs`)."""
+def reap_abandoned(
+    session: Session, now: datetime | None = None, catalog: HardwareCatalog | None = None
+) -> list[RunRow]:
+    """Mark running runs whose lease expired as ``abandoned`` and keep their cost; return them.
+
+    ``wall_s`` of a reaped run is started_at to its last heartbeat; its cost is appended to the
+    cost chain in this same transaction (:func:`ledger.costs.record_abandoned_costs`, rates from
+    ``catalog``, default :func:`ledger.hardware.load_catalog`). Safe to call from many processes
+    at once: the ``status = 'running'`` guard lets exactly one of them reap a given run. Results
+    the run's process may still try to write are refused afterwards (:func:`complete_run`).
+    """
+    from ledger.costs import record_abandoned_costs
+
     now = now or utcnow()
-    candidates = list(session.scalars(select(RunRow).where(RunRow.status == "running")))
+    candidates = list(
+        session.scalars(
+            select(RunRow).where(RunRow.status == "running", RunRow.lease_expires_at.is_not(None))
+        )
+    )
     reaped = []
     for run in candidates:
         lease = _aware(run.lease_expires_at)
@@ -208,17 +257,28 @@ def reap_abandoned(session: Session, now: datetime | None = None) -> list[RunRow
                     status="abandoned",
                     finished_at=now,
                     error=f"lease expired at {lease.isoformat()} (no heartbeat): the runner died",
-                    wall_s=(
-                        (_aware(run.heartbeat_at) - _aware(run.started_at)).total_seconds()
-                        if run.heartbeat_at and run.started_at
-                        else None
-                    ),
+                    wall_s=_heartbeat_seconds(run),
                 )
             )
             if result.rowcount == 1:
                 session.refresh(run)
                 reaped.append(run)
+    if reaped:
+        record_abandoned_costs(session, reaped, catalog)
     return reaped
+
+
+def _heartbeat_seconds(run: RunRow) -> float | None:
+    started, beat = _aware(run.started_at), _aware(run.heartbeat_at)
+    if started is None or beat is None:
+        return None
+    return max(0.0, (beat - started).total_seconds())
+
+
+def run_by_worker(session: Session, worker: str) -> RunRow | None:
+    """The run started by ``worker`` (a unique worker token, see runners/executor.py), if any:
+    lets a retried transaction find the run its earlier, committed attempt created."""
+    return session.scalars(select(RunRow).where(RunRow.worker == worker).limit(1)).first()
 
 
 def succeeded_runs(session: Session, protocol_sha256: str, job: str | None = None) -> list[RunRow]:

@@ -15,25 +15,38 @@ import subprocess
 import threading
 import time
 import traceback
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
+
 from ledger import protocol_store as store
 from ledger.budget import check_budget
-from ledger.costs import meter_run
+from ledger.costs import meter_run, record_late_finish_cost
 from ledger.db import Ledger
 from ledger.errors import CheckFailed, UserError
-from ledger.hardware import HardwareCatalog, UnknownHardwareError, load_catalog
-from ledger.models import ProtocolRow
-from ledger.runs import complete_run, create_run, heartbeat, latest_succeeded, reap_abandoned, start_run
+from ledger.hardware import Hardware, HardwareCatalog, UnknownHardwareError, load_catalog
+from ledger.hardware import cost_micros as cost_micros_of
+from ledger.models import ProtocolRow, RunRow
+from ledger.retry import transact
+from ledger.runs import (
+    complete_run,
+    create_run,
+    heartbeat,
+    latest_succeeded,
+    reap_abandoned,
+    run_by_worker,
+    start_run,
+)
 from protocols.schema import JobSpec, Protocol
 from runners.artifacts import artifacts_root, run_dir, store_checkpoint
 from runners.context import JobContext, JobResult, KnobAudit
 from runners.registry import STRUCTURAL_KEYS, job_kinds
 
-LEASE_S = 30.0
+LEASE_S = float(os.environ.get("DOCKET_LEASE_S", "30"))
 ProgressFn = Callable[[int, int, str], None]
 
 
@@ -119,6 +132,17 @@ def _inputs(session: Any, row: ProtocolRow, job: JobSpec) -> dict[str, Path]:
     return inputs
 
 
+@dataclass
+class _Opened:
+    """What the run-opening transaction hands to the job (plain values, no ORM objects)."""
+
+    run_id: int
+    job: JobSpec
+    hw: Hardware
+    inputs: dict[str, Path]
+    seed: int
+
+
 def execute_job(
     ledger: Ledger,
     protocol_pk: int,
@@ -132,30 +156,54 @@ def execute_job(
     allow_over_budget: bool = False,
     over_budget_reason: str | None = None,
     device: str = "cpu",
+    token: str | None = None,
 ) -> JobOutcome:
-    """Run one job of a frozen protocol version and record it (see module docstring)."""
+    """Run one job of a frozen protocol version and record it (see module docstring).
+
+    The run is stored with ``worker = "<worker>#<token>"`` (``token``: a fresh random id unless
+    given; the Ray executor passes its own so the driver can find the run of a task whose worker
+    died). The two ledger writes (open the run; write its results and cost) are idempotent
+    transaction units retried on a dropped connection (:func:`ledger.retry.transact`): a retry
+    after a committed attempt finds the run by its worker token, and never completes or meters a
+    run twice. Raises :class:`UserError` / :class:`CheckFailed` before any run is recorded (unknown
+    kind or hardware, unmet dependency, budget). A run reaped as abandoned while its job was still
+    computing gets status ``abandoned``: its results are refused, the rest of its cost is kept.
+    """
     catalog = catalog or load_catalog()
     kinds = job_kinds()
-    with ledger.session() as session:
-        reap_abandoned(session)
+    worker_id = f"{worker}#{token or uuid.uuid4().hex[:12]}"
+    commit = git_sha()
+    attempts = 0
+
+    def open_run(session: Any) -> _Opened:
+        nonlocal attempts
+        attempts += 1
+        reap_abandoned(session, catalog=catalog)
         row = session.get(ProtocolRow, protocol_pk)
         assert row is not None and row.status == "frozen", "runs bind to frozen protocols only"
         protocol = store.parse_row(row)
         job = protocol.job(job_name)
         if job.kind not in kinds:
-            raise UserError(f"job {job.name!r}: unknown kind {job.kind!r}; known kinds: {', '.join(sorted(kinds))}")
+            raise UserError(
+                f"job {job.name!r}: unknown kind {job.kind!r}; "
+                f"known kinds: {', '.join(sorted(kinds))}"
+            )
         hw_name = hardware or job.hardware
         try:
             hw = catalog[hw_name]
         except UnknownHardwareError as exc:
             raise UserError(str(exc.args[0])) from None
+        inputs = _inputs(session, row, job)
+        seed = int(job.seed if job.seed is not None else protocol.seed)
+        existing = run_by_worker(session, worker_id) if attempts > 1 else None
+        if existing is not None:  # an earlier attempt of this unit committed
+            return _Opened(existing.id, job, hw, inputs, seed)
         budget = check_budget(session, row.protocol_id, protocol, job, hw)
         if not budget.ok and not allow_over_budget:
             raise CheckFailed(budget.message(job.name))
         if not budget.ok:
-            _journal_over_budget(session, row, job.name, budget.message(job.name), over_budget_reason)
-        inputs = _inputs(session, row, job)
-        seed = job.seed if job.seed is not None else protocol.seed
+            message = budget.message(job.name)
+            _journal_over_budget(session, row, job.name, message, over_budget_reason)
         config = {"job": job.model_dump(mode="json"), "hardware": hw.name, "device": device}
         run = create_run(
             session,
@@ -166,19 +214,22 @@ def execute_job(
             config=config,
             hardware=hw.name,
             seed=seed,
-            git_sha=git_sha(),
+            git_sha=commit,
         )
-        run_id = run.id
-        start_run(session, run_id, worker=worker, lease_s=lease_s)
+        start_run(session, run.id, worker=worker_id, lease_s=lease_s)
+        return _Opened(run.id, job, hw, inputs, seed)
+
+    opened = transact(ledger, open_run)
+    run_id, job, hw = opened.run_id, opened.job, opened.hw
     root = artifacts_root(str(ledger.engine.url.render_as_string(hide_password=False)))
     knobs = KnobAudit(job.params)
     ctx = JobContext(
         job=job.name,
         kind=job.kind,
         params=dict(job.params),
-        seed=int(seed),
+        seed=opened.seed,
         artifacts_dir=run_dir(root, run_id),
-        inputs=inputs,
+        inputs=opened.inputs,
         knobs=knobs,
         progress=progress or (lambda done, total, desc: None),
         hardware=hw.name,
@@ -205,27 +256,52 @@ def execute_job(
         ckpt_sha, stored = store_checkpoint(root, Path(result.checkpoint))
         ckpt_path = str(stored)
         extra["checkpoint_file"] = str(Path(result.checkpoint).resolve())
-    with ledger.session() as session:
-        cost = meter_run(session, hw=hw, wall_s=wall_s, run_id=run_id, protocol_pk=protocol_pk, label=job.name)
+    observations = [o.__dict__ for o in result.observations] if result else []
+    metrics = [m.__dict__ for m in result.metrics] if result else []
+    if silent:
+        error = f"knobs set but never took effect: {', '.join(silent)}"
+
+    def finish_run(session: Any) -> tuple[str, int]:
+        # lock the run row (PostgreSQL; SQLite's BEGIN IMMEDIATE already holds the write lock) so
+        # that a concurrent reaper either ran before us or waits for our commit
+        run = session.scalars(select(RunRow).where(RunRow.id == run_id).with_for_update()).one()
+        if run.status == status:  # an earlier attempt of this unit committed
+            return status, int(run.cost_micros)
+        if run.status not in ("running", "queued"):  # reaped meanwhile: results refused
+            _, total = record_late_finish_cost(session, hw=hw, run=run, wall_s=wall_s)
+            return "abandoned", total
+        usd_micros = cost_micros_of(hw, wall_s)
         written = complete_run(
             session,
             run_id,
             status=status,
-            observations=[o.__dict__ for o in result.observations] if result else (),
-            metrics=[m.__dict__ for m in result.metrics] if result else (),
+            observations=observations,
+            metrics=metrics,
             texts=result.texts if result else None,
             wall_s=wall_s,
             checkpoint_sha256=ckpt_sha,
             checkpoint_path=ckpt_path,
             knob_audit=knobs.report(),
             silent_noop_knobs=silent,
-            error=error if error else (f"knobs set but never took effect: {', '.join(silent)}" if silent else None),
+            error=error,
             extra=extra or None,
-            cost_micros=cost.usd_micros,
+            cost_micros=usd_micros,
         )
-        if not written:
-            status = "abandoned"
-    return JobOutcome(job.name, status, run_id, wall_s, cost.usd_micros, error, silent)
+        assert written, "the run row is locked: it cannot have been reaped in between"
+        # the cost row last: the cost chain's lock is then held only until this commit
+        meter_run(
+            session, hw=hw, wall_s=wall_s, run_id=run_id, protocol_pk=protocol_pk, label=job.name
+        )
+        return status, usd_micros
+
+    final, cost_micros = transact(ledger, finish_run)
+    if final == "abandoned":
+        error = (
+            f"the run's lease ({lease_s:g} s) expired before it finished (missed heartbeats): it "
+            "was marked abandoned and its results were refused; its cost is kept"
+            + (f"\n{error}" if error else "")
+        )
+    return JobOutcome(job.name, final, run_id, wall_s, cost_micros, error, silent)
 
 
 def _journal_over_budget(session: Any, row: ProtocolRow, job: str, message: str, reason: str | None) -> None:
@@ -280,15 +356,15 @@ def run_protocol(
     """
     if allow_over_budget and not (over_budget_reason or "").strip():
         raise UserError("--allow-over-budget needs --reason \"...\" (it is written to the journal)")
-    with ledger.session() as session:
+    def resolve(session: Any) -> tuple[int, Protocol, list[JobSpec], set[str]]:
         reap_abandoned(session)
         row = store.latest_frozen(session, protocol_id)
         protocol = store.parse_row(row)
         jobs = plan(protocol, job)
-        done_before = {
-            j.name for j in protocol.jobs if latest_succeeded(session, row.sha256, j.name) is not None
-        }
-        protocol_pk = row.id
+        done = {j.name for j in protocol.jobs if latest_succeeded(session, row.sha256, j.name)}
+        return row.id, protocol, jobs, done
+
+    protocol_pk, protocol, jobs, done_before = transact(ledger, resolve)
     if not jobs:
         raise UserError(f"protocol {protocol_id} declares no jobs (use `docket ingest` for results produced elsewhere)")
     catalog = load_catalog()

@@ -1,0 +1,328 @@
+"""Upgrading a ledger that has data in it, from every earlier Alembic revision to head, on SQLite
+and PostgreSQL.
+
+For each revision before head: migrate an empty database to that revision, insert data with
+plain Core inserts into the tables *as they exist at that revision* (reflected, so columns added
+later are simply absent): a frozen protocol and an amendment, a sign-check, runs, observations,
+metrics, texts, a verdict, hash-chained costs and journal entries. Then upgrade to head and check
+that every row and value survived, both hash chains still verify, the ledger opens at head and
+parses its protocol, and the append-only / frozen-row triggers exist and fire (SQLite batch
+migrations rebuild tables and drop their triggers: the migration must re-create them).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import pytest
+from distributed_helpers import protocol_yaml
+from sqlalchemy import Engine, MetaData, Table, func, insert, inspect, select, text
+from sqlalchemy.exc import DBAPIError
+
+from journal.chain import GENESIS as JOURNAL_GENESIS
+from journal.chain import build_chain
+from journal.schema import JournalEntry
+from ledger import protocol_store as store
+from ledger.costs import GENESIS, chain_hash, cost_canonical, verify_cost_chain
+from ledger.db import all_revisions, check_revision, current_revision, make_engine, open_ledger
+from ledger.db import upgrade as upgrade_to
+from ledger.journal_store import verify_journal_chain
+from ledger.models import CostRow, JournalEntryRow
+from ledger.triggers import missing_triggers
+from protocols.loader import load_protocol_text
+
+EARLIER = all_revisions()[:-1]
+T0 = datetime(2026, 11, 1, 12, 0, 0, 123456, tzinfo=UTC)
+N_OBS = 300
+
+
+def _at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def _naive_utc(value: datetime) -> datetime:
+    return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
+
+
+def seed_rows() -> dict[str, list[dict[str, Any]]]:
+    """Rows to insert, with every column docket has ever had; columns a revision lacks are
+    dropped at insert time (they must then be NULL / default after the upgrade)."""
+    frozen = load_protocol_text(
+        protocol_yaml("mig", [{"name": "j", "kind": "synthetic"}]), "mig.yaml"
+    )
+    amended = load_protocol_text(
+        protocol_yaml("mig", [{"name": "j", "kind": "synthetic", "seed": 5}]), "mig.yaml"
+    )
+    protocols = [
+        {
+            "id": 1,
+            "protocol_id": "mig",
+            "version": 1,
+            "title": frozen.protocol.title,
+            "yaml_text": frozen.yaml_text,
+            "canonical_json": frozen.canonical,
+            "sha256": frozen.sha256,
+            "status": "frozen",
+            "registered_at": _at(0),
+            "frozen_at": _at(1),
+            "parent_id": None,
+            "amendment_reason": None,
+            "source_path": "mig.yaml",
+        },
+        {
+            "id": 2,
+            "protocol_id": "mig",
+            "version": 2,
+            "title": amended.protocol.title,
+            "yaml_text": amended.yaml_text,
+            "canonical_json": amended.canonical,
+            "sha256": amended.sha256,
+            "status": "registered",
+            "registered_at": _at(2),
+            "frozen_at": None,
+            "parent_id": 1,
+            "amendment_reason": "a different seed",
+            "source_path": "mig.yaml",
+        },
+    ]
+    sha = frozen.sha256
+    runs = [
+        {
+            "id": i,
+            "protocol_pk": 1,
+            "protocol_sha256": sha,
+            "job": "j",
+            "kind": "synthetic",
+            "source": "runner",
+            "config_json": f'{{"n": {i}}}',
+            "status": status,
+            "host": "h1",
+            "worker": None,
+            "hardware": "a40",
+            "queued_at": _at(10 * i),
+            "started_at": _at(10 * i + 1),
+            "heartbeat_at": None,
+            "lease_expires_at": None,
+            "finished_at": _at(10 * i + 5),
+            "wall_s": 4.0 + i,
+            "cost_micros": 1000 * i,
+            "seed": 1234,
+            "git_sha": "abc123",
+            "checkpoint_sha256": None,
+            "checkpoint_path": None,
+            "input_sha256": None,
+            "knob_audit_json": "{}",
+            "silent_noop_knobs": None,
+            "error": "RuntimeError: boom" if status == "failed" else None,
+            "extra_json": None,
+        }
+        for i, status in ((1, "succeeded"), (2, "failed"), (3, "abandoned"))
+    ]
+    observations = [
+        {
+            "id": k + 1,
+            "run_id": 1,
+            "grp": f"g{k % 3}",
+            "item": f"item{k}",
+            "label": k % 2,
+            "signal": "s",
+            "value": k / 7.0,
+        }
+        for k in range(N_OBS)
+    ]
+    costs = []
+    prev = GENESIS
+    for seq, (run_id, usd) in enumerate(((1, 1000), (2, 2000), (None, 150000)), start=1):
+        row = {
+            "id": seq,
+            "seq": seq,
+            "at": _at(100 + seq),
+            "run_id": run_id,
+            "protocol_pk": 1,
+            "hardware": "a40",
+            "wall_s": 4.5 if run_id else None,
+            "billed_s": 360 if run_id else None,
+            "rate_micros_per_hour": 400000,
+            "usd_micros": usd,
+            "label": None,
+            "note": "manual: dataset licence" if run_id is None else None,
+        }
+        digest = chain_hash(prev, cost_canonical(CostRow(**row)))
+        row.update(prev_hash=prev, hash=digest)
+        costs.append(row)
+        prev = digest
+    entries = [
+        JournalEntry(date=date(2026, 11, 1), title="Froze mig", observations=["frozen"]),
+        JournalEntry(date=date(2026, 11, 2), title="Ran j", protocol="mig", runs=[1, 2]),
+    ]
+    journal = [
+        {
+            "id": link.seq,
+            "seq": link.seq,
+            "at": _at(200 + link.seq),
+            "protocol_pk": 1,
+            "corrects_seq": None,
+            "title": entry.title,
+            "body_json": link.canonical,
+            "prev_hash": link.prev_hash,
+            "hash": link.hash,
+        }
+        for entry, link in zip(
+            entries, build_chain(entries, prev_hash=JOURNAL_GENESIS), strict=True
+        )
+    ]
+    return {
+        "protocols": protocols,
+        "sign_checks": [
+            {
+                "id": 1,
+                "protocol_pk": 1,
+                "protocol_sha256": sha,
+                "ran_at": _at(1),
+                "passed": True,
+                "report_json": '{"passed": true, "checks": []}',
+            }
+        ],
+        "runs": runs,
+        "observations": observations,
+        "metrics": [
+            {
+                "id": 1,
+                "run_id": 1,
+                "name": "n_observations",
+                "value": float(N_OBS),
+                "ci_low": None,
+                "ci_high": None,
+                "step": None,
+            },
+            {
+                "id": 2,
+                "run_id": 1,
+                "name": "loss",
+                "value": 0.25,
+                "ci_low": 0.2,
+                "ci_high": 0.3,
+                "step": 100,
+            },
+        ],
+        "run_texts": [{"id": 1, "run_id": 1, "item": "item0", "text": "héllo\nworld"}],
+        "verdicts": [
+            {
+                "id": 1,
+                "protocol_pk": 1,
+                "protocol_sha256": sha,
+                "computed_at": _at(300),
+                "verdict": "PARTIAL",
+                "details_json": '{"H1": "PARTIAL"}',
+                "inputs_sha256": "f" * 64,
+                "run_ids_json": "[1]",
+            }
+        ],
+        "costs": costs,
+        "journal_entries": journal,
+    }
+
+
+def seed(engine: Engine) -> dict[str, list[dict[str, Any]]]:
+    """Insert :func:`seed_rows` into the tables as they are now; return what was inserted."""
+    rows = seed_rows()
+    inserted: dict[str, list[dict[str, Any]]] = {}
+    meta = MetaData()
+    with engine.begin() as conn:
+        for name, table_rows in rows.items():
+            table = Table(name, meta, autoload_with=conn)
+            present = set(table.c.keys())
+            kept = [{k: v for k, v in r.items() if k in present} for r in table_rows]
+            conn.execute(insert(table), kept)
+            inserted[name] = kept
+        if conn.dialect.name == "postgresql":  # explicit ids: move the sequences past them
+            for name in rows:
+                conn.execute(
+                    text(
+                        f"SELECT setval(pg_get_serial_sequence('{name}', 'id'), "
+                        f"(SELECT max(id) FROM {name}))"
+                    )
+                )
+    return inserted
+
+
+def _same(expected: Any, actual: Any) -> bool:
+    if isinstance(expected, datetime):
+        return isinstance(actual, datetime) and _naive_utc(expected) == _naive_utc(actual)
+    if isinstance(expected, float):
+        return actual == pytest.approx(expected, rel=1e-12)
+    return expected == actual
+
+
+def check_survived(engine: Engine, inserted: dict[str, list[dict[str, Any]]]) -> None:
+    """Every inserted row is still there with the same values (columns added later: NULL)."""
+    meta = MetaData()
+    with engine.connect() as conn:
+        for name, rows in inserted.items():
+            table = Table(name, meta, autoload_with=conn)
+            stored = {r.id: r._mapping for r in conn.execute(select(table).order_by(table.c.id))}
+            assert len(stored) == len(rows), name
+            for row in rows:
+                got = stored[row["id"]]
+                for column, value in row.items():
+                    assert _same(value, got[column]), (name, row["id"], column, value, got[column])
+            added = set(table.c.keys()) - set(rows[0])
+            for column in sorted(added):
+                default = {"cost_micros": 0}.get(column)
+                assert {got[column] for got in stored.values()} <= {None, default}, (name, column)
+
+
+def check_triggers_fire(engine: Engine) -> None:
+    """Append-only and frozen-row triggers exist and reject changes; registered rows still may
+    change (they are frozen later)."""
+    with engine.connect() as conn:
+        assert missing_triggers(conn) == []
+    refused = [
+        "UPDATE costs SET usd_micros = 0 WHERE seq = 1",
+        "DELETE FROM costs WHERE seq = 3",
+        "UPDATE journal_entries SET title = 'edited' WHERE seq = 1",
+        "DELETE FROM journal_entries",
+        "UPDATE verdicts SET verdict = 'PROVEN'",
+        "DELETE FROM sign_checks",
+        "UPDATE protocols SET title = 'edited' WHERE id = 1",
+        "DELETE FROM protocols WHERE id = 1",
+    ]
+    for statement in refused:
+        with pytest.raises(DBAPIError, match="docket"), engine.begin() as conn:
+            conn.execute(text(statement))
+    with engine.begin() as conn:  # a registered protocol row is not frozen yet
+        assert conn.execute(text("UPDATE protocols SET title = 'draft' WHERE id = 2")).rowcount == 1
+
+
+@pytest.mark.parametrize("revision", EARLIER)
+def test_upgrade_from_earlier_revision_keeps_data_and_triggers(
+    revision: str, ledger_url: str
+) -> None:
+    engine = make_engine(ledger_url, create=True)
+    try:
+        upgrade_to(engine, revision)
+        assert current_revision(engine) == revision
+        before = set(inspect(engine).get_table_names())
+        inserted = seed(engine)
+        upgrade_to(engine, "head")
+        check_revision(engine)  # at head now
+        assert before <= set(inspect(engine).get_table_names())
+        check_survived(engine, inserted)
+        ledger = open_ledger(ledger_url)
+        try:
+            with ledger.session() as session:
+                costs = list(session.scalars(select(CostRow).order_by(CostRow.seq)))
+                assert verify_cost_chain(costs) == []
+                journal = list(
+                    session.scalars(select(JournalEntryRow).order_by(JournalEntryRow.seq))
+                )
+                assert verify_journal_chain(journal) == []
+                row = store.latest_frozen(session, "mig")
+                assert row.version == 1 and store.parse_row(row).job("j").kind == "synthetic"
+                assert session.scalar(select(func.count()).select_from(CostRow)) == 3
+        finally:
+            ledger.engine.dispose()
+        check_triggers_fire(engine)
+    finally:
+        engine.dispose()
