@@ -33,21 +33,32 @@ class BudgetCheck:
         assert self.budget_micros is not None
         return (
             f"budget exceeded for job {job!r}: spent {format_usd(self.spent_micros)} + estimate "
-            f"{format_usd(self.estimate_micros)} ({self.estimate_seconds:.0f} s, {self.estimate_source}) = "
-            f"{format_usd(self.spent_micros + self.estimate_micros)} > budget {format_usd(self.budget_micros)}; "
-            "rerun with --allow-over-budget --reason \"...\" to proceed (a journal entry records it)"
+            f"{format_usd(self.estimate_micros)} "
+            f"({self.estimate_seconds:.0f} s, {self.estimate_source}) = "
+            f"{format_usd(self.spent_micros + self.estimate_micros)} > "
+            f"budget {format_usd(self.budget_micros)}; "
+            'rerun with --allow-over-budget --reason "..." to proceed (a journal entry records it)'
         )
 
 
 def protocol_pks(session: Session, protocol_id: str) -> list[int]:
-    return list(session.scalars(select(ProtocolRow.id).where(ProtocolRow.protocol_id == protocol_id)))
+    return list(
+        session.scalars(select(ProtocolRow.id).where(ProtocolRow.protocol_id == protocol_id))
+    )
 
 
 def spent_micros(session: Session, protocol_id: str) -> int:
     pks = protocol_pks(session, protocol_id)
     if not pks:
         return 0
-    return int(session.scalar(select(func.coalesce(func.sum(CostRow.usd_micros), 0)).where(CostRow.protocol_pk.in_(pks))) or 0)
+    return int(
+        session.scalar(
+            select(func.coalesce(func.sum(CostRow.usd_micros), 0)).where(
+                CostRow.protocol_pk.in_(pks)
+            )
+        )
+        or 0
+    )
 
 
 def estimate_seconds(session: Session, protocol_id: str, job: JobSpec) -> tuple[float, str]:
@@ -57,7 +68,9 @@ def estimate_seconds(session: Session, protocol_id: str, job: JobSpec) -> tuple[
     walls = [
         w
         for w in session.scalars(
-            select(RunRow.wall_s).where(RunRow.protocol_pk.in_(pks), RunRow.job == job.name, RunRow.wall_s.is_not(None))
+            select(RunRow.wall_s).where(
+                RunRow.protocol_pk.in_(pks), RunRow.job == job.name, RunRow.wall_s.is_not(None)
+            )
         )
     ]
     if walls:
@@ -65,7 +78,9 @@ def estimate_seconds(session: Session, protocol_id: str, job: JobSpec) -> tuple[
     return 0.0, "no estimate and no earlier runs"
 
 
-def check_budget(session: Session, protocol_id: str, protocol: Protocol, job: JobSpec, hw: Hardware) -> BudgetCheck:
+def check_budget(
+    session: Session, protocol_id: str, protocol: Protocol, job: JobSpec, hw: Hardware
+) -> BudgetCheck:
     spent = spent_micros(session, protocol_id)
     seconds, source = estimate_seconds(session, protocol_id, job)
     estimate = cost_micros(hw, seconds) if seconds > 0 else 0

@@ -16,7 +16,11 @@ def init_cmd(env: Env, as_json: bool) -> None:
     """Create the ledger (or upgrade it to the current schema)."""
     ledger = init_ledger(env.db_url)
     data = {"ledger": ledger.url, "revision": head_revision()}
-    emit(data, as_json, lambda c: c.print(f"ledger ready at {data['ledger']} (schema {data['revision']})"))
+    emit(
+        data,
+        as_json,
+        lambda c: c.print(f"ledger ready at {data['ledger']} (schema {data['revision']})"),
+    )
 
 
 @cli.group("db")

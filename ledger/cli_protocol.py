@@ -42,7 +42,9 @@ def print_sign_check(report: dict[str, Any], console: Any) -> None:
         )
         for c in report["checks"]
     ]
-    console.print(table("sign-check", ["", "check", "target", "expected", "found", "likely cause"], rows))
+    console.print(
+        table("sign-check", ["", "check", "target", "expected", "found", "likely cause"], rows)
+    )
     for c in report["checks"]:
         if not c["passed"]:
             console.print(
@@ -67,7 +69,11 @@ def validate_cmd(file: Path, as_json: bool) -> None:
     """Check FILE against the protocol schema (exit 2 with FILE:LINE errors)."""
     loaded = load_protocol_file(file)
     data = {"file": str(file), "id": loaded.protocol.id, "sha256": loaded.sha256, "valid": True}
-    emit(data, as_json, lambda c: c.print(f"{file}: valid protocol {loaded.protocol.id} (sha256 {loaded.sha256})"))
+    emit(
+        data,
+        as_json,
+        lambda c: c.print(f"{file}: valid protocol {loaded.protocol.id} (sha256 {loaded.sha256})"),
+    )
 
 
 @protocol_group.command("register")
@@ -81,7 +87,11 @@ def register_cmd(env: Env, file: Path, as_json: bool) -> None:
         outcome = store.register(session, loaded, str(file))
         data = store.describe(session, outcome.row) | {"created": outcome.created}
     verb = "registered" if data["created"] else "already registered"
-    emit(data, as_json, lambda c: c.print(f"{verb} {data['id']} v{data['version']} sha256 {data['sha256']}"))
+    emit(
+        data,
+        as_json,
+        lambda c: c.print(f"{verb} {data['id']} v{data['version']} sha256 {data['sha256']}"),
+    )
 
 
 @protocol_group.command("signcheck")
@@ -103,9 +113,17 @@ def signcheck_cmd(env: Env, protocol_id: str, as_json: bool) -> None:
 @protocol_group.command("simulate")
 @click.argument("protocol_id")
 @click.option("--runs", "n_sims", default=200, show_default=True, help="Simulated studies per gap.")
-@click.option("--n", "n_per_class", default=30, show_default=True, type=click.IntRange(2, 100_000),
-              help="Items per class per group in each simulated study.")
-@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Write a PNG power curve.")
+@click.option(
+    "--n",
+    "n_per_class",
+    default=30,
+    show_default=True,
+    type=click.IntRange(2, 100_000),
+    help="Items per class per group in each simulated study.",
+)
+@click.option(
+    "--plot", type=click.Path(dir_okay=False, path_type=Path), help="Write a PNG power curve."
+)
 @json_option
 @pass_env
 def simulate_cmd(
@@ -127,8 +145,18 @@ def simulate_cmd(
     def human(c: Any) -> None:
         for rule in result["rules"]:
             verdicts = rule["verdicts"]
-            rows = [[f"{p['gap']:+.3f}"] + [f"{p['rates'].get(v, 0):.2f}" for v in verdicts] for p in rule["points"]]
-            c.print(table(f"rule {rule['rule']} ({rule['kind']}): verdict rates by {rule.get('gap_label', 'true gap')}", ["gap"] + verdicts, rows))
+            rows = [
+                [f"{p['gap']:+.3f}"] + [f"{p['rates'].get(v, 0):.2f}" for v in verdicts]
+                for p in rule["points"]
+            ]
+            c.print(
+                table(
+                    f"rule {rule['rule']} ({rule['kind']}): verdict rates by "
+                    f"{rule.get('gap_label', 'true gap')}",
+                    ["gap"] + verdicts,
+                    rows,
+                )
+            )
             c.print(f"PROVEN rate under the null: {rule['null_proven_rate']:.3f}")
         for skip in result.get("skipped", []):
             c.print(f"rule {skip['rule']} not simulated: {skip['reason']}")
@@ -164,7 +192,9 @@ def freeze_cmd(env: Env, protocol_id: str, as_json: bool) -> None:
 @protocol_group.command("amend")
 @click.argument("protocol_id")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--reason", required=True, help="Why the protocol changes (stored and shown in every verdict).")
+@click.option(
+    "--reason", required=True, help="Why the protocol changes (stored and shown in every verdict)."
+)
 @json_option
 @pass_env
 def amend_cmd(env: Env, protocol_id: str, file: Path, reason: str, as_json: bool) -> None:
@@ -189,7 +219,9 @@ def amend_cmd(env: Env, protocol_id: str, file: Path, reason: str, as_json: bool
 @click.option("--yaml", "show_yaml", is_flag=True, help="Print the stored YAML text.")
 @json_option
 @pass_env
-def show_cmd(env: Env, protocol_id: str, version: int | None, show_yaml: bool, as_json: bool) -> None:
+def show_cmd(
+    env: Env, protocol_id: str, version: int | None, show_yaml: bool, as_json: bool
+) -> None:
     """Show a protocol, its sha256, its sign-check and its amendment chain."""
     with env.ledger().session() as session:
         versions = store.chain(session, protocol_id)
@@ -215,22 +247,55 @@ def show_cmd(env: Env, protocol_id: str, version: int | None, show_yaml: bool, a
 
     def human(c: Any) -> None:
         c.print(f"[bold]{data['id']}[/bold] v{data['version']} - {data['title']}")
-        c.print(f"sha256 {data['sha256']}  status {data['status']}  frozen_at {data['frozen_at'] or '-'}")
+        c.print(
+            f"sha256 {data['sha256']}  status {data['status']}  "
+            f"frozen_at {data['frozen_at'] or '-'}"
+        )
         sc = data["sign_check"]
-        c.print("sign-check: " + ("never run" if sc is None else ("passed" if sc["passed"] else "FAILED")))
+        c.print(
+            "sign-check: "
+            + ("never run" if sc is None else ("passed" if sc["passed"] else "FAILED"))
+        )
         proto = data["protocol"]
-        c.print(table("hypotheses", ["id", "rule", "statement"], [(h["id"], h["rule"], h["statement"]) for h in proto["hypotheses"]]))
+        c.print(
+            table(
+                "hypotheses",
+                ["id", "rule", "statement"],
+                [(h["id"], h["rule"], h["statement"]) for h in proto["hypotheses"]],
+            )
+        )
         rows = [
-            (v["version"], v["status"], v["sha256"][:16], v["registered_at"], v["amendment_reason"] or "")
+            (
+                v["version"],
+                v["status"],
+                v["sha256"][:16],
+                v["registered_at"],
+                v["amendment_reason"] or "",
+            )
             for v in data["chain"]
         ]
-        c.print(table("versions (amendment chain)", ["version", "status", "sha256", "registered", "reason"], rows))
+        c.print(
+            table(
+                "versions (amendment chain)",
+                ["version", "status", "sha256", "registered", "reason"],
+                rows,
+            )
+        )
         if proto.get("jobs"):
             c.print(
                 table(
                     "jobs",
                     ["name", "kind", "after", "hardware", "params"],
-                    [(j["name"], j["kind"], ", ".join(j["after"]), j["hardware"], json.dumps(j["params"])) for j in proto["jobs"]],
+                    [
+                        (
+                            j["name"],
+                            j["kind"],
+                            ", ".join(j["after"]),
+                            j["hardware"],
+                            json.dumps(j["params"]),
+                        )
+                        for j in proto["jobs"]
+                    ],
                 )
             )
 
@@ -247,10 +312,19 @@ def list_cmd(env: Env, as_json: bool) -> None:
 
     def human(c: Any) -> None:
         rows = [
-            (p["id"], p["latest_version"], p["latest_status"], p["frozen_version"] or "-", (p["frozen_sha256"] or "")[:16], p["title"])
+            (
+                p["id"],
+                p["latest_version"],
+                p["latest_status"],
+                p["frozen_version"] or "-",
+                (p["frozen_sha256"] or "")[:16],
+                p["title"],
+            )
             for p in data
         ]
-        c.print(table("protocols", ["id", "latest", "status", "frozen", "frozen sha256", "title"], rows))
+        c.print(
+            table("protocols", ["id", "latest", "status", "frozen", "frozen sha256", "title"], rows)
+        )
 
     emit(data, as_json, human)
 

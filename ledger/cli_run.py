@@ -61,16 +61,26 @@ def run_cmd(
 
     def human(c: Any) -> None:
         rows = [
-            (o.job, o.status, o.run_id or "", f"{o.wall_s:.1f}" if o.wall_s else "", format_usd(o.cost_micros),
-             (o.error or "").strip().splitlines()[0] if o.error else "")
+            (
+                o.job,
+                o.status,
+                o.run_id or "",
+                f"{o.wall_s:.1f}" if o.wall_s else "",
+                format_usd(o.cost_micros),
+                (o.error or "").strip().splitlines()[0] if o.error else "",
+            )
             for o in outcomes
         ]
-        c.print(table(f"run {protocol_id}", ["job", "status", "run", "wall s", "cost", "note"], rows))
+        c.print(
+            table(f"run {protocol_id}", ["job", "status", "run", "wall s", "cost", "note"], rows)
+        )
 
     emit(data, as_json, human)
     bad = [o for o in outcomes if o.status not in ("succeeded", "up_to_date")]
     if bad:
-        raise CheckFailed(f"{len(bad)} job(s) did not succeed: " + ", ".join(f"{o.job} ({o.status})" for o in bad))
+        raise CheckFailed(
+            f"{len(bad)} job(s) did not succeed: " + ", ".join(f"{o.job} ({o.status})" for o in bad)
+        )
 
 
 @cli.group("runs")
@@ -82,7 +92,9 @@ def runs_group() -> None:
 @click.option("--protocol", "protocol_id", help="Only runs of this protocol (all versions).")
 @click.option(
     "--status",
-    type=click.Choice(["queued", "running", "succeeded", "failed", "abandoned", "silent_noop", "skipped"]),
+    type=click.Choice(
+        ["queued", "running", "succeeded", "failed", "abandoned", "silent_noop", "skipped"]
+    ),
 )
 @json_option
 @pass_env
@@ -102,11 +114,26 @@ def runs_list(env: Env, protocol_id: str | None, status: str | None, as_json: bo
 
     def human(c: Any) -> None:
         rows = [
-            (r["id"], r["job"], r["kind"], r["status"], r["hardware"], f"{r['wall_s']:.1f}" if r["wall_s"] else "",
-             format_usd(r["cost_micros"]), (r["protocol_sha256"] or "")[:12],
-             ", ".join(r["silent_noop_knobs"]) or ((r["error"] or "").splitlines()[0] if r["error"] else ""))
+            (
+                r["id"],
+                r["job"],
+                r["kind"],
+                r["status"],
+                r["hardware"],
+                f"{r['wall_s']:.1f}" if r["wall_s"] else "",
+                format_usd(r["cost_micros"]),
+                (r["protocol_sha256"] or "")[:12],
+                ", ".join(r["silent_noop_knobs"])
+                or ((r["error"] or "").splitlines()[0] if r["error"] else ""),
+            )
             for r in data
         ]
-        c.print(table("runs", ["id", "job", "kind", "status", "hardware", "wall s", "cost", "protocol", "note"], rows))
+        c.print(
+            table(
+                "runs",
+                ["id", "job", "kind", "status", "hardware", "wall s", "cost", "protocol", "note"],
+                rows,
+            )
+        )
 
     emit(data, as_json, human)

@@ -230,12 +230,24 @@ def verify_cost_chain(rows: list[CostRow]) -> list[dict[str, Any]]:
     for row in rows:
         if row.prev_hash != prev:
             problems.append(
-                {"table": "costs", "row": row.seq, "problem": f"prev_hash {row.prev_hash[:12]} != hash of previous row {prev[:12]}"}
+                {
+                    "table": "costs",
+                    "row": row.seq,
+                    "problem": (
+                        f"prev_hash {row.prev_hash[:12]} != hash of previous row {prev[:12]}"
+                    ),
+                }
             )
         expected = chain_hash(row.prev_hash, cost_canonical(row))
         if expected != row.hash:
             problems.append(
-                {"table": "costs", "row": row.seq, "problem": f"content changed: stored hash {row.hash[:12]}, recomputed {expected[:12]}"}
+                {
+                    "table": "costs",
+                    "row": row.seq,
+                    "problem": (
+                        f"content changed: stored hash {row.hash[:12]}, recomputed {expected[:12]}"
+                    ),
+                }
             )
         prev = row.hash
     return problems

@@ -84,7 +84,9 @@ def make_engine(url: str | None = None, *, create: bool = False) -> Engine:
         ) from None
     backend = parsed.get_backend_name()
     if backend not in ("sqlite", "postgresql"):
-        raise LedgerError(f"unsupported database {backend!r} in {describe_url(url)}; use sqlite or postgresql")
+        raise LedgerError(
+            f"unsupported database {backend!r} in {describe_url(url)}; use sqlite or postgresql"
+        )
     if backend == "postgresql" and parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
     try:
@@ -126,8 +128,9 @@ def current_revision(engine: Engine) -> str | None:
         with engine.connect() as conn:
             return MigrationContext.configure(conn).get_current_revision()
     except OperationalError as exc:
-        raise LedgerError(f"cannot connect to the ledger at {describe_url(str(engine.url))}: "
-                          f"{_first_line(exc)}") from None
+        raise LedgerError(
+            f"cannot connect to the ledger at {describe_url(str(engine.url))}: {_first_line(exc)}"
+        ) from None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -143,8 +146,9 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, revision)
     except OperationalError as exc:
-        raise LedgerError(f"cannot upgrade the ledger at {describe_url(str(engine.url))}: "
-                          f"{_first_line(exc)}") from None
+        raise LedgerError(
+            f"cannot upgrade the ledger at {describe_url(str(engine.url))}: {_first_line(exc)}"
+        ) from None
 
 
 def check_revision(engine: Engine) -> None:
@@ -207,4 +211,6 @@ def init_ledger(url: str | None = None) -> Ledger:
 
 
 def is_connection_error(exc: BaseException) -> bool:
-    return isinstance(exc, OperationalError | DBAPIError) and getattr(exc, "connection_invalidated", False)
+    return isinstance(exc, OperationalError | DBAPIError) and getattr(
+        exc, "connection_invalidated", False
+    )

@@ -39,25 +39,49 @@ def demo_steps(journal_file: Path) -> list[Step]:
         Step("Create the demo ledger", ["init"]),
         Step("Register the paper's pre-registration", ["protocol", "register", routed]),
         Step("Register the PoE self-speculative protocol", ["protocol", "register", poe]),
-        Step("Register a protocol whose metric rewards forgetting", ["protocol", "register", inverted]),
+        Step(
+            "Register a protocol whose metric rewards forgetting",
+            ["protocol", "register", inverted],
+        ),
         Step(
             "The sign-check refuses to freeze it (exit 1 is the point)",
             ["protocol", "freeze", "inverted-forgetting"],
             expect=1,
         ),
-        Step("Sign-check and freeze the routed study", ["protocol", "freeze", "router-entropy-metacog"]),
+        Step(
+            "Sign-check and freeze the routed study",
+            ["protocol", "freeze", "router-entropy-metacog"],
+        ),
         Step("Sign-check and freeze the PoE study", ["protocol", "freeze", "poe-self-speculative"]),
-        Step("Run every job of the routed study (train, finetune, splice, probe)", ["run", "router-entropy-metacog"]),
+        Step(
+            "Run every job of the routed study (train, finetune, splice, probe)",
+            ["run", "router-entropy-metacog"],
+        ),
         Step("Verdict of the routed study", ["verdict", "router-entropy-metacog"]),
-        Step("Run every job of the PoE study (train, probes, speculative decoding)", ["run", "poe-self-speculative"]),
+        Step(
+            "Run every job of the PoE study (train, probes, speculative decoding)",
+            ["run", "poe-self-speculative"],
+        ),
         Step("Verdict of the PoE study", ["verdict", "poe-self-speculative"]),
         Step("PoE metrics per checkpoint", ["trajectory", "poe-self-speculative"]),
-        Step("Import the receipts' bill (the paper's GPU spend)", ["cost", "import-receipts", "--protocol", "router-entropy-metacog"]),
+        Step(
+            "Import the receipts' bill (the paper's GPU spend)",
+            ["cost", "import-receipts", "--protocol", "router-entropy-metacog"],
+        ),
         Step("The bill", ["costs", "--by", "hardware"]),
-        Step("Write a journal entry", ["journal", "add", "--protocol", "router-entropy-metacog", "--file", str(journal_file)]),
+        Step(
+            "Write a journal entry",
+            ["journal", "add", "--protocol", "router-entropy-metacog", "--file", str(journal_file)],
+        ),
         Step("Audit every hash, chain and trigger", ["audit"]),
-        Step("HTML report of the routed study", ["report", "router-entropy-metacog", "--out", "report/router-entropy-metacog"]),
-        Step("HTML report of the PoE study", ["report", "poe-self-speculative", "--out", "report/poe-self-speculative"]),
+        Step(
+            "HTML report of the routed study",
+            ["report", "router-entropy-metacog", "--out", "report/router-entropy-metacog"],
+        ),
+        Step(
+            "HTML report of the PoE study",
+            ["report", "poe-self-speculative", "--out", "report/poe-self-speculative"],
+        ),
     ]
 
 
@@ -69,10 +93,13 @@ JOURNAL_ENTRY = """## {date} (demo) — miniature replication of the router-entr
 - [obs] The verdict table above is the pre-registered rule applied to this machine's probe run.
 
 ### Inferences
-- [inf] A tiny model trained for a minute is not the paper's 10.2M model; the verdict says what this miniature shows, no more. {{reason: "scale differs by orders of magnitude", credence: 0.9}}
+- [inf] A tiny model trained for a minute is not the paper's 10.2M model; the verdict says
+  what this miniature shows, no more. {{reason: "scale differs by orders of magnitude",
+  credence: 0.9}}
 
 ### Failure modes considered
-- **Likely:** the probe set is too easy or too hard for a model this small. Prior 0.5. Check: read the coherence metric and the generated texts in the report.
+- **Likely:** the probe set is too easy or too hard for a model this small. Prior 0.5.
+  Check: read the coherence metric and the generated texts in the report.
 
 ### Next action
 Run the same frozen protocol with `model: tilelli-10m` on a GPU (amend it: the change is recorded).
@@ -83,7 +110,9 @@ def prepare_directory(directory: Path) -> None:
     """Empty ``directory`` if it is a previous demo's (it has the marker file); refuse otherwise."""
     if directory.exists() and any(directory.iterdir()):
         if not (directory / MARKER).exists():
-            raise click.UsageError(f"{directory} exists and is not a docket demo directory; choose --dir")
+            raise click.UsageError(
+                f"{directory} exists and is not a docket demo directory; choose --dir"
+            )
         shutil.rmtree(directory)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / MARKER).write_text("created by docket demo; safe to delete\n")
@@ -108,7 +137,9 @@ def run_demo(directory: Path) -> int:
             console.print(Rule(f"[bold]{i}. {step.title}[/bold]"))
             console.print(f"$ docket {' '.join(step.argv)}", style="dim")
             try:
-                cli.main(args=["--db", db_url, *step.argv], prog_name="docket", standalone_mode=False)
+                cli.main(
+                    args=["--db", db_url, *step.argv], prog_name="docket", standalone_mode=False
+                )
                 code = 0
             except click.exceptions.Exit as exc:
                 code = exc.exit_code

@@ -34,13 +34,19 @@ class RegisterOutcome:
 def _versions(session: Session, protocol_id: str) -> list[ProtocolRow]:
     return list(
         session.scalars(
-            select(ProtocolRow).where(ProtocolRow.protocol_id == protocol_id).order_by(ProtocolRow.version)
+            select(ProtocolRow)
+            .where(ProtocolRow.protocol_id == protocol_id)
+            .order_by(ProtocolRow.version)
         )
     )
 
 
 def known_ids(session: Session) -> list[str]:
-    return list(session.scalars(select(ProtocolRow.protocol_id).distinct().order_by(ProtocolRow.protocol_id)))
+    return list(
+        session.scalars(
+            select(ProtocolRow.protocol_id).distinct().order_by(ProtocolRow.protocol_id)
+        )
+    )
 
 
 def latest(session: Session, protocol_id: str) -> ProtocolRow:
@@ -48,7 +54,11 @@ def latest(session: Session, protocol_id: str) -> ProtocolRow:
     versions = _versions(session, protocol_id)
     if not versions:
         ids = known_ids(session)
-        hint = f"known: {', '.join(ids)}" if ids else "the ledger has no protocols yet (docket protocol register FILE)"
+        hint = (
+            f"known: {', '.join(ids)}"
+            if ids
+            else "the ledger has no protocols yet (docket protocol register FILE)"
+        )
         raise UserError(f"unknown protocol {protocol_id!r}; {hint}")
     return versions[-1]
 
@@ -75,7 +85,9 @@ def parse_row(row: ProtocolRow) -> Protocol:
     return load_protocol_text(row.yaml_text, f"ledger:{row.protocol_id}@v{row.version}").protocol
 
 
-def register(session: Session, loaded: LoadedProtocol, source_path: str | None = None) -> RegisterOutcome:
+def register(
+    session: Session, loaded: LoadedProtocol, source_path: str | None = None
+) -> RegisterOutcome:
     """Register ``loaded`` as version 1, or return the existing identical version."""
     versions = _versions(session, loaded.protocol.id)
     for row in versions:
@@ -86,7 +98,7 @@ def register(session: Session, loaded: LoadedProtocol, source_path: str | None =
         raise UserError(
             f"protocol {loaded.protocol.id!r} is already registered (version {last.version}, "
             f"sha256 {last.sha256[:12]}, {last.status}) with different content; to change it use "
-            f"`docket protocol amend {loaded.protocol.id} FILE --reason \"...\"`"
+            f'`docket protocol amend {loaded.protocol.id} FILE --reason "..."`'
         )
     row = ProtocolRow(
         protocol_id=loaded.protocol.id,
@@ -104,7 +116,13 @@ def register(session: Session, loaded: LoadedProtocol, source_path: str | None =
     return RegisterOutcome(row, created=True)
 
 
-def amend(session: Session, protocol_id: str, loaded: LoadedProtocol, reason: str, source_path: str | None = None) -> ProtocolRow:
+def amend(
+    session: Session,
+    protocol_id: str,
+    loaded: LoadedProtocol,
+    reason: str,
+    source_path: str | None = None,
+) -> ProtocolRow:
     """Add a new version of ``protocol_id`` linked to the latest one."""
     if not reason or not reason.strip():
         raise UserError("--reason is required and must say why the protocol changes")
@@ -117,7 +135,8 @@ def amend(session: Session, protocol_id: str, loaded: LoadedProtocol, reason: st
     for row in _versions(session, protocol_id):
         if row.sha256 == loaded.sha256:
             raise UserError(
-                f"{loaded.source}: identical to version {row.version} (sha256 {row.sha256[:12]}); nothing to amend"
+                f"{loaded.source}: identical to version {row.version} "
+                f"(sha256 {row.sha256[:12]}); nothing to amend"
             )
     row = ProtocolRow(
         protocol_id=protocol_id,
@@ -155,11 +174,16 @@ def store_sign_check(session: Session, row: ProtocolRow, report: dict[str, Any])
 
 def latest_sign_check(session: Session, row: ProtocolRow) -> SignCheckRow | None:
     return session.scalars(
-        select(SignCheckRow).where(SignCheckRow.protocol_pk == row.id).order_by(SignCheckRow.id.desc()).limit(1)
+        select(SignCheckRow)
+        .where(SignCheckRow.protocol_pk == row.id)
+        .order_by(SignCheckRow.id.desc())
+        .limit(1)
     ).first()
 
 
-def freeze(session: Session, protocol_id: str, sign_check: SignCheckFn) -> tuple[ProtocolRow, dict[str, Any], bool]:
+def freeze(
+    session: Session, protocol_id: str, sign_check: SignCheckFn
+) -> tuple[ProtocolRow, dict[str, Any], bool]:
     """Sign-check and freeze the latest version. Returns (row, report, newly_frozen).
 
     The sign-check report is stored whether it passes or not; a failing report leaves the row
@@ -193,7 +217,9 @@ def describe(session: Session, row: ProtocolRow) -> dict[str, Any]:
         "frozen_at": row.frozen_at.isoformat() if row.frozen_at else None,
         "parent_version": _parent_version(session, row),
         "amendment_reason": row.amendment_reason,
-        "sign_check": None if check is None else {"passed": check.passed, "ran_at": check.ran_at.isoformat()},
+        "sign_check": None
+        if check is None
+        else {"passed": check.passed, "ran_at": check.ran_at.isoformat()},
     }
 
 

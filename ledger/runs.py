@@ -192,7 +192,9 @@ def complete_run(
             wall_s=wall_s,
             checkpoint_sha256=checkpoint_sha256,
             checkpoint_path=checkpoint_path,
-            knob_audit_json=json.dumps(knob_audit, sort_keys=True, default=str) if knob_audit is not None else None,
+            knob_audit_json=json.dumps(knob_audit, sort_keys=True, default=str)
+            if knob_audit is not None
+            else None,
             silent_noop_knobs=json.dumps(list(silent_noop_knobs)) if silent_noop_knobs else None,
             error=error,
             extra_json=json.dumps(extra, sort_keys=True, default=str) if extra else None,
@@ -282,7 +284,9 @@ def run_by_worker(session: Session, worker: str) -> RunRow | None:
 
 
 def succeeded_runs(session: Session, protocol_sha256: str, job: str | None = None) -> list[RunRow]:
-    query = select(RunRow).where(RunRow.protocol_sha256 == protocol_sha256, RunRow.status == "succeeded")
+    query = select(RunRow).where(
+        RunRow.protocol_sha256 == protocol_sha256, RunRow.status == "succeeded"
+    )
     if job is not None:
         query = query.where(RunRow.job == job)
     return list(session.scalars(query.order_by(RunRow.id)))

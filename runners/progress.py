@@ -44,7 +44,9 @@ class JobProgress:
     def update(self, done: int, total: int, description: str) -> None:
         if self.progress is None or self.job_task is None:
             return
-        self.progress.update(self.job_task, completed=done, total=total, description=f"  {description}"[:60])
+        self.progress.update(
+            self.job_task, completed=done, total=total, description=f"  {description}"[:60]
+        )
 
     def finish_job(self, name: str, status: str) -> None:
         if self.progress is None:

@@ -18,10 +18,18 @@ class SignalInfo:
 
 
 SIGNALS: dict[str, SignalInfo] = {
-    "max_softmax_mean": SignalInfo("negative", "mean max-softmax probability over generated tokens (a confidence)"),
-    "max_softmax_last": SignalInfo("negative", "max-softmax probability of the last generated token (a confidence)"),
-    "router_entropy_mean": SignalInfo("positive", "mean router-gate entropy in nats over prompt positions"),
-    "router_entropy_var": SignalInfo("positive", "variance of router-gate entropy over prompt positions"),
+    "max_softmax_mean": SignalInfo(
+        "negative", "mean max-softmax probability over generated tokens (a confidence)"
+    ),
+    "max_softmax_last": SignalInfo(
+        "negative", "max-softmax probability of the last generated token (a confidence)"
+    ),
+    "router_entropy_mean": SignalInfo(
+        "positive", "mean router-gate entropy in nats over prompt positions"
+    ),
+    "router_entropy_var": SignalInfo(
+        "positive", "variance of router-gate entropy over prompt positions"
+    ),
     "router_conf": SignalInfo("negative", "1 - router_entropy_mean / log 3 (a confidence)"),
     "abstain_p": SignalInfo("positive", "sigmoid of the abstain head on the final hidden state"),
 }

@@ -36,7 +36,9 @@ def postgres_base_url() -> str | None:
 def require_postgres() -> str:
     url = postgres_base_url()
     if url is None:
-        pytest.skip("PostgreSQL tests need DOCKET_TEST_POSTGRES=<url> (they always run under CI=true)")
+        pytest.skip(
+            "PostgreSQL tests need DOCKET_TEST_POSTGRES=<url> (they always run under CI=true)"
+        )
     return url
 
 
@@ -100,7 +102,9 @@ class DocketCli:
         old = Path.cwd()
         os.chdir(self.cwd)
         try:
-            return self.runner.invoke(cli, ["--db", self.url, *args], input=input, catch_exceptions=False)
+            return self.runner.invoke(
+                cli, ["--db", self.url, *args], input=input, catch_exceptions=False
+            )
         finally:
             os.chdir(old)
 

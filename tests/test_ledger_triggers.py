@@ -7,13 +7,14 @@ triggers must hold against anyone with a database connection.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import Connection, UniqueConstraint, inspect, text
 from sqlalchemy.exc import DBAPIError
 
 from ledger import triggers
-from ledger.db import Ledger
+from ledger.db import Ledger, init_ledger
 from ledger.models import Base
 
 APPEND_ONLY = ["sign_checks", "verdicts", "costs", "journal_entries", "reproductions"]
@@ -170,9 +171,16 @@ def test_append_only_tables_reject_update_and_delete(ledger: Ledger) -> None:
     assert scalar(ledger, "SELECT COUNT(*) FROM verdicts") == 2
 
 
-def test_truncate_rejected_on_postgresql(ledger: Ledger) -> None:
-    if ledger.dialect != "postgresql":
-        pytest.skip("TRUNCATE is PostgreSQL only (SQLite's DELETE FROM fires the row triggers)")
+@pytest.fixture
+def pg_ledger(pg_schema_url: str) -> Iterator[Ledger]:
+    led = init_ledger(pg_schema_url)
+    yield led
+    led.engine.dispose()
+
+
+def test_truncate_rejected_on_postgresql(pg_ledger: Ledger) -> None:
+    """TRUNCATE is PostgreSQL only (SQLite's DELETE FROM fires the row triggers)."""
+    ledger = pg_ledger
     with ledger.engine.begin() as conn:
         insert_protocol(conn, 1, "frozen")
         for table in APPEND_ONLY:
@@ -188,11 +196,10 @@ def test_truncate_rejected_on_postgresql(ledger: Ledger) -> None:
         assert scalar(ledger, f"SELECT COUNT(*) FROM {table}") == 1
 
 
-def test_sqlite_replace_cannot_overwrite_protected_rows(ledger: Ledger) -> None:
+def test_sqlite_replace_cannot_overwrite_protected_rows(sqlite_ledger: Ledger) -> None:
     """SQLite's REPLACE conflict resolution deletes the old row without firing DELETE triggers
     (unless recursive_triggers is on): it must not become a way to rewrite history."""
-    if ledger.dialect != "sqlite":
-        pytest.skip("INSERT OR REPLACE is SQLite syntax")
+    ledger = sqlite_ledger
     with ledger.engine.begin() as conn:
         insert_protocol(conn, 1, "frozen")
         insert_protocol(conn, 2, "registered")

@@ -38,7 +38,13 @@ def fail_job(ctx: JobContext) -> JobResult:
 
 def synthetic_job(ctx: JobContext) -> JobResult:
     ctx.knobs.set_defaults(
-        {"groups": ["g1"], "signals": {"s": "positive"}, "n_per_class": 30, "effect": 1.0, "seconds": 0.0}
+        {
+            "groups": ["g1"],
+            "signals": {"s": "positive"},
+            "n_per_class": 30,
+            "effect": 1.0,
+            "seconds": 0.0,
+        }
     )
     rng = np.random.default_rng(ctx.seed)
     groups = list(ctx.knobs.get("groups"))
@@ -58,8 +64,12 @@ def synthetic_job(ctx: JobContext) -> JobResult:
                 item = f"{g}-{label}-{i}"
                 for name, polarity in signals.items():
                     shift = effect * label * (1 if polarity == "positive" else -1)
-                    observations.append(Observation(g, item, name, float(rng.normal(shift, 1.0)), label))
-    return JobResult(observations=observations, metrics=[MetricValue("n_observations", len(observations))])
+                    observations.append(
+                        Observation(g, item, name, float(rng.normal(shift, 1.0)), label)
+                    )
+    return JobResult(
+        observations=observations, metrics=[MetricValue("n_observations", len(observations))]
+    )
 
 
 JOBS = {"sleep": sleep_job, "fail": fail_job, "synthetic": synthetic_job}
