@@ -20,20 +20,27 @@ Run: ``python benchmarks/verdict_stats.py`` (options: --rounds, --repeats, --skl
 
 from __future__ import annotations
 
-import argparse
-import os
-import platform
-import statistics
-import time
-from collections.abc import Callable
+import sys
+from pathlib import Path
 
-import numpy as np
-import scipy
-import scipy.stats
-import sklearn
-from sklearn.metrics import roc_auc_score
+# benchmarks/ledger.py would shadow the ledger package when this file runs as a script
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [str(_HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
-from ledger import stats
+import argparse  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+
+import numpy as np  # noqa: E402
+import scipy  # noqa: E402
+import scipy.stats  # noqa: E402
+import sklearn  # noqa: E402
+from sklearn.metrics import roc_auc_score  # noqa: E402
+
+from ledger import stats  # noqa: E402
 
 GROUPS = [f"group{i}" for i in range(1, 8)]
 N_POS = N_NEG = 30

@@ -137,10 +137,11 @@ def run_demo(directory: Path) -> int:
             console.print(Rule(f"[bold]{i}. {step.title}[/bold]"))
             console.print(f"$ docket {' '.join(step.argv)}", style="dim")
             try:
-                cli.main(
+                # without standalone mode click returns a command's exit code instead of exiting
+                returned = cli.main(
                     args=["--db", db_url, *step.argv], prog_name="docket", standalone_mode=False
                 )
-                code = 0
+                code = returned if isinstance(returned, int) else 0
             except click.exceptions.Exit as exc:
                 code = exc.exit_code
             except click.ClickException as exc:
