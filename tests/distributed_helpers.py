@@ -131,3 +131,11 @@ def subprocess_group(args: list[str], **kwargs: Any) -> Iterator[subprocess.Pope
             except ProcessLookupError:
                 pass
         proc.wait(timeout=30)
+
+
+def cli_json(stdout: str) -> object:
+    """The JSON a docket command printed, ignoring lines Ray's log monitor may interleave on the
+    driver's stdout (e.g. "(raylet) A worker died ...", printed asynchronously after a worker is
+    killed)."""
+    lines = [line for line in stdout.splitlines() if "(raylet)" not in line and "(pid=" not in line]
+    return json.loads("\n".join(lines))

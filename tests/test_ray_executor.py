@@ -15,7 +15,6 @@ with a remote Ray address refused with exit 2.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
@@ -24,6 +23,7 @@ from collections.abc import Iterator
 import pytest
 import ray
 from distributed_helpers import (
+    cli_json,
     cost_rows,
     freeze,
     observation_count,
@@ -177,7 +177,7 @@ def test_killed_ray_worker_is_abandoned_and_its_cost_kept(
     def abandoned() -> list[dict]:
         result = docket("runs", "list", "--status", "abandoned", "--json")
         assert result.exit_code == 0, result.output
-        return json.loads(result.stdout)
+        return cli_json(result.stdout)
 
     listed = wait_for(abandoned, 15, "the run to be reaped as abandoned", every=0.5)
     assert [r["id"] for r in listed] == [long.run_id]
@@ -199,12 +199,12 @@ def test_docket_run_executor_ray_through_the_cli(ray_cluster: None, ledger: Ledg
     )
     result = docket("run", "ray-cli", "--executor", "ray", "--no-progress", "--json")
     assert result.exit_code == 0, result.output
-    data = json.loads(result.stdout)
+    data = cli_json(result.stdout)
     assert [(d["job"], d["status"]) for d in data] == [
         ("first", "succeeded"),
         ("second", "succeeded"),
     ]
-    listed = json.loads(docket("runs", "list", "--status", "succeeded", "--json").stdout)
+    listed = cli_json(docket("runs", "list", "--status", "succeeded", "--json").stdout)
     assert sorted(r["job"] for r in listed) == ["first", "second"]
     assert all(r["worker"].startswith("ray:") for r in listed)
 
@@ -219,7 +219,7 @@ def test_sqlite_ledger_with_a_remote_ray_address_is_refused(docket_sqlite, sqlit
     assert result.exit_code == 2
     assert "SQLite" in result.output and "PostgreSQL" in result.output
     assert "remote Ray cluster" in result.output
-    runs = json.loads(docket_sqlite("runs", "list", "--json").stdout)
+    runs = cli_json(docket_sqlite("runs", "list", "--json").stdout)
     assert runs == []  # nothing ran, nothing was recorded
 
 
