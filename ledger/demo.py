@@ -124,6 +124,7 @@ def run_demo(directory: Path) -> int:
     from ledger.models import utcnow
 
     console = Console(highlight=False)
+    directory = directory.resolve()  # the steps run with the demo directory as cwd
     prepare_directory(directory)
     journal_file = directory / "entry.md"
     journal_file.write_text(JOURNAL_ENTRY.format(date=utcnow().date().isoformat()))

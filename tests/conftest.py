@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -42,9 +43,10 @@ def require_postgres() -> str:
     return url
 
 
-@pytest.fixture
-def pg_schema_url() -> Iterator[str]:
-    """A URL whose search_path is a fresh, empty schema on the test PostgreSQL server."""
+@contextmanager
+def fresh_pg_schema_url() -> Iterator[str]:
+    """A URL whose search_path is a fresh, empty schema on the test PostgreSQL server; the
+    schema is dropped afterwards."""
     base = require_postgres()
     schema = "dk_" + uuid.uuid4().hex[:12]
     admin = create_engine(base)
@@ -57,6 +59,13 @@ def pg_schema_url() -> Iterator[str]:
         with admin.begin() as conn:
             conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
         admin.dispose()
+
+
+@pytest.fixture
+def pg_schema_url() -> Iterator[str]:
+    """A URL whose search_path is a fresh, empty schema on the test PostgreSQL server."""
+    with fresh_pg_schema_url() as url:
+        yield url
 
 
 @pytest.fixture

@@ -17,13 +17,13 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("demo")]
 
 
 def test_demo_runs_every_step_with_its_expected_exit_code(tmp_path: Path) -> None:
-    directory = tmp_path / "demo"
+    directory = tmp_path / "demo"  # given relative to the cwd, as `make demo` does
     env = dict(os.environ)
     env.pop("DOCKET_DB", None)
     env.pop("DOCKET_ARTIFACTS", None)
     env["COLUMNS"] = "160"
     result = subprocess.run(
-        [str(Path(sys.executable).parent / "docket"), "demo", "--dir", str(directory)],
+        [str(Path(sys.executable).parent / "docket"), "demo", "--dir", "demo"],
         capture_output=True,
         text=True,
         env=env,

@@ -8,13 +8,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import DocketCli, require_postgres
-from sqlalchemy import create_engine, text
+from conftest import DocketCli, fresh_pg_schema_url
+from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from journal import JournalEntry, build_chain, parse_journal
@@ -34,18 +33,8 @@ def second_url(ledger_url: str, tmp_path: Path) -> Iterator[str]:
     if ledger_url.startswith("sqlite"):
         yield f"sqlite:///{tmp_path / 'second.db'}"
         return
-    base = require_postgres()
-    schema = "dk_" + uuid.uuid4().hex[:12]
-    admin = create_engine(base)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    sep = "&" if "?" in base else "?"
-    try:
-        yield f"{base}{sep}options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        admin.dispose()
+    with fresh_pg_schema_url() as url:
+        yield url
 
 
 # --------------------------------------------------------------------------- store
