@@ -23,7 +23,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 import migrations
@@ -208,9 +208,3 @@ def init_ledger(url: str | None = None) -> Ledger:
     current_revision(engine)  # connection check with a clear message
     upgrade(engine)
     return Ledger(engine, sessionmaker(engine, expire_on_commit=False))
-
-
-def is_connection_error(exc: BaseException) -> bool:
-    return isinstance(exc, OperationalError | DBAPIError) and getattr(
-        exc, "connection_invalidated", False
-    )

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ledger.errors import CheckFailed, UserError
@@ -248,7 +248,3 @@ def list_protocols(session: Session) -> list[dict[str, Any]]:
             }
         )
     return out
-
-
-def count(session: Session) -> int:
-    return session.scalar(select(func.count()).select_from(ProtocolRow)) or 0

@@ -60,7 +60,3 @@ def canonical_json(protocol: Protocol) -> str:
 def protocol_sha256(protocol: Protocol) -> str:
     """Hex sha256 of the UTF-8 canonical JSON."""
     return hashlib.sha256(canonical_json(protocol).encode("utf-8")).hexdigest()
-
-
-def sha256_text(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()

@@ -133,3 +133,15 @@ def docket_sqlite(sqlite_url: str, tmp_path: Path) -> DocketCli:
     result = cli("init")
     assert result.exit_code == 0, result.output
     return cli
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Torch single-threaded for a module's tests, restored afterwards: tiny models gain nothing
+    from intra-op threads, and on a shared 2-core machine 2 threads ran many times slower."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -7,7 +7,6 @@ import math
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from runners.jobs.routed import JOBS, STRUCTURAL_KEYS, is_loop, is_refusal
 from runners.models.routed import group_of, load_checkpoint
 
 SEED = 1234
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def run_job(
@@ -37,16 +37,6 @@ def run_job(
     )
     ctx.artifacts_dir.mkdir(parents=True, exist_ok=True)
     return JOBS[kind](ctx), ctx
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny models gain nothing from intra-op threads, and on a shared, oversubscribed machine
-    OpenMP spinning makes 2 threads many times slower than 1."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

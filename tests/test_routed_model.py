@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,6 +28,8 @@ from runners.models.routed import (
     save_checkpoint,
 )
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 PROMPTS = [
     chat_prompt("What is the capital of France?"),
     chat_prompt("Which countries border Peru?"),
@@ -36,16 +37,6 @@ PROMPTS = [
     "x",
     "Here is some background. " * 4,
 ]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny models gain nothing from intra-op threads, and on a shared, oversubscribed machine
-    OpenMP spinning makes 2 threads many times slower than 1."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
