@@ -52,11 +52,11 @@ import numpy as np  # noqa: E402
 import sqlalchemy  # noqa: E402
 from sqlalchemy import create_engine, func, select, text  # noqa: E402
 
-from ledger import protocol_store as store  # noqa: E402
-from ledger.db import Ledger, init_ledger  # noqa: E402
-from ledger.models import ObservationRow, utcnow  # noqa: E402
-from ledger.runs import create_run, insert_observations  # noqa: E402
-from protocols.loader import load_protocol_text  # noqa: E402
+from docketml.ledger.store import protocols as store  # noqa: E402
+from docketml.ledger.store.db import Ledger, init_ledger  # noqa: E402
+from docketml.ledger.store.models import ObservationRow, utcnow  # noqa: E402
+from docketml.ledger.store.runs import create_run, insert_observations  # noqa: E402
+from docketml.protocols.loader import load_protocol_text  # noqa: E402
 
 DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 GROUPS = [f"group{i}" for i in range(5)]

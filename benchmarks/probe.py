@@ -26,15 +26,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from runners.data import GROUPS, load_corpus, load_probe  # noqa: E402
-from runners.jobs.routed import prompt_signals  # noqa: E402
-from runners.models.routed import (  # noqa: E402
-    RoutedLM,
-    encode,
-    generate,
-    generate_naive,
-    get_config,
-)
+from docketml.runners.data import GROUPS, load_corpus, load_probe  # noqa: E402
+from docketml.runners.jobs.routed import prompt_signals  # noqa: E402
+from docketml.runners.models.routed import RoutedLM, encode, generate, generate_naive, get_config
 
 MAX_NEW = 48
 

@@ -27,15 +27,23 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from runners.jobs.poe import held_out_prompts, load_corpus, split_corpus, train  # noqa: E402
-from runners.models.poe import (  # noqa: E402
+from docketml.runners.jobs.poe import (
+    held_out_prompts,
+    load_corpus,
+    split_corpus,
+    train,
+)  # noqa: E402
+from docketml.runners.models.poe import (
     PoELM,
     get_config,
     load_checkpoint,
     poe_log_probs,
     save_checkpoint,
 )
-from runners.poe_decode import compare_decoding, speculative_projected_speedup  # noqa: E402
+from docketml.runners.models.poe_decode import (
+    compare_decoding,
+    speculative_projected_speedup,
+)  # noqa: E402
 
 
 @torch.inference_mode()

@@ -40,8 +40,8 @@ import scipy.stats  # noqa: E402
 import sklearn  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
-from ledger import rules, stats  # noqa: E402
-from protocols.schema import Protocol  # noqa: E402
+from docketml.ledger.verdict import rules, stats  # noqa: E402
+from docketml.protocols.schema import Protocol  # noqa: E402
 
 GROUPS = [f"group{i}" for i in range(1, 8)]
 N_POS = N_NEG = 30

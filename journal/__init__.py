@@ -3,7 +3,7 @@
 Pure Python: imports neither ``ledger`` nor ``runners``.
 """
 
-from journal.chain import (
+from .chain import (
     GENESIS,
     ChainProblem,
     ChainRow,
@@ -13,14 +13,14 @@ from journal.chain import (
     entry_hash,
     verify_chain,
 )
-from journal.flags import (
+from .flags import (
     entry_from_flags,
     entry_from_markdown,
     entry_from_markdown_file,
     parse_scored_flag,
 )
-from journal.markdown import HEADER, JournalParseError, parse_journal, render_entry, render_journal
-from journal.schema import FailureMode, Inference, JournalEntry
+from .markdown import HEADER, JournalParseError, parse_journal, render_entry, render_journal
+from .schema import FailureMode, Inference, JournalEntry
 
 __all__ = [
     "GENESIS",

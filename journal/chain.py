@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from journal.schema import JournalEntry
+from .schema import JournalEntry
 
 __all__ = [
     "GENESIS",

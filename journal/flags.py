@@ -22,8 +22,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from journal.markdown import JournalParseError, parse_journal
-from journal.schema import FailureMode, Inference, JournalEntry
+from .markdown import JournalParseError, parse_journal
+from .schema import FailureMode, Inference, JournalEntry
 
 __all__ = [
     "entry_from_flags",

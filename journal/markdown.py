@@ -59,7 +59,7 @@ from decimal import Decimal, InvalidOperation
 
 from pydantic import ValidationError
 
-from journal.schema import FailureMode, Inference, JournalEntry
+from .schema import FailureMode, Inference, JournalEntry
 
 __all__ = [
     "HEADER",

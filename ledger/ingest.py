@@ -40,12 +40,13 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ledger import protocol_store as store
-from ledger.errors import UserError
-from ledger.models import RunRow
-from ledger.rules import rule_sources
-from ledger.runs import complete_run, create_run, reap_abandoned, start_run
-from protocols.schema import NonInferiorityRule, Protocol, RegimeWinsRule, ThresholdRule
+from docketml.protocols.schema import NonInferiorityRule, Protocol, RegimeWinsRule, ThresholdRule
+
+from .errors import UserError
+from .store import protocols as store
+from .store.models import RunRow
+from .store.runs import complete_run, create_run, reap_abandoned, start_run
+from .verdict.rules import rule_sources
 
 DEFAULT_JOB = "ingest"
 MAX_PROBLEMS_SHOWN = 200

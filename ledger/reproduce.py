@@ -31,11 +31,12 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ledger import protocol_store as store
-from ledger.db import Ledger
-from ledger.errors import CheckFailed, UserError
-from ledger.models import MetricRow, ProtocolRow, ReproductionRow, utcnow
-from protocols.schema import Claim, Protocol
+from docketml.protocols.schema import Claim, Protocol
+
+from .errors import CheckFailed, UserError
+from .store import protocols as store
+from .store.db import Ledger
+from .store.models import MetricRow, ProtocolRow, ReproductionRow, utcnow
 
 __all__ = [
     "ClaimRef",
@@ -176,7 +177,7 @@ def read_metric(
     if metric in latest:
         return float(latest[metric].value), None
     if protocol is not None and metric in protocol.metrics:
-        from protocols.expr import ExprError, parse_expr
+        from docketml.protocols.expr import ExprError, parse_expr
 
         try:
             expr = parse_expr(protocol.metrics[metric].expr)
@@ -192,7 +193,7 @@ def executor_rerun(*, allow_over_budget: bool = False, reason: str | None = None
     """The default re-run: ``runners.executor.run_protocol(job=..., force=True)``."""
 
     def rerun(ledger: Ledger, protocol_id: str, job: str) -> RerunOutcome:
-        from runners.executor import run_protocol
+        from docketml.runners.execute.executor import run_protocol
 
         outcomes = run_protocol(
             ledger,

@@ -1,14 +1,16 @@
-"""Alembic environment: docket passes an open connection in ``config.attributes``."""
+"""Alembic environment: docket passes an open connection in ``config.attributes``.
+
+The migrations are history: they import nothing of the live ledger code (``ledger.store.models``
+may change after a revision is written). No ``target_metadata``: docket never autogenerates at
+run time; tests/test_migrations.py compares the migrated schema with the models instead."""
 
 from __future__ import annotations
 
 from alembic import context
 from sqlalchemy import create_engine
 
-from ledger.models import Base
-
 config = context.config
-target_metadata = Base.metadata
+target_metadata = None
 
 
 def run_migrations_online() -> None:

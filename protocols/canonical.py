@@ -18,7 +18,7 @@ import math
 from decimal import Decimal
 from typing import Any
 
-from protocols.schema import Protocol
+from .schema import Protocol
 
 
 def _normalise(value: Any) -> Any:

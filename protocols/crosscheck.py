@@ -5,14 +5,8 @@ Each problem is ``(path, message)``; the loader turns paths into lines.
 
 from __future__ import annotations
 
-from protocols.errors import did_you_mean
-from protocols.schema import (
-    CombinationRule,
-    NonInferiorityRule,
-    Protocol,
-    RegimeWinsRule,
-    ThresholdRule,
-)
+from .errors import did_you_mean
+from .schema import CombinationRule, NonInferiorityRule, Protocol, RegimeWinsRule, ThresholdRule
 
 Problem = tuple[tuple[str | int, ...], str]
 
@@ -202,7 +196,7 @@ def cross_check(protocol: Protocol) -> list[Problem]:
                         stack.append(h)
 
     for name, metric in protocol.metrics.items():
-        from protocols.expr import ExprError, parse_expr
+        from .expr import ExprError, parse_expr
 
         try:
             parsed = parse_expr(metric.expr)

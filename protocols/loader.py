@@ -13,11 +13,11 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from protocols.canonical import canonical_json, protocol_sha256
-from protocols.crosscheck import cross_check
-from protocols.errors import ProtocolError, ProtocolErrors, did_you_mean
-from protocols.schema import Protocol
-from protocols.yaml_lines import YamlProblem, line_for, load_with_lines
+from .canonical import canonical_json, protocol_sha256
+from .crosscheck import cross_check
+from .errors import ProtocolError, ProtocolErrors, did_you_mean
+from .schema import Protocol
+from .yaml_lines import YamlProblem, line_for, load_with_lines
 
 MAX_BYTES = 2_000_000
 
@@ -84,7 +84,7 @@ def _model_at(path: tuple[str | int, ...], data: Any) -> type[BaseModel] | None:
     """The pydantic model class that validates the mapping at ``path`` (best effort)."""
     from typing import get_args, get_origin
 
-    from protocols import schema
+    from . import schema
 
     model: Any = Protocol
     node = data

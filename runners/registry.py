@@ -9,15 +9,15 @@ from __future__ import annotations
 import importlib
 from collections.abc import Iterator, Mapping
 
-from runners.context import JobFn
+from .context import JobFn
 
 # Params that select *what* runs (model config, which checkpoint) rather than tuning it: the knob
 # audit ignores them (they take effect by construction: a wrong one fails loudly).
 STRUCTURAL_KEYS = frozenset({"model", "layout", "checkpoint", "base", "donor"})
 
 FAMILIES: dict[str, tuple[str, ...]] = {
-    "runners.jobs.builtin": ("sleep", "fail", "synthetic"),
-    "runners.jobs.routed": (
+    "docketml.runners.jobs.builtin": ("sleep", "fail", "synthetic"),
+    "docketml.runners.jobs.routed": (
         "pretrain",
         "chat_sft",
         "abstain_sft",
@@ -25,7 +25,7 @@ FAMILIES: dict[str, tuple[str, ...]] = {
         "splice",
         "probe",
     ),
-    "runners.jobs.poe": (
+    "docketml.runners.jobs.poe": (
         "poe_train",
         "poe_probe",
         "poe_speculative",

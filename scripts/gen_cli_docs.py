@@ -133,7 +133,7 @@ def _anchor(path: tuple[str, ...]) -> str:
 
 def render() -> str:
     """The whole CLI reference as markdown (see the module docstring)."""
-    from ledger.cli import cli
+    from docketml.ledger.cli.main import cli
 
     commands = _commands(cli, (PROG,))
     out = [PREAMBLE, "## Commands\n"]

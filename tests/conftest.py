@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import create_engine, text
 
-from ledger.db import Ledger, init_ledger
+from docketml.ledger.store.db import Ledger, init_ledger
 
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -106,7 +106,7 @@ class DocketCli:
         self.runner = CliRunner()
 
     def __call__(self, *args: str, input: str | None = None):  # noqa: A002
-        from ledger.cli import cli
+        from docketml.ledger.cli.main import cli
 
         old = Path.cwd()
         os.chdir(self.cwd)

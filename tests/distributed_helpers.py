@@ -21,10 +21,10 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from ledger import protocol_store as store
-from ledger.db import Ledger
-from ledger.models import CostRow, ObservationRow, ProtocolRow, RunRow, utcnow
-from protocols.loader import load_protocol_text
+from docketml.ledger.store import protocols as store
+from docketml.ledger.store.db import Ledger
+from docketml.ledger.store.models import CostRow, ObservationRow, ProtocolRow, RunRow, utcnow
+from docketml.protocols.loader import load_protocol_text
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKET = str(Path(sys.executable).with_name("docket"))

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from ledger.audit import audit, json_differences
-from ledger.db import Ledger, open_ledger
-from ledger.runs import create_run, start_run
-from ledger.triggers import expected_triggers
+from docketml.ledger.integrity.audit import audit, json_differences
+from docketml.ledger.store.db import Ledger, open_ledger
+from docketml.ledger.store.runs import create_run, start_run
+from docketml.migrations.triggers import expected_triggers
 
 AUDITED = """\
 docket: 1
@@ -183,8 +183,8 @@ def test_rebinding_a_run_and_rehashing_a_protocol_is_found(studied) -> None:
 
 
 def test_audit_reaps_abandoned_runs_first(ledger) -> None:
-    from ledger import protocol_store as store
-    from protocols.loader import load_protocol_text
+    from docketml.ledger.store import protocols as store
+    from docketml.protocols.loader import load_protocol_text
 
     with ledger.session() as session:
         row = store.register(session, load_protocol_text(AUDITED)).row

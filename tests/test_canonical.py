@@ -19,11 +19,11 @@ import pytest
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from protocols import schema
-from protocols.canonical import canonical_json, protocol_sha256
-from protocols.crosscheck import cross_check
-from protocols.loader import load_protocol_file, load_protocol_text
-from protocols.schema import Protocol
+from docketml.protocols import schema
+from docketml.protocols.canonical import canonical_json, protocol_sha256
+from docketml.protocols.crosscheck import cross_check
+from docketml.protocols.loader import load_protocol_file, load_protocol_text
+from docketml.protocols.schema import Protocol
 
 SHIPPED = (
     Path(__file__).resolve().parents[1] / "protocols" / "library" / "router_entropy_metacog.yaml"

@@ -27,13 +27,13 @@ import pytest
 from distributed_helpers import cost_rows, freeze, observation_count, protocol_row
 from sqlalchemy import create_engine, func, select, text
 
-from ledger.costs import meter_run, verify_cost_chain
-from ledger.db import Ledger, init_ledger, open_ledger
-from ledger.hardware import load_catalog
-from ledger.models import CostRow, ObservationRow, RunRow
-from ledger.retry import transact
-from ledger.runs import complete_run, create_run, run_by_worker, start_run
-from runners.executor import execute_job
+from docketml.ledger.billing.costs import meter_run, verify_cost_chain
+from docketml.ledger.billing.hardware import load_catalog
+from docketml.ledger.store.db import Ledger, init_ledger, open_ledger
+from docketml.ledger.store.models import CostRow, ObservationRow, RunRow
+from docketml.ledger.store.retry import transact
+from docketml.ledger.store.runs import complete_run, create_run, run_by_worker, start_run
+from docketml.runners.execute.executor import execute_job
 
 PROCESSES = 8
 RUNS_PER_PROCESS = 200

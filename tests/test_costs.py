@@ -9,14 +9,14 @@ import json
 from decimal import Decimal
 from pathlib import Path
 
-from ledger import bill as billing
-from ledger import protocol_store as store
-from ledger.budget import check_budget
-from ledger.costs import append_cost, verify_cost_chain
-from ledger.hardware import cost_micros, default_catalog
-from ledger.models import CostRow
-from ledger.receipts import receipts_gpu_total_micros
-from protocols.loader import load_protocol_text
+from docketml.ledger.billing import bill as billing
+from docketml.ledger.billing.budget import check_budget
+from docketml.ledger.billing.costs import append_cost, verify_cost_chain
+from docketml.ledger.billing.hardware import cost_micros, default_catalog
+from docketml.ledger.billing.receipts import receipts_gpu_total_micros
+from docketml.ledger.store import protocols as store
+from docketml.ledger.store.models import CostRow
+from docketml.protocols.loader import load_protocol_text
 
 BUDGET_PROTOCOL = """\
 docket: 1

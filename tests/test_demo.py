@@ -48,7 +48,7 @@ def test_demo_runs_every_step_with_its_expected_exit_code(tmp_path: Path) -> Non
 def test_demo_directory_is_recreated_only_when_it_is_a_demo_directory(tmp_path: Path) -> None:
     from click import UsageError
 
-    from ledger.demo import MARKER, prepare_directory
+    from docketml.ledger.cli.demo_steps import MARKER, prepare_directory
 
     demo = tmp_path / "demo"
     prepare_directory(demo)

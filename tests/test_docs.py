@@ -31,7 +31,7 @@ def test_cli_reference_is_current() -> None:
 def test_cli_reference_covers_every_command() -> None:
     import click
 
-    from ledger.cli import cli
+    from docketml.ledger.cli.main import cli
 
     text = _generator().render()
 

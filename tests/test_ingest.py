@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select, text
 
-from ledger.db import open_ledger
-from ledger.models import ObservationRow, RunRow
+from docketml.ledger.store.db import open_ledger
+from docketml.ledger.store.models import ObservationRow, RunRow
 
 TABLES = (
     "protocols",

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from journal import (
+from docketml.journal import (
     GENESIS,
     HEADER,
     ChainRow,

@@ -16,9 +16,9 @@ from conftest import DocketCli, fresh_pg_schema_url
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from journal import JournalEntry, build_chain, parse_journal
-from ledger import journal_store as js
-from ledger.errors import UserError
+from docketml.journal import JournalEntry, build_chain, parse_journal
+from docketml.ledger.errors import UserError
+from docketml.ledger.store import journal as js
 
 FIXTURE = Path(__file__).parent / "fixtures" / "journal_003.md"
 

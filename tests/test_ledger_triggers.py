@@ -13,9 +13,9 @@ import pytest
 from sqlalchemy import Connection, UniqueConstraint, inspect, text
 from sqlalchemy.exc import DBAPIError
 
-from ledger import triggers
-from ledger.db import Ledger, init_ledger
-from ledger.models import Base
+from docketml.ledger.store.db import Ledger, init_ledger
+from docketml.ledger.store.models import Base
+from docketml.migrations import triggers
 
 APPEND_ONLY = ["sign_checks", "verdicts", "costs", "journal_entries", "reproductions"]
 

@@ -33,12 +33,12 @@ from distributed_helpers import (
 )
 from sqlalchemy import select
 
-from ledger.costs import verify_cost_chain
-from ledger.db import Ledger
-from ledger.hardware import cost_micros, load_catalog
-from ledger.models import CostRow, RunRow, utcnow
-from ledger.runs import complete_run, create_run, reap_abandoned, start_run
-from runners.executor import execute_job
+from docketml.ledger.billing.costs import verify_cost_chain
+from docketml.ledger.billing.hardware import cost_micros, load_catalog
+from docketml.ledger.store.db import Ledger
+from docketml.ledger.store.models import CostRow, RunRow, utcnow
+from docketml.ledger.store.runs import complete_run, create_run, reap_abandoned, start_run
+from docketml.runners.execute.executor import execute_job
 
 LEASE_S = "1.5"
 

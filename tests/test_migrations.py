@@ -20,17 +20,23 @@ from distributed_helpers import protocol_yaml
 from sqlalchemy import Engine, MetaData, Table, func, insert, inspect, select, text
 from sqlalchemy.exc import DBAPIError
 
-from journal.chain import GENESIS as JOURNAL_GENESIS
-from journal.chain import build_chain
-from journal.schema import JournalEntry
-from ledger import protocol_store as store
-from ledger.costs import GENESIS, chain_hash, cost_canonical, verify_cost_chain
-from ledger.db import all_revisions, check_revision, current_revision, make_engine, open_ledger
-from ledger.db import upgrade as upgrade_to
-from ledger.journal_store import verify_journal_chain
-from ledger.models import CostRow, JournalEntryRow
-from ledger.triggers import missing_triggers
-from protocols.loader import load_protocol_text
+from docketml.journal.chain import GENESIS as JOURNAL_GENESIS
+from docketml.journal.chain import build_chain
+from docketml.journal.schema import JournalEntry
+from docketml.ledger.billing.costs import GENESIS, chain_hash, cost_canonical, verify_cost_chain
+from docketml.ledger.store import protocols as store
+from docketml.ledger.store.db import (
+    all_revisions,
+    check_revision,
+    current_revision,
+    make_engine,
+    open_ledger,
+)
+from docketml.ledger.store.db import upgrade as upgrade_to
+from docketml.ledger.store.journal import verify_journal_chain
+from docketml.ledger.store.models import CostRow, JournalEntryRow
+from docketml.migrations.triggers import missing_triggers
+from docketml.protocols.loader import load_protocol_text
 
 EARLIER = all_revisions()[:-1]
 T0 = datetime(2026, 11, 1, 12, 0, 0, 123456, tzinfo=UTC)

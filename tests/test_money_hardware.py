@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ledger.hardware import (
+from docketml.ledger.billing.hardware import (
     DEFAULT_HARDWARE,
     Hardware,
     HardwareConfigError,
@@ -18,8 +18,17 @@ from ledger.hardware import (
     hardware_config_path,
     load_catalog,
 )
-from ledger.money import MICROS_PER_USD, format_usd, micros_to_decimal, usd_to_micros
-from ledger.receipts import RECEIPTS_GPU_TOTAL_USD, receipts_bill, receipts_gpu_total_micros
+from docketml.ledger.billing.money import (
+    MICROS_PER_USD,
+    format_usd,
+    micros_to_decimal,
+    usd_to_micros,
+)
+from docketml.ledger.billing.receipts import (
+    RECEIPTS_GPU_TOTAL_USD,
+    receipts_bill,
+    receipts_gpu_total_micros,
+)
 
 # --------------------------------------------------------------------------- money
 

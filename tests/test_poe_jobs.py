@@ -8,15 +8,15 @@ from typing import Any
 import pytest
 import torch
 
-from runners.context import JobContext, JobResult, KnobAudit, sha256_file
-from runners.jobs.poe import (
+from docketml.runners.context import JobContext, JobResult, KnobAudit, sha256_file
+from docketml.runners.jobs.poe import (
     JOBS,
     STRUCTURAL_KEYS,
     generate_corpus,
     list_checkpoints,
     load_corpus,
 )
-from runners.models.poe import load_checkpoint
+from docketml.runners.models.poe import load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from runners.jobs.poe import generate_corpus, split_corpus, train
-from runners.models.poe import (
+from docketml.runners.jobs.poe import generate_corpus, split_corpus, train
+from docketml.runners.models.poe import (
     BOS,
     CONFIGS,
     PoEConfig,
@@ -23,7 +23,7 @@ from runners.models.poe import (
     poe_log_probs,
     save_checkpoint,
 )
-from runners.poe_decode import (
+from docketml.runners.models.poe_decode import (
     greedy_decode,
     routing_at_cap,
     routing_projected_speedup,

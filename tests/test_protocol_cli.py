@@ -16,9 +16,9 @@ import yaml
 from click.testing import CliRunner
 from sqlalchemy import func, inspect, select, table, text
 
-from ledger.cli import cli
-from ledger.db import head_revision, make_engine, upgrade
-from ledger.triggers import missing_triggers
+from docketml.ledger.cli.main import cli
+from docketml.ledger.store.db import head_revision, make_engine, upgrade
+from docketml.migrations.triggers import missing_triggers
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "protocols" / "library" / "router_entropy_metacog.yaml"
@@ -287,8 +287,8 @@ def test_docs_document_every_schema_field() -> None:
     """docs/protocol.md has a section per schema model with a table row per field."""
     from pydantic import BaseModel
 
-    from protocols import schema
-    from protocols.expr import _FUNCS
+    from docketml.protocols import schema
+    from docketml.protocols.expr import _FUNCS
 
     doc = (REPO / "docs" / "protocol.md").read_text(encoding="utf-8")
     models = [

@@ -15,8 +15,8 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, inspect, select, table
 
-from ledger.cli import cli
-from ledger.db import make_engine
+from docketml.ledger.cli.main import cli
+from docketml.ledger.store.db import make_engine
 
 BASE_LINES = [
     "docket: 1",  # 1

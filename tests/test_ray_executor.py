@@ -31,9 +31,9 @@ from distributed_helpers import (
     wait_for,
 )
 
-from ledger.db import Ledger, init_ledger
-from ledger.errors import UserError
-from runners.executor import JobOutcome, run_protocol
+from docketml.ledger.errors import UserError
+from docketml.ledger.store.db import Ledger, init_ledger
+from docketml.runners.execute.executor import JobOutcome, run_protocol
 
 pytestmark = pytest.mark.xdist_group("ray")  # one Ray cluster per test process, never two
 

@@ -7,7 +7,7 @@ import importlib
 import subprocess
 import sys
 
-from runners.registry import FAMILIES, job_kinds
+from docketml.runners.registry import FAMILIES, job_kinds
 
 
 def test_registry_lists_exactly_the_kinds_each_module_exports() -> None:

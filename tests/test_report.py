@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 from conftest import CI, DocketCli
 
-from ledger.db import init_ledger
-from ledger.report import roc_points
-from ledger.stats import auroc
+from docketml.ledger.report.html import roc_points
+from docketml.ledger.store.db import init_ledger
+from docketml.ledger.verdict.stats import auroc
 
 PROTOCOL_ID = "report-demo"
 PROTOCOL = """\
@@ -102,8 +102,8 @@ def _freeze(cli: DocketCli) -> None:
 def _record_trajectory_run(url: str) -> None:
     """A run carrying metrics at checkpoint steps, recorded through the ledger's run API (the
     model-free job kinds do not produce stepped metrics)."""
-    from ledger import protocol_store as store
-    from ledger.runs import complete_run, create_run, start_run
+    from docketml.ledger.store import protocols as store
+    from docketml.ledger.store.runs import complete_run, create_run, start_run
 
     led = init_ledger(url)
     metrics = []
@@ -366,7 +366,7 @@ def test_report_in_headless_chromium(built: dict[str, object], tmp_path: Path) -
 
 def _assert_roc_matches_verdict(url: str, protocol_id: str) -> int:
     """Every drawn curve's AUROC equals the verdict engine's number for that group and signal."""
-    from ledger.report import collect
+    from docketml.ledger.report.html import collect
 
     led = init_ledger(url)
     try:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from ledger.db import open_ledger
-from ledger.models import ReproductionRow
-from ledger.reproduce import within_tolerance
+from docketml.ledger.reproduce import within_tolerance
+from docketml.ledger.store.db import open_ledger
+from docketml.ledger.store.models import ReproductionRow
 
 CLAIMS = """\
 docket: 1

@@ -13,11 +13,18 @@ from typing import Any
 import pytest
 import torch
 
-from runners.context import JobContext, JobResult, KnobAudit
-from runners.data import DATA_DIR, GROUPS, build_data, load_chat, load_ood_train, load_probe
-from runners.jobs import routed as jobs
-from runners.jobs.routed import JOBS, STRUCTURAL_KEYS, is_loop, is_refusal
-from runners.models.routed import group_of, load_checkpoint
+from docketml.runners.context import JobContext, JobResult, KnobAudit
+from docketml.runners.data import (
+    DATA_DIR,
+    GROUPS,
+    build_data,
+    load_chat,
+    load_ood_train,
+    load_probe,
+)
+from docketml.runners.jobs import routed as jobs
+from docketml.runners.jobs.routed import JOBS, STRUCTURAL_KEYS, is_loop, is_refusal
+from docketml.runners.models.routed import group_of, load_checkpoint
 
 SEED = 1234
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from runners.data import chat_prompt, load_corpus
-from runners.models.routed import (
+from docketml.runners.data import chat_prompt, load_corpus
+from docketml.runners.models.routed import (
     BASE_GROUPS,
     CONFIGS,
     EOS,

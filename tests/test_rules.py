@@ -16,9 +16,9 @@ import pytest
 import scipy.stats
 from sklearn.metrics import roc_auc_score
 
-from ledger import rules, stats
-from ledger.rules import Dataset, MetricValue, SourceData, evaluate, evaluate_rule
-from protocols.schema import Protocol
+from docketml.ledger.verdict import rules, stats
+from docketml.ledger.verdict.rules import Dataset, MetricValue, SourceData, evaluate, evaluate_rule
+from docketml.protocols.schema import Protocol
 
 GROUPS = ["g1", "g2", "g3"]
 VERDICTS = {

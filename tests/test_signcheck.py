@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from ledger.cli_protocol import signal_registry
-from ledger.db import open_ledger
-from ledger.models import SignCheckRow
-from ledger.signcheck import sign_check
-from protocols.loader import load_protocol_file, load_protocol_text
+from docketml.ledger.cli.protocol import signal_registry
+from docketml.ledger.store.db import open_ledger
+from docketml.ledger.store.models import SignCheckRow
+from docketml.ledger.verdict.signcheck import sign_check
+from docketml.protocols.loader import load_protocol_file, load_protocol_text
 
 LIBRARY = Path(__file__).resolve().parents[1] / "protocols" / "library"
 SHIPPED = sorted(LIBRARY.glob("*.yaml"))

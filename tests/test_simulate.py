@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ledger.simulate import simulate_protocol
-from protocols.loader import load_protocol_file
+from docketml.ledger.verdict.simulate import simulate_protocol
+from docketml.protocols.loader import load_protocol_file
 
 ROUTER = (
     Path(__file__).resolve().parents[1] / "protocols" / "library" / "router_entropy_metacog.yaml"

@@ -17,7 +17,7 @@ import pytest
 import scipy.stats
 from sklearn.metrics import roc_auc_score
 
-from ledger import stats
+from docketml.ledger.verdict import stats
 
 # --------------------------------------------------------------------------------------------
 # helpers

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from conftest import DocketCli
 
-from ledger import protocol_store as store
-from ledger.db import init_ledger
-from ledger.runs import complete_run, create_run, start_run
+from docketml.ledger.store import protocols as store
+from docketml.ledger.store.db import init_ledger
+from docketml.ledger.store.runs import complete_run, create_run, start_run
 
 PROTOCOL = """\
 docket: 1

@@ -10,11 +10,11 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 from sqlalchemy import func, select, update
 
-from ledger import protocol_store as store
-from ledger.db import open_ledger
-from ledger.models import ObservationRow, VerdictRow
-from ledger.runs import complete_run, create_run
-from ledger.verdict import recompute_inputs_sha256
+from docketml.ledger.store import protocols as store
+from docketml.ledger.store.db import open_ledger
+from docketml.ledger.store.models import ObservationRow, VerdictRow
+from docketml.ledger.store.runs import complete_run, create_run
+from docketml.ledger.verdicts import recompute_inputs_sha256
 
 PROTOCOL = (
     Path(__file__).resolve().parents[1] / "protocols" / "library" / "router_entropy_metacog.yaml"

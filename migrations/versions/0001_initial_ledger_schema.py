@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from ledger.triggers import create_triggers
+from docketml.migrations.triggers import create_triggers
 
 revision = "0001"
 down_revision = None

@@ -14,7 +14,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from ledger.triggers import create_triggers
+from docketml.migrations.triggers import create_triggers
 
 revision = "0002"
 down_revision = "0001"

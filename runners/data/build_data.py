@@ -43,7 +43,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script path: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from runners.data import ANSWER_GROUPS, REFUSAL, chat_prompt  # noqa: E402
+from . import ANSWER_GROUPS, REFUSAL, chat_prompt  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 WHEEL_NAME = "countryinfo-1.0.1-py3-none-any.whl"

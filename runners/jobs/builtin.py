@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from runners.context import JobContext, JobResult, MetricValue, Observation
+from ..context import JobContext, JobResult, MetricValue, Observation
 
 
 def sleep_job(ctx: JobContext) -> JobResult:

@@ -33,8 +33,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from runners.context import JobContext, JobFn, JobResult, MetricValue, Observation, sha256_file
-from runners.models.poe import (
+from ..context import JobContext, JobFn, JobResult, MetricValue, Observation, sha256_file
+from ..models.poe import (
     BOS,
     PoEConfig,
     PoELM,
@@ -43,7 +43,7 @@ from runners.models.poe import (
     load_checkpoint,
     save_checkpoint,
 )
-from runners.poe_decode import (
+from ..models.poe_decode import (
     PositionStats,
     RoutingResult,
     bits_per_byte,

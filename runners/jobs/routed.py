@@ -98,8 +98,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from runners.context import JobContext, JobFn, JobResult, MetricValue, Observation
-from runners.data import (
+from ..context import JobContext, JobFn, JobResult, MetricValue, Observation
+from ..data import (
     ANSWER_GROUPS,
     REFUSAL,
     REFUSE_GROUPS,
@@ -109,7 +109,7 @@ from runners.data import (
     load_ood_train,
     load_probe,
 )
-from runners.models.routed import (
+from ..models.routed import (
     BOS,
     EOS,
     PAD,

@@ -1,0 +1,103 @@
+"""``docket audit`` (exit 3 on any integrity finding) and ``docket reproduce`` (exit 1 when a
+claimed number is not reproduced within its tolerance)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from ..errors import CheckFailed, IntegrityViolation, UserError
+from .common import Env, emit, json_option, pass_env, table
+
+
+@click.command("audit")
+@json_option
+@pass_env
+def audit_cmd(env: Env, as_json: bool) -> None:
+    """Re-derive every protocol hash, the journal and cost hash chains and every verdict's
+    inputs hash, and check the append-only triggers; exit 3 on any finding."""
+    from ..integrity.audit import audit
+
+    report = audit(env.ledger())
+    data = report.as_dict()
+
+    def human(c: Any) -> None:
+        if report.reaped_runs:
+            runs = ", ".join(str(r) for r in report.reaped_runs)
+            c.print(f"reaped abandoned run(s) {runs} (lease expired) before auditing")
+        checked = ", ".join(
+            f"{n} {k}" for k, n in report.checked.items() if k != "triggers_missing"
+        )
+        if report.clean:
+            c.print(f"clean: {checked}, all triggers present")
+            return
+        rows = [(f.table, "" if f.row is None else f.row, f.problem) for f in report.findings]
+        c.print(table("integrity findings", ["table", "row", "what differs"], rows))
+        c.print(f"checked {checked}")
+
+    emit(data, as_json, human)
+    if not report.clean:
+        raise IntegrityViolation(f"{len(report.findings)} integrity finding(s)")
+
+
+@click.command("reproduce")
+@click.argument("claim", required=False)
+@click.option("--all", "all_claims", is_flag=True, help="Every claim of the frozen protocols.")
+@click.option("--protocol", "protocol_id", help="Only claims of this protocol.")
+@click.option("--allow-over-budget", is_flag=True, help="Re-run past the budget (needs --reason).")
+@click.option("--reason", help="Why the budget may be exceeded (written to the journal).")
+@json_option
+@pass_env
+def reproduce_cmd(
+    env: Env,
+    claim: str | None,
+    all_claims: bool,
+    protocol_id: str | None,
+    allow_over_budget: bool,
+    reason: str | None,
+    as_json: bool,
+) -> None:
+    """Re-run a claim's job, compare the metric with the claimed number (CLAIM is PROTOCOL:CLAIM
+    or a unique claim name), record the attempt; exit 1 outside tolerance."""
+    from ..reproduce import executor_rerun, reproduce
+
+    if (claim is None) == (not all_claims):
+        raise UserError("give a CLAIM (PROTOCOL:CLAIM or a unique claim name) or --all, not both")
+    if allow_over_budget and not (reason or "").strip():
+        raise UserError('--allow-over-budget needs --reason "..." (it is written to the journal)')
+    results = reproduce(
+        env.ledger(),
+        claim,
+        protocol_id=protocol_id,
+        rerun=executor_rerun(allow_over_budget=allow_over_budget, reason=reason),
+    )
+    data = [r.as_dict() for r in results]
+
+    def human(c: Any) -> None:
+        if not results:
+            c.print("no claims to reproduce (no frozen protocol declares claims:)")
+            return
+        rows = [
+            (
+                r.ref,
+                r.run_id or "",
+                repr(r.expected),
+                "—" if r.observed is None else f"{r.observed:.6g}",
+                repr(r.tolerance),
+                "—" if r.difference is None else f"{r.difference:.4g}",
+                "REPRODUCED" if r.passed else "NOT REPRODUCED",
+                r.detail or "",
+            )
+            for r in results
+        ]
+        cols = ["claim", "run", "expected", "observed", "tolerance", "|diff|", "result", "detail"]
+        c.print(table("reproduce", cols, rows))
+
+    emit(data, as_json, human)
+    failed = [r for r in results if not r.passed]
+    if failed:
+        raise CheckFailed(
+            f"{len(failed)} of {len(results)} claim(s) not reproduced: "
+            + ", ".join(r.ref for r in failed)
+        )

@@ -1,0 +1,51 @@
+"""``docket init`` and ``docket db upgrade|current``."""
+
+from __future__ import annotations
+
+import click
+
+from ..store.db import current_revision, head_revision, init_ledger, make_engine, upgrade
+from .common import Env, emit, json_option, pass_env
+
+
+@click.command("init")
+@json_option
+@pass_env
+def init_cmd(env: Env, as_json: bool) -> None:
+    """Create the ledger (or upgrade it to the current schema)."""
+    ledger = init_ledger(env.db_url)
+    data = {"ledger": ledger.url, "revision": head_revision()}
+    emit(
+        data,
+        as_json,
+        lambda c: c.print(f"ledger ready at {data['ledger']} (schema {data['revision']})"),
+    )
+
+
+@click.group("db")
+def db_group() -> None:
+    """Ledger schema management."""
+
+
+@db_group.command("upgrade")
+@click.option("--revision", default="head", show_default=True, help="Target Alembic revision.")
+@json_option
+@pass_env
+def db_upgrade(env: Env, revision: str, as_json: bool) -> None:
+    """Migrate the ledger's schema (back it up first)."""
+    engine = make_engine(env.db_url, create=True)
+    before = current_revision(engine)
+    upgrade(engine, revision)
+    after = current_revision(engine)
+    data = {"before": before, "after": after}
+    emit(data, as_json, lambda c: c.print(f"ledger schema {before or '(empty)'} -> {after}"))
+
+
+@db_group.command("current")
+@json_option
+@pass_env
+def db_current(env: Env, as_json: bool) -> None:
+    """Show the ledger's schema revision and the one this docket needs."""
+    engine = make_engine(env.db_url)
+    data = {"current": current_revision(engine), "head": head_revision()}
+    emit(data, as_json, lambda c: c.print(f"current {data['current']}, head {data['head']}"))

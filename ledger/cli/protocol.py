@@ -1,0 +1,338 @@
+"""``docket protocol ...``: validate, register, sign-check, simulate, freeze, amend, show, list,
+schema."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from docketml.protocols.loader import load_protocol_file
+from docketml.protocols.schema import Protocol
+
+from ..errors import CheckFailed
+from ..store import protocols as store
+from .common import Env, emit, json_option, pass_env, print_json, table
+
+
+def signal_registry() -> dict[str, str]:
+    """What the runners say a high value of each known signal means (for the sign-check)."""
+    from docketml.runners.signals import SIGNALS
+
+    return {name: info.higher_means for name, info in SIGNALS.items()}
+
+
+def run_sign_check(protocol: Protocol) -> dict[str, Any]:
+    from ..verdict.signcheck import sign_check
+
+    return sign_check(protocol, registry=signal_registry())
+
+
+def print_sign_check(report: dict[str, Any], console: Any) -> None:
+    rows = [
+        (
+            "PASS" if c["passed"] else "FAIL",
+            c["check"],
+            c["target"],
+            c.get("expected", ""),
+            c.get("found", ""),
+            c.get("cause") or "",
+        )
+        for c in report["checks"]
+    ]
+    console.print(
+        table("sign-check", ["", "check", "target", "expected", "found", "likely cause"], rows)
+    )
+    for c in report["checks"]:
+        if not c["passed"]:
+            console.print(
+                f"FAIL {c['check']} {c['target']}: expected {c.get('expected', '')}, "
+                f"found {c.get('found', '')}; likely cause: {c.get('cause') or 'unknown'}",
+                markup=False,
+            )
+    for note in report.get("notes", []):
+        console.print(f"note: {note}")
+    console.print("sign-check " + ("passed" if report["passed"] else "FAILED"))
+
+
+@click.group("protocol")
+def protocol_group() -> None:
+    """Pre-registered protocols: validate, register, sign-check, freeze, amend, inspect."""
+
+
+@protocol_group.command("validate")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@json_option
+def validate_cmd(file: Path, as_json: bool) -> None:
+    """Check FILE against the protocol schema (exit 2 with FILE:LINE errors)."""
+    loaded = load_protocol_file(file)
+    data = {"file": str(file), "id": loaded.protocol.id, "sha256": loaded.sha256, "valid": True}
+    emit(
+        data,
+        as_json,
+        lambda c: c.print(f"{file}: valid protocol {loaded.protocol.id} (sha256 {loaded.sha256})"),
+    )
+
+
+@protocol_group.command("register")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@json_option
+@pass_env
+def register_cmd(env: Env, file: Path, as_json: bool) -> None:
+    """Register FILE as a new protocol (same content again is a no-op)."""
+    loaded = load_protocol_file(file)
+    with env.ledger().session() as session:
+        outcome = store.register(session, loaded, str(file))
+        data = store.describe(session, outcome.row) | {"created": outcome.created}
+    verb = "registered" if data["created"] else "already registered"
+    emit(
+        data,
+        as_json,
+        lambda c: c.print(f"{verb} {data['id']} v{data['version']} sha256 {data['sha256']}"),
+    )
+
+
+@protocol_group.command("signcheck")
+@click.argument("protocol_id")
+@json_option
+@pass_env
+def signcheck_cmd(env: Env, protocol_id: str, as_json: bool) -> None:
+    """Exercise every metric, polarity and rule on synthetic data (exit 1 if any check fails)."""
+    with env.ledger().session() as session:
+        row = store.latest(session, protocol_id)
+        report = run_sign_check(store.parse_row(row))
+        if row.status != "frozen":
+            store.store_sign_check(session, row, report)
+    emit(report, as_json, lambda c: print_sign_check(report, c))
+    if not report["passed"]:
+        raise CheckFailed("")
+
+
+@protocol_group.command("simulate")
+@click.argument("protocol_id")
+@click.option("--runs", "n_sims", default=200, show_default=True, help="Simulated studies per gap.")
+@click.option(
+    "--n",
+    "n_per_class",
+    default=30,
+    show_default=True,
+    type=click.IntRange(2, 100_000),
+    help="Items per class per group in each simulated study.",
+)
+@click.option(
+    "--plot", type=click.Path(dir_okay=False, path_type=Path), help="Write a PNG power curve."
+)
+@json_option
+@pass_env
+def simulate_cmd(
+    env: Env, protocol_id: str, n_sims: int, n_per_class: int, plot: Path | None, as_json: bool
+) -> None:
+    """Power curve: probability of each verdict against the true AUROC gap, and the PROVEN rate
+    when there is no effect."""
+    from ..verdict.simulate import plot_simulation, simulate_protocol
+
+    if n_sims < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--runs")
+    with env.ledger().session() as session:
+        protocol = store.parse_row(store.latest(session, protocol_id))
+    result = simulate_protocol(protocol, n_sims=n_sims, n_per_class=n_per_class)
+    if plot is not None:
+        plot_simulation(result, plot)
+        result["plot"] = str(plot)
+
+    def human(c: Any) -> None:
+        for rule in result["rules"]:
+            verdicts = rule["verdicts"]
+            rows = [
+                [f"{p['gap']:+.3f}"] + [f"{p['rates'].get(v, 0):.2f}" for v in verdicts]
+                for p in rule["points"]
+            ]
+            c.print(
+                table(
+                    f"rule {rule['rule']} ({rule['kind']}): verdict rates by "
+                    f"{rule.get('gap_label', 'true gap')}",
+                    ["gap"] + verdicts,
+                    rows,
+                )
+            )
+            c.print(f"PROVEN rate under the null: {rule['null_proven_rate']:.3f}")
+        for skip in result.get("skipped", []):
+            c.print(f"rule {skip['rule']} not simulated: {skip['reason']}")
+        for note in result.get("notes", []):
+            c.print(f"note: {note}")
+        if plot is not None:
+            c.print(f"plot written to {plot}")
+
+    emit(result, as_json, human)
+
+
+@protocol_group.command("freeze")
+@click.argument("protocol_id")
+@json_option
+@pass_env
+def freeze_cmd(env: Env, protocol_id: str, as_json: bool) -> None:
+    """Sign-check, then freeze the latest version (refused unless the sign-check passes)."""
+    with env.ledger().session() as session:
+        row, report, newly = store.freeze(session, protocol_id, run_sign_check)
+        data = store.describe(session, row) | {"newly_frozen": newly, "sign_check": report}
+    if not report["passed"]:
+        emit(data, as_json, lambda c: print_sign_check(report, c))
+        raise CheckFailed(f"refused to freeze {protocol_id}: the sign-check failed (see above)")
+
+    def human(c: Any) -> None:
+        print_sign_check(report, c)
+        state = "frozen" if newly else "already frozen"
+        c.print(f"{state}: {data['id']} v{data['version']} sha256 {data['sha256']}")
+
+    emit(data, as_json, human)
+
+
+@protocol_group.command("amend")
+@click.argument("protocol_id")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--reason", required=True, help="Why the protocol changes (stored and shown in every verdict)."
+)
+@json_option
+@pass_env
+def amend_cmd(env: Env, protocol_id: str, file: Path, reason: str, as_json: bool) -> None:
+    """Register FILE as a new version of PROTOCOL_ID, linked to the current one."""
+    loaded = load_protocol_file(file)
+    with env.ledger().session() as session:
+        row = store.amend(session, protocol_id, loaded, reason, str(file))
+        data = store.describe(session, row)
+    emit(
+        data,
+        as_json,
+        lambda c: c.print(
+            f"amended {protocol_id}: v{data['parent_version']} -> v{data['version']} "
+            f"(sha256 {data['sha256']}); freeze it to use it"
+        ),
+    )
+
+
+@protocol_group.command("show")
+@click.argument("protocol_id")
+@click.option("--version", "version", type=int, help="A specific version (default: latest).")
+@click.option("--yaml", "show_yaml", is_flag=True, help="Print the stored YAML text.")
+@json_option
+@pass_env
+def show_cmd(
+    env: Env, protocol_id: str, version: int | None, show_yaml: bool, as_json: bool
+) -> None:
+    """Show a protocol, its sha256, its sign-check and its amendment chain."""
+    with env.ledger().session() as session:
+        versions = store.chain(session, protocol_id)
+        if not versions:
+            store.latest(session, protocol_id)  # raises a UserError naming known ids
+        if version is not None:
+            matches = [v for v in versions if v.version == version]
+            if not matches:
+                raise click.BadParameter(
+                    f"{protocol_id} has versions {', '.join(str(v.version) for v in versions)}",
+                    param_hint="--version",
+                )
+            row = matches[0]
+        else:
+            row = versions[-1]
+        data = store.describe(session, row)
+        data["chain"] = [store.describe(session, v) for v in versions]
+        data["protocol"] = json.loads(row.canonical_json)
+        yaml_text = row.yaml_text
+    if show_yaml and not as_json:
+        click.echo(yaml_text, nl=False)
+        return
+
+    def human(c: Any) -> None:
+        c.print(f"[bold]{data['id']}[/bold] v{data['version']} - {data['title']}")
+        c.print(
+            f"sha256 {data['sha256']}  status {data['status']}  "
+            f"frozen_at {data['frozen_at'] or '-'}"
+        )
+        sc = data["sign_check"]
+        c.print(
+            "sign-check: "
+            + ("never run" if sc is None else ("passed" if sc["passed"] else "FAILED"))
+        )
+        proto = data["protocol"]
+        c.print(
+            table(
+                "hypotheses",
+                ["id", "rule", "statement"],
+                [(h["id"], h["rule"], h["statement"]) for h in proto["hypotheses"]],
+            )
+        )
+        rows = [
+            (
+                v["version"],
+                v["status"],
+                v["sha256"][:16],
+                v["registered_at"],
+                v["amendment_reason"] or "",
+            )
+            for v in data["chain"]
+        ]
+        c.print(
+            table(
+                "versions (amendment chain)",
+                ["version", "status", "sha256", "registered", "reason"],
+                rows,
+            )
+        )
+        if proto.get("jobs"):
+            c.print(
+                table(
+                    "jobs",
+                    ["name", "kind", "after", "hardware", "params"],
+                    [
+                        (
+                            j["name"],
+                            j["kind"],
+                            ", ".join(j["after"]),
+                            j["hardware"],
+                            json.dumps(j["params"]),
+                        )
+                        for j in proto["jobs"]
+                    ],
+                )
+            )
+
+    emit(data, as_json, human)
+
+
+@protocol_group.command("list")
+@json_option
+@pass_env
+def list_cmd(env: Env, as_json: bool) -> None:
+    """List registered protocols with their latest and frozen versions."""
+    with env.ledger().session() as session:
+        data = store.list_protocols(session)
+
+    def human(c: Any) -> None:
+        rows = [
+            (
+                p["id"],
+                p["latest_version"],
+                p["latest_status"],
+                p["frozen_version"] or "-",
+                (p["frozen_sha256"] or "")[:16],
+                p["title"],
+            )
+            for p in data
+        ]
+        c.print(
+            table("protocols", ["id", "latest", "status", "frozen", "frozen sha256", "title"], rows)
+        )
+
+    emit(data, as_json, human)
+
+
+@protocol_group.command("schema")
+def schema_cmd() -> None:
+    """Print the protocol JSON Schema (for yaml-language-server and editors)."""
+    schema = Protocol.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "docket protocol"
+    print_json(schema)

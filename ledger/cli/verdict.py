@@ -1,0 +1,169 @@
+"""``docket verdict`` and ``docket ingest``.
+
+``docket verdict PROTOCOL [--json]``: the verdict of the latest frozen version from its
+succeeded runs (see ``ledger/verdict.py``), recorded in the ledger; exit 0 whatever the verdict,
+1 if the protocol was never frozen.
+
+``docket ingest PROTOCOL FILE [--job NAME] [--json]``: bring-your-own per-sample results (see
+``ledger/ingest.py``); exit 2 listing every bad row, 1 if the protocol is not frozen.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .common import Env, emit, json_option, pass_env, table
+
+
+def _num(x: Any, fmt: str = ".3f") -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def _ci(lo: Any, hi: Any, fmt: str = "+.3f") -> str:
+    return "-" if lo is None or hi is None else f"[{format(lo, fmt)}, {format(hi, fmt)}]"
+
+
+def print_verdict(data: dict[str, Any], c: Any) -> None:
+    """The human form: one table per hypothesis, then the overall verdict."""
+    c.print(f"[bold]{data['protocol']}[/bold] v{data['version']}  sha256 {data['protocol_sha256']}")
+    c.print(data["amendments"]["note"])
+    c.print(data["ignored_runs"]["note"])
+    used = ", ".join(f"#{r['id']} {r['job']}" for r in data["runs"]) or "none"
+    c.print(f"runs used: {used}")
+    for h in data["hypotheses"]:
+        title = f"{h['id']} ({h['rule']}, {h['kind']}): {h['verdict']}"
+        if h["kind"] == "regime_wins":
+            rows = [
+                (
+                    g["group"],
+                    g["candidate"],
+                    _num(g["auroc"]),
+                    g["baseline"] or "-",
+                    _num(g["baseline_auroc"]),
+                    _num(g["delta"], "+.3f"),
+                    _ci(g["ci_low"], g["ci_high"]),
+                    "WIN" if g["win"] else ("missing" if g.get("missing") else ""),
+                )
+                for g in h["groups"]
+            ]
+            cols = [
+                "group",
+                "candidate",
+                "AUROC",
+                "best baseline",
+                "its AUROC",
+                "delta",
+                "CI",
+                "win",
+            ]
+            c.print(table(title, cols, rows))
+            pooled = [
+                (
+                    p["signal"],
+                    p.get("role", ""),
+                    _num(p["auroc"]),
+                    _ci(*(p.get("delong_ci95") or [None, None]), fmt=".3f"),
+                )
+                for p in h.get("pooled", [])
+                if p.get("auroc") is not None
+            ]
+            if pooled:
+                c.print(
+                    table(
+                        "  pooled (cross-group) AUROC",
+                        ["signal", "role", "AUROC", "DeLong 95% CI"],
+                        pooled,
+                    )
+                )
+            if h.get("wins") is not None:
+                c.print(f"  wins: {h['wins']} of {len(h.get('contests', []))}")
+        elif h["kind"] == "threshold":
+            what = h["metric"] if h["statistic"] == "metric" else f"{h['statistic']}({h['signal']})"
+            rows = [
+                (
+                    what,
+                    _num(h["value"], ".4f"),
+                    _ci(h["ci_low"], h["ci_high"], ".4f"),
+                    f"{h['op']} {h['bound']:g}",
+                )
+            ]
+            c.print(table(title, ["statistic", "value", "CI", "needs"], rows))
+        elif h["kind"] == "non_inferiority":
+            rows = [
+                (
+                    f"{h['statistic']}({h['signal']})",
+                    f"{h['candidate_job']} {_num(h['candidate_value'], '.4f')}",
+                    f"{h['reference_job']} {_num(h['reference_value'], '.4f')}",
+                    _num(h["difference"], "+.4f"),
+                    _ci(h["ci_low"], h["ci_high"], "+.4f"),
+                    f"> -{h['margin']:g}",
+                )
+            ]
+            c.print(
+                table(
+                    title,
+                    ["statistic", "candidate", "reference", "difference", "CI", "needs"],
+                    rows,
+                )
+            )
+        else:
+            c.print(f"[bold]{title}[/bold]")
+        c.print(f"  {h['verdict']}: {h['why']}")
+    c.print(
+        f"[bold]verdict: {data['verdict']}[/bold] (primary hypothesis {data['primary']}); "
+        f"inputs sha256 {data['inputs_sha256']}"
+        + (f"; recorded as verdict #{data['verdict_id']}" if "verdict_id" in data else "")
+    )
+
+
+@click.command("verdict")
+@click.argument("protocol_id")
+@json_option
+@pass_env
+def verdict_cmd(env: Env, protocol_id: str, as_json: bool) -> None:
+    """Compute and record the verdict of PROTOCOL_ID's latest frozen version from its succeeded
+    runs (runs bound to other versions are ignored, and said so)."""
+    from ..verdicts import compute_verdict
+
+    with env.ledger().session() as session:
+        data = compute_verdict(session, protocol_id)
+    emit(data, as_json, lambda c: print_verdict(data, c))
+
+
+@click.command("ingest")
+@click.argument("protocol_id")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--job",
+    "job",
+    metavar="NAME",
+    help="Record the run as this job of the protocol (so rules with `job: NAME` read it); "
+    "default: ingest.",
+)
+@json_option
+@pass_env
+def ingest_cmd(env: Env, protocol_id: str, file: Path, job: str | None, as_json: bool) -> None:
+    """Record per-sample results produced elsewhere (JSONL or CSV) as a run of PROTOCOL_ID's
+    frozen version; every bad row is reported with its line and nothing is written."""
+    from ..ingest import ingest_file
+
+    with env.ledger().session() as session:
+        data = ingest_file(session, protocol_id, file, job)
+
+    def human(c: Any) -> None:
+        c.print(
+            f"ingested {data['items']} items x {len(data['signals'])} signals "
+            f"({data['observations']} observations) from {data['file']} as run #{data['run_id']} "
+            f"(job {data['job']}) of {data['protocol']} v{data['version']}"
+        )
+        c.print(f"file sha256 {data['file_sha256']}")
+        if data["previously_ingested_as"]:
+            runs = ", ".join(f"#{r}" for r in data["previously_ingested_as"])
+            c.print(f"note: the same file was ingested before as run(s) {runs}")
+        for note in data["notes"]:
+            c.print(f"note: {note}")
+
+    emit(data, as_json, human)

@@ -1,0 +1,190 @@
+"""Checkpoint trajectories: recorded metrics against training step.
+
+Contract of :func:`trajectory`:
+
+* Source: ``metrics`` rows whose ``step`` is not NULL, of the **succeeded** runs bound to the
+  **latest frozen version** of the protocol (runs of other versions are ignored, and their count
+  is reported in ``ignored_runs``). A protocol that was never frozen is :class:`CheckFailed`
+  (exit 1); an unknown protocol is :class:`UserError` (exit 2).
+* ``metrics=None`` selects every metric name that has a step; naming a metric that has no
+  stepped rows is a :class:`UserError` listing the ones that do.
+* When several runs recorded the same metric at the same step (a job re-run with ``--force``),
+  the row of the latest run (highest run id) wins; the run id is kept on each point.
+* Output is deterministic: metric names sorted, steps ascending.
+
+:func:`plot_trajectory` writes one PNG with a panel per metric (matplotlib, Agg backend).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from ..store import protocols as store
+from ..errors import UserError
+from ..store.models import MetricRow, RunRow
+
+__all__ = ["Trajectory", "TrajectoryPoint", "plot_trajectory", "trajectory"]
+
+
+@dataclass(frozen=True)
+class TrajectoryPoint:
+    """One recorded value of a metric at a checkpoint step."""
+
+    step: int
+    value: float
+    ci_low: float | None
+    ci_high: float | None
+    run_id: int
+    job: str
+
+
+@dataclass
+class Trajectory:
+    """Metrics against checkpoint step for one frozen protocol version."""
+
+    protocol_id: str
+    version: int
+    sha256: str
+    series: dict[str, list[TrajectoryPoint]] = field(default_factory=dict)
+    ignored_runs: int = 0
+
+    @property
+    def metrics(self) -> list[str]:
+        return sorted(self.series)
+
+    @property
+    def steps(self) -> list[int]:
+        return sorted({p.step for points in self.series.values() for p in points})
+
+    def table(self) -> list[dict[str, Any]]:
+        """One row per step: ``{"step": s, <metric>: value or None, ...}``."""
+        by_metric = {m: {p.step: p.value for p in pts} for m, pts in self.series.items()}
+        return [{"step": s, **{m: by_metric[m].get(s) for m in self.metrics}} for s in self.steps]
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able form: the table plus each series with its CIs and run ids."""
+        return {
+            "protocol": self.protocol_id,
+            "version": self.version,
+            "sha256": self.sha256,
+            "metrics": self.metrics,
+            "steps": self.steps,
+            "rows": self.table(),
+            "series": {
+                m: [
+                    {
+                        "step": p.step,
+                        "value": p.value,
+                        "ci_low": p.ci_low,
+                        "ci_high": p.ci_high,
+                        "run_id": p.run_id,
+                        "job": p.job,
+                    }
+                    for p in self.series[m]
+                ]
+                for m in self.metrics
+            },
+            "ignored_runs": self.ignored_runs,
+        }
+
+
+def trajectory(session: Session, protocol_id: str, metrics: list[str] | None = None) -> Trajectory:
+    """The stepped metrics of ``protocol_id``'s latest frozen version (see module docstring)."""
+    row = store.latest_frozen(session, protocol_id)
+    query = (
+        select(MetricRow, RunRow.job)
+        .join(RunRow, RunRow.id == MetricRow.run_id)
+        .where(
+            RunRow.protocol_pk == row.id,
+            RunRow.status == "succeeded",
+            MetricRow.step.is_not(None),
+        )
+        .order_by(MetricRow.name, MetricRow.step, MetricRow.run_id, MetricRow.id)
+    )
+    latest: dict[tuple[str, int], TrajectoryPoint] = {}
+    for metric, job in session.execute(query):
+        # ordered by run id then row id: a later run overwrites an earlier one
+        latest[(metric.name, int(metric.step))] = TrajectoryPoint(
+            step=int(metric.step),
+            value=float(metric.value),
+            ci_low=metric.ci_low,
+            ci_high=metric.ci_high,
+            run_id=metric.run_id,
+            job=job,
+        )
+    series: dict[str, list[TrajectoryPoint]] = {}
+    for (name, _step), point in sorted(latest.items()):
+        series.setdefault(name, []).append(point)
+    if metrics:
+        unknown = [m for m in metrics if m not in series]
+        if unknown:
+            known = ", ".join(sorted(series)) or "none (no metric with a checkpoint step)"
+            raise UserError(
+                f"no trajectory recorded for {', '.join(unknown)} in {protocol_id} "
+                f"v{row.version}; recorded: {known}"
+            )
+        series = {m: series[m] for m in dict.fromkeys(metrics)}
+    pks = [v.id for v in store.chain(session, protocol_id) if v.id != row.id]
+    ignored = 0
+    if pks:
+        ignored = (
+            session.scalar(
+                select(func.count(func.distinct(RunRow.id)))
+                .join(MetricRow, MetricRow.run_id == RunRow.id)
+                .where(RunRow.protocol_pk.in_(pks), MetricRow.step.is_not(None))
+            )
+            or 0
+        )
+    return Trajectory(row.protocol_id, row.version, row.sha256, series, int(ignored))
+
+
+def _panel(ax: Any, name: str, points: list[TrajectoryPoint]) -> None:
+    steps = [p.step for p in points]
+    values = [p.value for p in points]
+    ax.plot(steps, values, marker="o", markersize=4, linewidth=1.8, color="#2563eb", label=name)
+    lows = [p.ci_low for p in points]
+    highs = [p.ci_high for p in points]
+    if all(v is not None for v in lows + highs) and points:
+        ax.fill_between(steps, lows, highs, color="#2563eb", alpha=0.15, label="CI")
+    ax.set_title(name, fontsize=11)
+    ax.set_xlabel("checkpoint step")
+    ax.set_ylabel(name)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best", fontsize=8, frameon=False)
+
+
+def plot_trajectory(traj: Trajectory, path: Path, metrics: list[str] | None = None) -> Path:
+    """Write one PNG with a panel per metric (value against checkpoint step) to ``path``.
+
+    :class:`UserError` when there is nothing to plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = metrics or traj.metrics
+    if not names:
+        raise UserError(
+            f"nothing to plot: {traj.protocol_id} v{traj.version} has no metric recorded with a "
+            "checkpoint step"
+        )
+    with plt.rc_context({"text.parse_math": False}):  # metric names are shown literally
+        cols = min(3, len(names))
+        rows = (len(names) + cols - 1) // cols
+        fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.4 * rows), squeeze=False)
+        for ax, name in zip(axes.flat, names, strict=False):
+            _panel(ax, name, traj.series[name])
+        for ax in list(axes.flat)[len(names) :]:
+            ax.set_visible(False)
+        fig.suptitle(f"{traj.protocol_id} v{traj.version}: metrics by checkpoint step", fontsize=12)
+        fig.tight_layout()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+    return path

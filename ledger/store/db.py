@@ -1,0 +1,210 @@
+"""Engine, sessions and schema revision checks for the ledger.
+
+URL: ``DOCKET_DB`` or ``sqlite:///<cwd>/.docket/ledger.db``. SQLite runs in WAL mode with foreign
+keys on, a 60 s busy timeout, and every transaction opened with ``BEGIN IMMEDIATE`` so that two
+writers queue on the lock instead of failing with "database is locked" when a reader upgrades to
+a writer. PostgreSQL goes through psycopg 3 with pre-ping.
+
+The schema comes only from Alembic migrations (``upgrade``); :func:`open_ledger` refuses a
+database that is not at the head revision and names the command that fixes it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+import docketml.migrations as migrations
+
+
+class LedgerError(Exception):
+    """A user-facing ledger problem (bad URL, unreachable server, wrong revision): exit 2."""
+
+
+def default_url() -> str:
+    return f"sqlite:///{Path.cwd() / '.docket' / 'ledger.db'}"
+
+
+def resolve_url(url: str | None = None) -> str:
+    """The ledger URL: explicit argument, else ``DOCKET_DB``, else the SQLite default."""
+    return url or os.environ.get("DOCKET_DB") or default_url()
+
+
+def describe_url(url: str) -> str:
+    """The URL with any password hidden, for messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        # REPLACE conflict resolution deletes rows without firing DELETE triggers unless this is on:
+        # without it `INSERT OR REPLACE` could overwrite a frozen protocol or a verdict.
+        cursor.execute("PRAGMA recursive_triggers=ON")
+        cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn) -> None:  # type: ignore[no-untyped-def]
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def make_engine(url: str | None = None, *, create: bool = False) -> Engine:
+    """Create an engine for ``url`` (see module docstring); raise :class:`LedgerError` on a bad URL.
+
+    A SQLite file that does not exist is refused unless ``create`` (``docket init``): read
+    commands never create files or directories."""
+    url = resolve_url(url)
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise LedgerError(
+            f"DOCKET_DB / --db is not a database URL: {url!r}; expected e.g. "
+            "sqlite:///path/ledger.db or postgresql+psycopg://user@host:5432/db"
+        ) from None
+    backend = parsed.get_backend_name()
+    if backend not in ("sqlite", "postgresql"):
+        raise LedgerError(
+            f"unsupported database {backend!r} in {describe_url(url)}; use sqlite or postgresql"
+        )
+    if backend == "postgresql" and parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    try:
+        if backend == "sqlite":
+            database = parsed.database
+            if database and database != ":memory:":
+                path = Path(database).expanduser()
+                if create:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                elif not path.exists():
+                    raise LedgerError(f"no docket ledger at {path}: run `docket init` first")
+            engine = create_engine(parsed, connect_args={"timeout": 60, "check_same_thread": False})
+            _configure_sqlite(engine)
+        else:
+            engine = create_engine(parsed, pool_pre_ping=True, connect_args={"connect_timeout": 10})
+    except (NoSuchModuleError, ArgumentError) as exc:
+        raise LedgerError(f"cannot use {describe_url(url)}: {exc}") from None
+    return engine
+
+
+def _alembic_config() -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(migrations.__file__).parent))
+    return cfg
+
+
+def head_revision() -> str:
+    return ScriptDirectory.from_config(_alembic_config()).get_current_head() or ""
+
+
+def all_revisions() -> list[str]:
+    """Every revision from the first to head, in upgrade order."""
+    script = ScriptDirectory.from_config(_alembic_config())
+    return [rev.revision for rev in reversed(list(script.walk_revisions()))]
+
+
+def current_revision(engine: Engine) -> str | None:
+    try:
+        with engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+    except OperationalError as exc:
+        raise LedgerError(
+            f"cannot connect to the ledger at {describe_url(str(engine.url))}: {_first_line(exc)}"
+        ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    return str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Run the Alembic migrations up to ``revision`` on ``engine``'s database."""
+    cfg = _alembic_config()
+    try:
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, revision)
+    except OperationalError as exc:
+        raise LedgerError(
+            f"cannot upgrade the ledger at {describe_url(str(engine.url))}: {_first_line(exc)}"
+        ) from None
+
+
+def check_revision(engine: Engine) -> None:
+    """Refuse a ledger that is missing or not at the head revision."""
+    current = current_revision(engine)
+    head = head_revision()
+    if current is None:
+        raise LedgerError(
+            f"no docket ledger at {describe_url(str(engine.url))}: run `docket init` first"
+        )
+    if current != head:
+        known = all_revisions()
+        if current in known:
+            raise LedgerError(
+                f"the ledger at {describe_url(str(engine.url))} is at revision {current}, this "
+                f"docket needs {head}: run `docket db upgrade` (back it up first)"
+            )
+        raise LedgerError(
+            f"the ledger at {describe_url(str(engine.url))} is at revision {current}, unknown to "
+            f"this docket (head {head}): upgrade docket"
+        )
+
+
+@dataclass
+class Ledger:
+    """An open, revision-checked ledger."""
+
+    engine: Engine
+    sessions: sessionmaker[Session]
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session in one transaction: committed on success, rolled back on any error."""
+        with self.sessions.begin() as session:
+            yield session
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @property
+    def url(self) -> str:
+        return describe_url(str(self.engine.url))
+
+
+def open_ledger(url: str | None = None, *, check: bool = True) -> Ledger:
+    """Open the ledger at ``url`` (default: :func:`resolve_url`) and check its revision."""
+    engine = make_engine(url)
+    if check:
+        check_revision(engine)
+    return Ledger(engine, sessionmaker(engine, expire_on_commit=False))
+
+
+def init_ledger(url: str | None = None) -> Ledger:
+    """Create or upgrade the ledger to head and open it."""
+    engine = make_engine(url, create=True)
+    current_revision(engine)  # connection check with a clear message
+    upgrade(engine)
+    return Ledger(engine, sessionmaker(engine, expire_on_commit=False))

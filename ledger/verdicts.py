@@ -1,0 +1,348 @@
+"""Computing, recording and auditing verdicts from the ledger.
+
+Contract of :func:`compute_verdict`:
+
+* The verdict uses the protocol's **latest frozen version** and only runs bound to its exact
+  sha256 with status ``succeeded``. Runs bound to any other version of the protocol are ignored;
+  the result says how many (per version) and lists the amendment chain.
+* Which runs feed a rule (see :func:`ledger.rules.rule_sources`):
+    - a rule with ``job: X`` (and each job of a ``non_inferiority`` rule) reads the **latest
+      succeeded run of X** (an ingest run recorded with ``--job X`` counts as a run of X);
+    - a rule without ``job:`` reads **every succeeded run** of the version, merged in run-id
+      order: a later run overrides an earlier one for the same (group, item, signal), and for
+      the same metric name.
+  Within a run, a metric recorded at several steps is read at its highest step (a row without a
+  step counts as the final one).
+* ``silent_noop`` runs taint: if the latest finished (succeeded or silent_noop) run of a job a
+  source depends on is ``silent_noop`` -- the source's job itself and, for runner-produced data,
+  its ``after:`` ancestors; for the merged source, every job with runs -- each rule reading that
+  source is INCONCLUSIVE, naming the run and the knobs that never took effect.
+* The verdict is recorded in ``verdicts`` with ``inputs_sha256`` = sha256 of
+  :func:`canonical_inputs`: per source (in a fixed order) its run ids, its effective
+  observations ``[group, item, signal, label, repr(value)]`` sorted, and its effective metrics
+  ``[name, repr(value), repr(ci_low), repr(ci_high)]`` sorted, serialised as compact JSON with
+  sorted keys. ``details_json`` keeps the full result and the run ids of every source, so
+  :func:`recompute_inputs_sha256` can re-derive the hash from the current observation rows (the
+  audit compares the two to detect tampering).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from docketml.protocols.schema import Protocol
+
+from .store import protocols as store
+from .store.models import MetricRow, ObservationRow, ProtocolRow, RunRow, VerdictRow, utcnow
+from .store.runs import reap_abandoned
+from .verdict.rules import Dataset, MetricValue, SourceData, evaluate, rule_sources
+
+ALL_RUNS = "*"  # the key of the merged source in details / canonical inputs
+
+
+def _source_key(job: str | None) -> str:
+    return ALL_RUNS if job is None else f"job:{job}"
+
+
+@dataclass
+class SourcePayload:
+    """The effective data of one source: what the engine sees and what is hashed."""
+
+    run_ids: list[int]
+    observations: dict[tuple[str, str, str], tuple[int | None, float]]
+    metrics: dict[str, tuple[float, float | None, float | None]]
+
+
+def load_payload(session: Session, run_ids: Sequence[int]) -> SourcePayload:
+    """Observations and metrics of ``run_ids`` merged in the given order (later overrides)."""
+    order = {rid: i for i, rid in enumerate(run_ids)}
+    obs: dict[tuple[str, str, str], tuple[int | None, float]] = {}
+    mets: dict[str, tuple[float, float | None, float | None]] = {}
+    if not run_ids:
+        return SourcePayload([], obs, mets)
+    rows = session.execute(
+        select(
+            ObservationRow.run_id,
+            ObservationRow.group,
+            ObservationRow.item,
+            ObservationRow.signal,
+            ObservationRow.label,
+            ObservationRow.value,
+        )
+        .where(ObservationRow.run_id.in_(list(run_ids)))
+        .order_by(ObservationRow.id)
+    ).all()
+    for _run, group, item, signal, label, value in sorted(rows, key=lambda r: order[r[0]]):
+        obs[(group, item, signal)] = (label, float(value))
+    mrows = session.execute(
+        select(
+            MetricRow.run_id,
+            MetricRow.step,
+            MetricRow.id,
+            MetricRow.name,
+            MetricRow.value,
+            MetricRow.ci_low,
+            MetricRow.ci_high,
+        ).where(MetricRow.run_id.in_(list(run_ids)))
+    ).all()
+
+    def key(r: Any) -> tuple[int, float, int]:
+        return (order[r[0]], math.inf if r[1] is None else float(r[1]), r[2])
+
+    for _, _, _, name, value, lo, hi in sorted(mrows, key=key):
+        mets[name] = (float(value), lo, hi)
+    return SourcePayload(list(run_ids), obs, mets)
+
+
+def _r(x: float | None) -> str | None:
+    return None if x is None else repr(float(x))
+
+
+def canonical_inputs(payloads: dict[str, SourcePayload]) -> str:
+    """The canonical JSON of a verdict's inputs (see the module docstring)."""
+    doc = {
+        key: {
+            "runs": list(p.run_ids),
+            "observations": sorted(
+                [g, i, s, lab, repr(v)] for (g, i, s), (lab, v) in p.observations.items()
+            ),
+            "metrics": sorted([n, repr(v), _r(lo), _r(hi)] for n, (v, lo, hi) in p.metrics.items()),
+        }
+        for key, p in sorted(payloads.items())
+    }
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def inputs_sha256(payloads: dict[str, SourcePayload]) -> str:
+    return hashlib.sha256(canonical_inputs(payloads).encode("utf-8")).hexdigest()
+
+
+def _to_source(payload: SourcePayload, name: str, problems: Sequence[str]) -> SourceData:
+    rows = [(g, i, lab, s, v) for (g, i, s), (lab, v) in payload.observations.items()]
+    metrics = {n: MetricValue(v, lo, hi) for n, (v, lo, hi) in payload.metrics.items()}
+    return SourceData.from_rows(
+        rows, metrics, run_ids=payload.run_ids, problems=problems, name=name
+    )
+
+
+def _ancestors(protocol: Protocol, job: str) -> list[str]:
+    names = {j.name for j in protocol.jobs}
+    seen: list[str] = []
+    stack = [job]
+    while stack:
+        cur = stack.pop()
+        if cur not in names:
+            continue
+        for dep in protocol.job(cur).after:
+            if dep not in seen:
+                seen.append(dep)
+                stack.append(dep)
+    return seen
+
+
+def _noop_message(run: RunRow) -> str:
+    knobs = json.loads(run.silent_noop_knobs) if run.silent_noop_knobs else []
+    what = ", ".join(knobs) if knobs else "(unnamed)"
+    return (
+        f"run #{run.id} of job {run.job!r} is silent_noop: knob(s) {what} were set but never "
+        "took effect, so its results cannot support a verdict"
+    )
+
+
+@dataclass
+class LoadedData:
+    """What :func:`load_dataset` found for one frozen protocol version."""
+
+    dataset: Dataset
+    payloads: dict[str, SourcePayload]
+    runs: list[RunRow]  # every succeeded run of the version, id order
+
+
+def load_dataset(session: Session, row: ProtocolRow, protocol: Protocol) -> LoadedData:
+    """The engine's input for ``row`` (a frozen version): one source per job a rule reads."""
+    finished = list(
+        session.scalars(
+            select(RunRow)
+            .where(
+                RunRow.protocol_sha256 == row.sha256,
+                RunRow.status.in_(("succeeded", "silent_noop")),
+            )
+            .order_by(RunRow.id)
+        )
+    )
+    succeeded = [r for r in finished if r.status == "succeeded"]
+    latest_finished: dict[str, RunRow] = {}
+    for r in finished:
+        latest_finished[r.job] = r
+
+    def taints(jobs: Iterable[str]) -> list[str]:
+        out = []
+        for j in jobs:
+            r = latest_finished.get(j)
+            if r is not None and r.status == "silent_noop":
+                out.append(_noop_message(r))
+        return out
+
+    needed: list[str | None] = []
+    for rule in protocol.decision_rules.values():
+        for job in rule_sources(rule):
+            if job not in needed:
+                needed.append(job)
+    dataset = Dataset()
+    payloads: dict[str, SourcePayload] = {}
+    for job in needed:
+        if job is None:
+            chosen = succeeded
+            name = f"all {len(chosen)} succeeded run(s)"
+            jobs = sorted({r.job for r in finished})
+            deps = sorted({a for j in jobs for a in _ancestors(protocol, j)} - set(jobs))
+            problems = taints(jobs + deps)
+        else:
+            runs = [r for r in succeeded if r.job == job]
+            chosen = runs[-1:]
+            if chosen:
+                name = f"job {job!r} run #{chosen[0].id}"
+                upstream = [] if chosen[0].source == "ingest" else _ancestors(protocol, job)
+            else:
+                name = f"job {job!r}"
+                upstream = _ancestors(protocol, job)
+            problems = taints([job] + upstream)
+            if not chosen:
+                last = latest_finished.get(job)
+                if last is None or last.status != "silent_noop":
+                    other = session.scalars(
+                        select(RunRow)
+                        .where(RunRow.protocol_sha256 == row.sha256, RunRow.job == job)
+                        .order_by(RunRow.id.desc())
+                        .limit(1)
+                    ).first()
+                    tail = f" (its latest run #{other.id} is {other.status})" if other else ""
+                    problems.append(
+                        f"job {job!r} has no succeeded run bound to {row.protocol_id} "
+                        f"v{row.version}{tail}"
+                    )
+        payload = load_payload(session, [r.id for r in chosen])
+        payloads[_source_key(job)] = payload
+        if not chosen:
+            if job is None:
+                problems.append(f"no succeeded run is bound to {row.protocol_id} v{row.version}")
+            dataset.unavailable[job] = "; ".join(problems)
+        else:
+            dataset.sources[job] = _to_source(payload, name, problems)
+    return LoadedData(dataset, payloads, succeeded)
+
+
+def _amendments(session: Session, row: ProtocolRow) -> dict[str, Any]:
+    versions = store.chain(session, row.protocol_id)
+    items = [
+        {
+            "version": v.version,
+            "sha256": v.sha256,
+            "status": v.status,
+            "amendment_reason": v.amendment_reason,
+            "used": v.id == row.id,
+        }
+        for v in versions
+    ]
+    later = [v for v in versions if v.version > row.version]
+    note = f"verdict computed on v{row.version} (frozen, sha256 {row.sha256[:12]})"
+    if len(versions) > 1:
+        others = ", ".join(
+            f"v{v.version} ({v.status}{'' if v.id != row.id else ', used'})" for v in versions
+        )
+        note += f"; the protocol has been amended: versions {others}"
+        if later:
+            note += (
+                "; later version(s) "
+                + ", ".join(f"v{v.version}" for v in later)
+                + " are not frozen and not used"
+            )
+    return {"exist": len(versions) > 1, "versions": items, "note": note}
+
+
+def _ignored_runs(session: Session, row: ProtocolRow) -> dict[str, Any]:
+    versions = {v.sha256: v.version for v in store.chain(session, row.protocol_id)}
+    runs = session.execute(
+        select(RunRow.id, RunRow.protocol_sha256, RunRow.status).where(
+            RunRow.protocol_sha256.in_([s for s in versions if s != row.sha256])
+        )
+    ).all()
+    by_version: dict[str, int] = {}
+    for _, sha, _status in runs:
+        key = f"v{versions[sha]}"
+        by_version[key] = by_version.get(key, 0) + 1
+    note = (
+        f"{len(runs)} run(s) bound to other versions ignored ("
+        + ", ".join(f"{k}: {n}" for k, n in sorted(by_version.items()))
+        + ")"
+        if runs
+        else "no runs bound to other versions"
+    )
+    return {"count": len(runs), "by_version": by_version, "note": note}
+
+
+def compute_verdict(session: Session, protocol_id: str, *, record: bool = True) -> dict[str, Any]:
+    """Compute (and by default record) the verdict of ``protocol_id``; see the module docstring.
+
+    Raises :class:`ledger.errors.CheckFailed` if the protocol was never frozen and
+    :class:`ledger.errors.UserError` for an unknown protocol.
+    """
+    reap_abandoned(session)
+    row = store.latest_frozen(session, protocol_id)
+    protocol = store.parse_row(row)
+    loaded = load_dataset(session, row, protocol)
+    result = evaluate(protocol, loaded.dataset)
+    digest = inputs_sha256(loaded.payloads)
+    used = sorted({rid for p in loaded.payloads.values() for rid in p.run_ids})
+    runs_by_id = {r.id: r for r in loaded.runs}
+    out: dict[str, Any] = {
+        "protocol": row.protocol_id,
+        "version": row.version,
+        "protocol_sha256": row.sha256,
+        "verdict": result["verdict"],
+        "primary": result["primary"],
+        "inputs_sha256": digest,
+        "amendments": _amendments(session, row),
+        "ignored_runs": _ignored_runs(session, row),
+        "runs": [
+            {"id": rid, "job": runs_by_id[rid].job, "source": runs_by_id[rid].source}
+            for rid in used
+            if rid in runs_by_id
+        ],
+        "inputs": {"sources": {k: p.run_ids for k, p in sorted(loaded.payloads.items())}},
+        "hypotheses": result["hypotheses"],
+    }
+    if record:
+        now = utcnow()
+        verdict_row = VerdictRow(
+            protocol_pk=row.id,
+            protocol_sha256=row.sha256,
+            computed_at=now,
+            verdict=result["verdict"],
+            details_json=json.dumps(out, sort_keys=True, allow_nan=False),
+            inputs_sha256=digest,
+            run_ids_json=json.dumps(used),
+        )
+        session.add(verdict_row)
+        session.flush()
+        out["verdict_id"] = verdict_row.id
+        out["computed_at"] = now.isoformat()
+    return out
+
+
+def recompute_inputs_sha256(session: Session, verdict_row: VerdictRow) -> str:
+    """Re-derive a recorded verdict's ``inputs_sha256`` from the current observation and metric
+    rows of the runs it used (from ``details_json["inputs"]["sources"]``); a difference from
+    ``verdict_row.inputs_sha256`` means the inputs changed after the verdict."""
+    details = json.loads(verdict_row.details_json)
+    sources = details.get("inputs", {}).get("sources", {})
+    payloads = {key: load_payload(session, list(ids)) for key, ids in sources.items()}
+    return inputs_sha256(payloads)

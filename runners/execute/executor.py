@@ -1,0 +1,452 @@
+"""Executing a frozen protocol's jobs and recording every run in the ledger.
+
+``run_protocol`` resolves which jobs to run (all, in dependency order, or one named job whose
+dependencies must already have succeeded), checks the budget before each job, and runs them on
+the local executor (in this process) or on Ray (runners/ray_executor.py). ``execute_job`` is the
+unit both executors share: it records the run (queued -> running with a heartbeat lease ->
+succeeded | failed | silent_noop), meters its cost, and writes its results atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from docketml.ledger.billing.budget import check_budget
+from docketml.ledger.billing.costs import meter_run, record_late_finish_cost
+from docketml.ledger.billing.hardware import (
+    Hardware,
+    HardwareCatalog,
+    UnknownHardwareError,
+    load_catalog,
+)
+from docketml.ledger.billing.hardware import cost_micros as cost_micros_of
+from docketml.ledger.errors import CheckFailed, UserError
+from docketml.ledger.store import protocols as store
+from docketml.ledger.store.db import Ledger
+from docketml.ledger.store.models import ProtocolRow, RunRow
+from docketml.ledger.store.retry import transact
+from docketml.ledger.store.runs import (
+    complete_run,
+    create_run,
+    heartbeat,
+    latest_succeeded,
+    reap_abandoned,
+    run_by_worker,
+    start_run,
+)
+from docketml.protocols.schema import JobSpec, Protocol
+
+from ..context import JobContext, JobResult, KnobAudit
+from ..registry import STRUCTURAL_KEYS, job_kinds
+from .artifacts import artifacts_root, run_dir, store_checkpoint
+
+LEASE_S = float(os.environ.get("DOCKET_LEASE_S", "30"))
+ProgressFn = Callable[[int, int, str], None]
+
+
+@dataclass
+class JobOutcome:
+    job: str
+    status: str  # succeeded | failed | silent_noop | skipped | up_to_date
+    run_id: int | None = None
+    wall_s: float | None = None
+    cost_micros: int = 0
+    error: str | None = None
+    silent_noop_knobs: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "job": self.job,
+            "status": self.status,
+            "run_id": self.run_id,
+            "wall_s": self.wall_s,
+            "cost_micros": self.cost_micros,
+            "error": self.error,
+            "silent_noop_knobs": self.silent_noop_knobs,
+        }
+
+
+def topological_order(protocol: Protocol) -> list[JobSpec]:
+    """Jobs in an order where each comes after its ``after`` dependencies (stable: declaration
+    order among ready jobs)."""
+    done: set[str] = set()
+    order: list[JobSpec] = []
+    remaining = list(protocol.jobs)
+    while remaining:
+        ready = [j for j in remaining if all(d in done for d in j.after)]
+        if not ready:  # cycles are refused at validation; defensive
+            raise UserError("dependency cycle among jobs: " + ", ".join(j.name for j in remaining))
+        for job in ready:
+            order.append(job)
+            done.add(job.name)
+        remaining = [j for j in remaining if j.name not in done]
+    return order
+
+
+def git_sha() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).parent,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+class _Heartbeat(threading.Thread):
+    """Extends the run's lease every ``LEASE_S / 3`` seconds until stopped."""
+
+    def __init__(self, ledger: Ledger, run_id: int, lease_s: float) -> None:
+        super().__init__(daemon=True, name=f"docket-heartbeat-{run_id}")
+        self.ledger, self.run_id, self.lease_s = ledger, run_id, lease_s
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.lease_s / 3):
+            try:
+                with self.ledger.session() as session:
+                    heartbeat(session, self.run_id, self.lease_s)
+            except Exception:  # a missed beat is retried; the lease is 3 beats long
+                continue
+
+
+def _limit_torch_threads() -> None:
+    """Torch threads for a job: ``DOCKET_TORCH_THREADS`` (default 1).
+
+    Small models on a few shared cores run faster single-threaded (measured 2-7x under load on
+    2 cores: intra-op threads wait for busy cores); set the variable higher for big CPU jobs."""
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(int(os.environ.get("DOCKET_TORCH_THREADS", "1")))
+
+
+def _inputs(session: Any, row: ProtocolRow, job: JobSpec) -> dict[str, Path]:
+    inputs: dict[str, Path] = {}
+    for dep in job.after:
+        run = latest_succeeded(session, row.sha256, dep)
+        if run is None:
+            raise CheckFailed(
+                f"job {job.name!r} needs {dep!r} to have succeeded under protocol "
+                f"{row.protocol_id} v{row.version}; run it first "
+                f"(docket run {row.protocol_id} --job {dep})"
+            )
+        extra = json.loads(run.extra_json) if run.extra_json else {}
+        path = extra.get("checkpoint_file") or run.checkpoint_path
+        if path:
+            inputs[dep] = Path(path)
+    return inputs
+
+
+@dataclass
+class _Opened:
+    """What the run-opening transaction hands to the job (plain values, no ORM objects)."""
+
+    run_id: int
+    job: JobSpec
+    hw: Hardware
+    inputs: dict[str, Path]
+    seed: int
+
+
+def execute_job(
+    ledger: Ledger,
+    protocol_pk: int,
+    job_name: str,
+    *,
+    hardware: str | None = None,
+    catalog: HardwareCatalog | None = None,
+    progress: ProgressFn | None = None,
+    worker: str = "local",
+    lease_s: float = LEASE_S,
+    allow_over_budget: bool = False,
+    over_budget_reason: str | None = None,
+    device: str = "cpu",
+    token: str | None = None,
+) -> JobOutcome:
+    """Run one job of a frozen protocol version and record it (see module docstring).
+
+    The run is stored with ``worker = "<worker>#<token>"`` (``token``: a fresh random id unless
+    given; the Ray executor passes its own so the driver can find the run of a task whose worker
+    died). The two ledger writes (open the run; write its results and cost) are idempotent
+    transaction units retried on a dropped connection (:func:`ledger.retry.transact`): a retry
+    after a committed attempt finds the run by its worker token, and never completes or meters a
+    run twice. Raises :class:`UserError` / :class:`CheckFailed` before any run is recorded (unknown
+    kind or hardware, unmet dependency, budget). A run reaped as abandoned while its job was still
+    computing gets status ``abandoned``: its results are refused, the rest of its cost is kept.
+    """
+    catalog = catalog or load_catalog()
+    kinds = job_kinds()
+    worker_id = f"{worker}#{token or uuid.uuid4().hex[:12]}"
+    commit = git_sha()
+    attempts = 0
+
+    def open_run(session: Any) -> _Opened:
+        nonlocal attempts
+        attempts += 1
+        reap_abandoned(session, catalog=catalog)
+        row = session.get(ProtocolRow, protocol_pk)
+        assert row is not None and row.status == "frozen", "runs bind to frozen protocols only"
+        protocol = store.parse_row(row)
+        job = protocol.job(job_name)
+        if job.kind not in kinds:
+            raise UserError(
+                f"job {job.name!r}: unknown kind {job.kind!r}; "
+                f"known kinds: {', '.join(sorted(kinds))}"
+            )
+        hw_name = hardware or job.hardware
+        try:
+            hw = catalog[hw_name]
+        except UnknownHardwareError as exc:
+            raise UserError(str(exc.args[0])) from None
+        inputs = _inputs(session, row, job)
+        seed = int(job.seed if job.seed is not None else protocol.seed)
+        existing = run_by_worker(session, worker_id) if attempts > 1 else None
+        if existing is not None:  # an earlier attempt of this unit committed
+            return _Opened(existing.id, job, hw, inputs, seed)
+        budget = check_budget(session, row.protocol_id, protocol, job, hw)
+        if not budget.ok and not allow_over_budget:
+            raise CheckFailed(budget.message(job.name))
+        if not budget.ok:
+            message = budget.message(job.name)
+            _journal_over_budget(session, row, job.name, message, over_budget_reason)
+        config = {"job": job.model_dump(mode="json"), "hardware": hw.name, "device": device}
+        run = create_run(
+            session,
+            protocol_pk=row.id,
+            protocol_sha256=row.sha256,
+            job=job.name,
+            kind=job.kind,
+            config=config,
+            hardware=hw.name,
+            seed=seed,
+            git_sha=commit,
+        )
+        start_run(session, run.id, worker=worker_id, lease_s=lease_s)
+        return _Opened(run.id, job, hw, inputs, seed)
+
+    opened = transact(ledger, open_run)
+    run_id, job, hw = opened.run_id, opened.job, opened.hw
+    root = artifacts_root(str(ledger.engine.url.render_as_string(hide_password=False)))
+    knobs = KnobAudit(job.params)
+    ctx = JobContext(
+        job=job.name,
+        kind=job.kind,
+        params=dict(job.params),
+        seed=opened.seed,
+        artifacts_dir=run_dir(root, run_id),
+        inputs=opened.inputs,
+        knobs=knobs,
+        progress=progress or (lambda done, total, desc: None),
+        hardware=hw.name,
+        device=device,
+    )
+    beat = _Heartbeat(ledger, run_id, lease_s)
+    beat.start()
+    started = time.perf_counter()
+    result: JobResult | None = None
+    error: str | None = None
+    try:
+        job_fn = kinds[job.kind]
+        _limit_torch_threads()
+        result = job_fn(ctx)
+    except Exception as exc:  # the job failed: record it, never lose the cost
+        error = f"{type(exc).__name__}: {exc}\n" + "".join(traceback.format_exc(limit=8))
+    finally:
+        wall_s = time.perf_counter() - started
+        beat.stopped.set()
+        beat.join(timeout=5)
+    silent = knobs.silent_noops(ignore=STRUCTURAL_KEYS) if result is not None else []
+    status = "failed" if result is None else ("silent_noop" if silent else "succeeded")
+    ckpt_sha = ckpt_path = None
+    extra: dict[str, Any] = dict(result.extra) if result is not None else {}
+    if result is not None and result.checkpoint is not None:
+        ckpt_sha, stored = store_checkpoint(root, Path(result.checkpoint))
+        ckpt_path = str(stored)
+        extra["checkpoint_file"] = str(Path(result.checkpoint).resolve())
+    observations = [o.__dict__ for o in result.observations] if result else []
+    metrics = [m.__dict__ for m in result.metrics] if result else []
+    if silent:
+        error = f"knobs set but never took effect: {', '.join(silent)}"
+
+    def finish_run(session: Any) -> tuple[str, int]:
+        # lock the run row (PostgreSQL; SQLite's BEGIN IMMEDIATE already holds the write lock) so
+        # that a concurrent reaper either ran before us or waits for our commit
+        run = session.scalars(select(RunRow).where(RunRow.id == run_id).with_for_update()).one()
+        if run.status == status:  # an earlier attempt of this unit committed
+            return status, int(run.cost_micros)
+        if run.status not in ("running", "queued"):  # reaped meanwhile: results refused
+            _, total = record_late_finish_cost(session, hw=hw, run=run, wall_s=wall_s)
+            return "abandoned", total
+        usd_micros = cost_micros_of(hw, wall_s)
+        written = complete_run(
+            session,
+            run_id,
+            status=status,
+            observations=observations,
+            metrics=metrics,
+            texts=result.texts if result else None,
+            wall_s=wall_s,
+            checkpoint_sha256=ckpt_sha,
+            checkpoint_path=ckpt_path,
+            knob_audit=knobs.report(),
+            silent_noop_knobs=silent,
+            error=error,
+            extra=extra or None,
+            cost_micros=usd_micros,
+        )
+        assert written, "the run row is locked: it cannot have been reaped in between"
+        # the cost row last: the cost chain's lock is then held only until this commit
+        meter_run(
+            session, hw=hw, wall_s=wall_s, run_id=run_id, protocol_pk=protocol_pk, label=job.name
+        )
+        return status, usd_micros
+
+    final, cost_micros = transact(ledger, finish_run)
+    if final == "abandoned":
+        error = (
+            f"the run's lease ({lease_s:g} s) expired before it finished (missed heartbeats): it "
+            "was marked abandoned and its results were refused; its cost is kept"
+            + (f"\n{error}" if error else "")
+        )
+    return JobOutcome(job.name, final, run_id, wall_s, cost_micros, error, silent)
+
+
+def _journal_over_budget(
+    session: Any, row: ProtocolRow, job: str, message: str, reason: str | None
+) -> None:
+    if not reason or not reason.strip():
+        raise UserError('--allow-over-budget needs --reason "..." (it is written to the journal)')
+    from docketml.journal.schema import JournalEntry
+    from docketml.ledger.store.journal import append_entry
+    from docketml.ledger.store.models import utcnow
+
+    entry = JournalEntry(
+        date=utcnow().date(),
+        title=f"Over budget: ran {job} of {row.protocol_id} anyway",
+        context=message,
+        observations=[],
+        inferences=[],
+        failure_modes=[],
+        next_action=None,
+        notes=f"Reason given: {reason.strip()}",
+        protocol=row.protocol_id,
+    )
+    append_entry(session, entry, protocol_pk=row.id)
+
+
+def plan(protocol: Protocol, only: str | None) -> list[JobSpec]:
+    if only is None:
+        return topological_order(protocol)
+    try:
+        return [protocol.job(only)]
+    except KeyError:
+        names = ", ".join(j.name for j in protocol.jobs) or "(the protocol declares no jobs)"
+        raise UserError(f"unknown job {only!r}; jobs: {names}") from None
+
+
+def run_protocol(
+    ledger: Ledger,
+    protocol_id: str,
+    *,
+    job: str | None = None,
+    force: bool = False,
+    hardware: str | None = None,
+    executor: str = "local",
+    address: str | None = None,
+    show_progress: bool = True,
+    allow_over_budget: bool = False,
+    over_budget_reason: str | None = None,
+    on_outcome: Callable[[JobOutcome], None] | None = None,
+) -> list[JobOutcome]:
+    """Run the jobs of the latest frozen version of ``protocol_id`` (see module docstring).
+
+    Jobs that already succeeded under this version are skipped (``up_to_date``) unless ``force``
+    or the job is named with ``job``. A failed job's dependants are skipped and say why.
+    """
+    if allow_over_budget and not (over_budget_reason or "").strip():
+        raise UserError('--allow-over-budget needs --reason "..." (it is written to the journal)')
+
+    def resolve(session: Any) -> tuple[int, Protocol, list[JobSpec], set[str]]:
+        reap_abandoned(session)
+        row = store.latest_frozen(session, protocol_id)
+        protocol = store.parse_row(row)
+        jobs = plan(protocol, job)
+        done = {j.name for j in protocol.jobs if latest_succeeded(session, row.sha256, j.name)}
+        return row.id, protocol, jobs, done
+
+    protocol_pk, protocol, jobs, done_before = transact(ledger, resolve)
+    if not jobs:
+        raise UserError(
+            f"protocol {protocol_id} declares no jobs "
+            "(use `docket ingest` for results produced elsewhere)"
+        )
+    catalog = load_catalog()
+    if executor == "ray":
+        from .ray_executor import run_with_ray
+
+        return run_with_ray(
+            ledger,
+            protocol_pk,
+            protocol,
+            jobs,
+            done_before=done_before,
+            force=force or job is not None,
+            hardware=hardware,
+            address=address,
+            show_progress=show_progress,
+            allow_over_budget=allow_over_budget,
+            over_budget_reason=over_budget_reason,
+            on_outcome=on_outcome,
+        )
+    if executor != "local":
+        raise UserError(f"unknown executor {executor!r}; expected local or ray")
+    from .progress import JobProgress
+
+    outcomes: list[JobOutcome] = []
+    failed: dict[str, str] = {}
+    with JobProgress(enabled=show_progress, total_jobs=len(jobs)) as bars:
+        for spec in jobs:
+            blocked = [d for d in spec.after if d in failed]
+            if blocked:
+                outcome = JobOutcome(
+                    spec.name, "skipped", error=f"dependency {blocked[0]!r} {failed[blocked[0]]}"
+                )
+                failed[spec.name] = "was skipped"
+            elif spec.name in done_before and not force and job is None:
+                outcome = JobOutcome(spec.name, "up_to_date")
+            else:
+                bars.start_job(spec.name)
+                outcome = execute_job(
+                    ledger,
+                    protocol_pk,
+                    spec.name,
+                    hardware=hardware,
+                    catalog=catalog,
+                    progress=bars.update,
+                    worker=f"local:{os.getpid()}",
+                    allow_over_budget=allow_over_budget,
+                    over_budget_reason=over_budget_reason,
+                )
+                if outcome.status not in ("succeeded",):
+                    failed[spec.name] = outcome.status
+            bars.finish_job(spec.name, outcome.status)
+            outcomes.append(outcome)
+            if on_outcome:
+                on_outcome(outcome)
+    return outcomes
