@@ -13,6 +13,8 @@ Contract:
 from __future__ import annotations
 
 import json
+import math
+import os
 import socket
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -24,10 +26,37 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from ..billing.hardware import HardwareCatalog
+from ..errors import UserError
 from .models import MetricRow, ObservationRow, RunRow, RunTextRow, utcnow
 
 FINAL_STATUSES = ("succeeded", "failed", "abandoned", "silent_noop", "skipped")
-DEFAULT_LEASE_S = 60.0
+DEFAULT_LEASE_S = 30.0
+MIN_LEASE_S, MAX_LEASE_S = 1.0, 86_400.0
+
+
+def lease_seconds() -> float:
+    """The lease of a running run, in seconds: ``DOCKET_LEASE_S`` if set, else
+    :data:`DEFAULT_LEASE_S`. Read at call time (never at import), so a test or a worker can set it.
+
+    A run's heartbeat extends its lease every ``lease / 3`` seconds; a run whose lease passed
+    without a beat is abandoned by the next writer (:func:`reap_abandoned`). Values outside
+    ``[MIN_LEASE_S, MAX_LEASE_S]``, non-numbers, NaN and infinities are refused (:class:`UserError`,
+    exit 2): ``0`` would spin the heartbeat and a negative lease would reap live runs."""
+    raw = os.environ.get("DOCKET_LEASE_S")
+    if raw is None or not raw.strip():
+        return DEFAULT_LEASE_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (MIN_LEASE_S <= value <= MAX_LEASE_S):  # False for NaN
+        raise UserError(
+            f"DOCKET_LEASE_S={raw!r}: expected a number of seconds between {MIN_LEASE_S:g} and "
+            f"{MAX_LEASE_S:g}"
+        )
+    return value
+
+
 OBS_CHUNK = 50_000
 
 
@@ -73,8 +102,10 @@ def create_run(
     return run
 
 
-def start_run(session: Session, run_id: int, worker: str, lease_s: float = DEFAULT_LEASE_S) -> None:
+def start_run(session: Session, run_id: int, worker: str, lease_s: float | None = None) -> None:
+    """Mark a queued run ``running`` with a lease of ``lease_s`` (default :func:`lease_seconds`)."""
     now = utcnow()
+    lease_s = lease_seconds() if lease_s is None else lease_s
     session.execute(
         update(RunRow)
         .where(RunRow.id == run_id)
@@ -89,9 +120,10 @@ def start_run(session: Session, run_id: int, worker: str, lease_s: float = DEFAU
     )
 
 
-def heartbeat(session: Session, run_id: int, lease_s: float = DEFAULT_LEASE_S) -> bool:
+def heartbeat(session: Session, run_id: int, lease_s: float | None = None) -> bool:
     """Extend the lease of a running run; False if the run is no longer running (reaped)."""
     now = utcnow()
+    lease_s = lease_seconds() if lease_s is None else lease_s
     result = session.execute(
         update(RunRow)
         .where(RunRow.id == run_id, RunRow.status == "running")

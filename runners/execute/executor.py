@@ -43,6 +43,7 @@ from docketml.ledger.store.runs import (
     create_run,
     heartbeat,
     latest_succeeded,
+    lease_seconds,
     reap_abandoned,
     run_by_worker,
     start_run,
@@ -53,7 +54,6 @@ from ..context import JobContext, JobResult, KnobAudit
 from ..registry import STRUCTURAL_KEYS, job_kinds
 from .artifacts import artifacts_root, run_dir, store_checkpoint
 
-LEASE_S = float(os.environ.get("DOCKET_LEASE_S", "30"))
 ProgressFn = Callable[[int, int, str], None]
 
 
@@ -111,7 +111,7 @@ def git_sha() -> str | None:
 
 
 class _Heartbeat(threading.Thread):
-    """Extends the run's lease every ``LEASE_S / 3`` seconds until stopped."""
+    """Extends the run's lease every ``lease_s / 3`` seconds until stopped."""
 
     def __init__(self, ledger: Ledger, run_id: int, lease_s: float) -> None:
         super().__init__(daemon=True, name=f"docket-heartbeat-{run_id}")
@@ -173,7 +173,7 @@ def execute_job(
     catalog: HardwareCatalog | None = None,
     progress: ProgressFn | None = None,
     worker: str = "local",
-    lease_s: float = LEASE_S,
+    lease_s: float | None = None,
     allow_over_budget: bool = False,
     over_budget_reason: str | None = None,
     device: str = "cpu",
@@ -191,6 +191,7 @@ def execute_job(
     computing gets status ``abandoned``: its results are refused, the rest of its cost is kept.
     """
     catalog = catalog or load_catalog()
+    lease_s = lease_seconds() if lease_s is None else lease_s
     kinds = job_kinds()
     worker_id = f"{worker}#{token or uuid.uuid4().hex[:12]}"
     commit = git_sha()

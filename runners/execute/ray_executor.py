@@ -25,7 +25,8 @@ Contract of :func:`run_with_ray` (called by :func:`runners.executor.run_protocol
   local Ray is started (``num_cpus`` = ``DOCKET_RAY_NUM_CPUS`` or the machine's CPU count, no
   dashboard) and shut down afterwards; an existing Ray connection is used and left running.
 - Workers get ``DOCKET_ARTIFACTS`` (the driver's artifacts root, made absolute), ``DOCKET_LEASE_S``
-  and ``DOCKET_HARDWARE`` when set, and the repository on ``PYTHONPATH``, via ``runtime_env``.
+  and ``DOCKET_HARDWARE`` when set, and the driver's working directory on ``PYTHONPATH`` (where a
+  user's own job modules import from), via ``runtime_env``.
 """
 
 from __future__ import annotations
@@ -49,14 +50,14 @@ from docketml.ledger.billing.hardware import hardware_config_path
 from docketml.ledger.errors import CheckFailed, UserError
 from docketml.ledger.store.db import Ledger
 from docketml.ledger.store.models import RunRow
+from docketml.ledger.store.runs import lease_seconds
 from docketml.protocols.schema import JobSpec, Protocol
 
 from .artifacts import artifacts_root
-from .executor import LEASE_S, JobOutcome
+from .executor import JobOutcome
 
 OK_STATUSES = ("succeeded", "up_to_date")
 LOCAL_ADDRESSES = (None, "", "local")
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 # --------------------------------------------------------------------------- the Ray task
@@ -201,7 +202,8 @@ def _worker_env(url: str) -> dict[str, str]:
     hw_file = hardware_config_path()
     if hw_file is not None:
         env["DOCKET_HARDWARE"] = str(hw_file.expanduser().resolve())
-    paths = [str(REPO_ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    # the driver's working directory: a user's own job code imports from there, as it does locally
+    paths = [str(Path.cwd())] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     return env
 
@@ -293,8 +295,9 @@ def _crash_outcome(ledger: Ledger, spec: JobSpec, token: str, exc: BaseException
         detail = f"the Ray worker died ({kind}: {first})"
     if run is not None and run.status == "running":
         detail += (
-            f"; run {run.id} stays running until its lease expires (<= {LEASE_S:g} s after its "
-            "last heartbeat), then any docket command marks it abandoned and keeps its cost"
+            f"; run {run.id} stays running until its lease expires (<= {lease_seconds():g} s "
+            "after its last heartbeat), then the next docket writer marks it abandoned and keeps "
+            "its cost"
         )
     elif run is None:
         detail += "; no run was recorded"
