@@ -10,11 +10,12 @@ latest checkpoints, the budget check), reads the metric from the new run and com
 
 The comparison is exact on the numbers as written (each float is read through its shortest
 decimal form, so ``expected 0.85, tolerance 0.05`` accepts ``0.90``). The metric is the run's
-recorded metric of that name (the one with the highest ``step`` if it is a trajectory, else the
-last written); failing that, a derived metric of the protocol's ``metrics:`` evaluated over the
-run's recorded metrics. Every attempt, passing or not, is a ``reproductions`` row (append-only),
-including a re-run the executor refused (budget, missing dependency): it then has no observed
-value and the reason in ``detail``.
+recorded metric of that name, the row that counts by the store's one rule
+(:func:`docketml.ledger.store.results.effective_metrics`: a row without a step is the final value,
+else the highest step); failing that, a derived metric of the protocol's ``metrics:`` evaluated
+over the run's recorded metrics. Every attempt, passing or not, is a ``reproductions`` row
+(append-only), including a re-run the executor refused (budget, missing dependency): it then has
+no observed value and the reason in ``detail``.
 
 Claims are looked up in the latest frozen version of each protocol. A claim reference is
 ``protocol:claim`` or a claim name that is unique across the frozen protocols (optionally within
@@ -28,7 +29,6 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from docketml.protocols.schema import Claim, Protocol
@@ -36,7 +36,8 @@ from docketml.protocols.schema import Claim, Protocol
 from .errors import CheckFailed, UserError
 from .store import protocols as store
 from .store.db import Ledger
-from .store.models import MetricRow, ProtocolRow, ReproductionRow, utcnow
+from .store.models import ProtocolRow, ReproductionRow, utcnow
+from .store.results import run_metrics
 
 __all__ = [
     "ClaimRef",
@@ -164,16 +165,7 @@ def read_metric(
 ) -> tuple[float | None, str | None]:
     """The value of ``metric`` recorded by run ``run_id`` (module docstring) and, when there is
     none, why."""
-    rows = list(
-        session.scalars(select(MetricRow).where(MetricRow.run_id == run_id).order_by(MetricRow.id))
-    )
-    latest: dict[str, MetricRow] = {}
-    for row in rows:
-        held = latest.get(row.name)
-        if held is None or (row.step if row.step is not None else -1) >= (
-            held.step if held.step is not None else -1
-        ):
-            latest[row.name] = row
+    latest = run_metrics(session, run_id)
     if metric in latest:
         return float(latest[metric].value), None
     if protocol is not None and metric in protocol.metrics:

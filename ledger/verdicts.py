@@ -9,28 +9,22 @@ Contract of :func:`compute_verdict`:
     - a rule with ``job: X`` (and each job of a ``non_inferiority`` rule) reads the **latest
       succeeded run of X** (an ingest run recorded with ``--job X`` counts as a run of X);
     - a rule without ``job:`` reads **every succeeded run** of the version, merged in run-id
-      order: a later run overrides an earlier one for the same (group, item, signal), and for
-      the same metric name.
-  Within a run, a metric recorded at several steps is read at its highest step (a row without a
-  step counts as the final one).
+      order (:func:`docketml.ledger.store.results.load_payload`, which also decides which metric
+      row of a run counts).
 * ``silent_noop`` runs taint: if the latest finished (succeeded or silent_noop) run of a job a
   source depends on is ``silent_noop`` -- the source's job itself and, for runner-produced data,
   its ``after:`` ancestors; for the merged source, every job with runs -- each rule reading that
   source is INCONCLUSIVE, naming the run and the knobs that never took effect.
-* The verdict is recorded in ``verdicts`` with ``inputs_sha256`` = sha256 of
-  :func:`canonical_inputs`: per source (in a fixed order) its run ids, its effective
-  observations ``[group, item, signal, label, repr(value)]`` sorted, and its effective metrics
-  ``[name, repr(value), repr(ci_low), repr(ci_high)]`` sorted, serialised as compact JSON with
-  sorted keys. ``details_json`` keeps the full result and the run ids of every source, so
+* The verdict is recorded in ``verdicts`` with ``inputs_sha256`` =
+  :func:`docketml.ledger.store.results.inputs_sha256` of its sources. ``details_json`` keeps the
+  full result and the run ids of every source, so
   :func:`recompute_inputs_sha256` can re-derive the hash from the current observation rows (the
   audit compares the two to detect tampering).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -40,10 +34,12 @@ from sqlalchemy.orm import Session
 
 from docketml.protocols.schema import Protocol
 
+from .results import MetricValue
 from .store import protocols as store
-from .store.models import MetricRow, ObservationRow, ProtocolRow, RunRow, VerdictRow, utcnow
+from .store.models import ProtocolRow, RunRow, VerdictRow, utcnow
+from .store.results import SourcePayload, inputs_sha256, load_payload
 from .store.runs import reap_abandoned
-from .verdict.rules import Dataset, MetricValue, SourceData, evaluate, rule_sources
+from .verdict.rules import Dataset, SourceData, evaluate, rule_sources
 
 ALL_RUNS = "*"  # the key of the merged source in details / canonical inputs
 
@@ -52,82 +48,9 @@ def _source_key(job: str | None) -> str:
     return ALL_RUNS if job is None else f"job:{job}"
 
 
-@dataclass
-class SourcePayload:
-    """The effective data of one source: what the engine sees and what is hashed."""
-
-    run_ids: list[int]
-    observations: dict[tuple[str, str, str], tuple[int | None, float]]
-    metrics: dict[str, tuple[float, float | None, float | None]]
-
-
-def load_payload(session: Session, run_ids: Sequence[int]) -> SourcePayload:
-    """Observations and metrics of ``run_ids`` merged in the given order (later overrides)."""
-    order = {rid: i for i, rid in enumerate(run_ids)}
-    obs: dict[tuple[str, str, str], tuple[int | None, float]] = {}
-    mets: dict[str, tuple[float, float | None, float | None]] = {}
-    if not run_ids:
-        return SourcePayload([], obs, mets)
-    rows = session.execute(
-        select(
-            ObservationRow.run_id,
-            ObservationRow.group,
-            ObservationRow.item,
-            ObservationRow.signal,
-            ObservationRow.label,
-            ObservationRow.value,
-        )
-        .where(ObservationRow.run_id.in_(list(run_ids)))
-        .order_by(ObservationRow.id)
-    ).all()
-    for _run, group, item, signal, label, value in sorted(rows, key=lambda r: order[r[0]]):
-        obs[(group, item, signal)] = (label, float(value))
-    mrows = session.execute(
-        select(
-            MetricRow.run_id,
-            MetricRow.step,
-            MetricRow.id,
-            MetricRow.name,
-            MetricRow.value,
-            MetricRow.ci_low,
-            MetricRow.ci_high,
-        ).where(MetricRow.run_id.in_(list(run_ids)))
-    ).all()
-
-    def key(r: Any) -> tuple[int, float, int]:
-        return (order[r[0]], math.inf if r[1] is None else float(r[1]), r[2])
-
-    for _, _, _, name, value, lo, hi in sorted(mrows, key=key):
-        mets[name] = (float(value), lo, hi)
-    return SourcePayload(list(run_ids), obs, mets)
-
-
-def _r(x: float | None) -> str | None:
-    return None if x is None else repr(float(x))
-
-
-def canonical_inputs(payloads: dict[str, SourcePayload]) -> str:
-    """The canonical JSON of a verdict's inputs (see the module docstring)."""
-    doc = {
-        key: {
-            "runs": list(p.run_ids),
-            "observations": sorted(
-                [g, i, s, lab, repr(v)] for (g, i, s), (lab, v) in p.observations.items()
-            ),
-            "metrics": sorted([n, repr(v), _r(lo), _r(hi)] for n, (v, lo, hi) in p.metrics.items()),
-        }
-        for key, p in sorted(payloads.items())
-    }
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def inputs_sha256(payloads: dict[str, SourcePayload]) -> str:
-    return hashlib.sha256(canonical_inputs(payloads).encode("utf-8")).hexdigest()
-
-
 def _to_source(payload: SourcePayload, name: str, problems: Sequence[str]) -> SourceData:
     rows = [(g, i, lab, s, v) for (g, i, s), (lab, v) in payload.observations.items()]
-    metrics = {n: MetricValue(v, lo, hi) for n, (v, lo, hi) in payload.metrics.items()}
+    metrics = {n: MetricValue(n, v, lo, hi) for n, (v, lo, hi) in payload.metrics.items()}
     return SourceData.from_rows(
         rows, metrics, run_ids=payload.run_ids, problems=problems, name=name
     )

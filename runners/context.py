@@ -1,5 +1,7 @@
 """The contract between the job executors and the job implementations.
 
+``Observation`` and ``MetricValue`` are :mod:`docketml.ledger.results`' (re-exported here).
+
 A job implementation is a plain function ``run(ctx: JobContext) -> JobResult``. It knows nothing
 about the ledger: the executor builds the context from the frozen protocol, calls the function,
 and records the result (run row, observations, metrics, checkpoint, knob audit, cost).
@@ -12,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from docketml.ledger.results import MetricValue, Observation
 
 
 class KnobAudit:
@@ -60,32 +64,6 @@ class KnobAudit:
             k: {"value": v, "default": self.defaults.get(k), "fired": self.fired_counts.get(k, 0)}
             for k, v in sorted(self.params.items())
         }
-
-
-@dataclass
-class Observation:
-    """One per-sample number: signal ``signal`` of item ``item`` in group ``group``.
-
-    ``label`` is 1 (the protocol's positive class, e.g. failure / OOD), 0, or None when the job
-    does not judge the sample.
-    """
-
-    group: str
-    item: str
-    signal: str
-    value: float
-    label: int | None = None
-
-
-@dataclass
-class MetricValue:
-    """A scalar result of a job, optionally with a CI and a checkpoint step (trajectories)."""
-
-    name: str
-    value: float
-    ci_low: float | None = None
-    ci_high: float | None = None
-    step: int | None = None
 
 
 @dataclass

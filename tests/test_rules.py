@@ -16,8 +16,9 @@ import pytest
 import scipy.stats
 from sklearn.metrics import roc_auc_score
 
+from docketml.ledger.results import MetricValue
 from docketml.ledger.verdict import rules, stats
-from docketml.ledger.verdict.rules import Dataset, MetricValue, SourceData, evaluate, evaluate_rule
+from docketml.ledger.verdict.rules import Dataset, SourceData, evaluate, evaluate_rule
 from docketml.protocols.schema import Protocol
 
 GROUPS = ["g1", "g2", "g3"]
@@ -449,18 +450,25 @@ def threshold_protocol(**rule: Any) -> Protocol:
 )
 def test_threshold_metric_op_semantics(value, lo, hi, op, bound, expected) -> None:
     protocol = threshold_protocol(statistic="metric", metric="acc", op=op, bound=bound)
-    ds = Dataset({None: SourceData(metrics={"acc": MetricValue(value, lo, hi)})})
+    ds = Dataset({None: SourceData(metrics={"acc": MetricValue("acc", value, lo, hi)})})
     assert evaluate_rule(protocol, "th", ds)["verdict"] == expected
 
 
 def test_threshold_derived_metric_and_missing_metric() -> None:
     protocol = threshold_protocol(statistic="metric", metric="gain", op=">", bound=0.1)
     ds = Dataset(
-        {None: SourceData(metrics={"acc_before": MetricValue(0.5), "acc_after": MetricValue(0.75)})}
+        {
+            None: SourceData(
+                metrics={
+                    "acc_before": MetricValue("acc_before", 0.5),
+                    "acc_after": MetricValue("acc_after", 0.75),
+                }
+            )
+        }
     )
     res = evaluate_rule(protocol, "th", ds)
     assert res["value"] == pytest.approx(0.25) and res["verdict"] == "PARTIAL"
-    ds = Dataset({None: SourceData(metrics={"acc_before": MetricValue(0.5)})})
+    ds = Dataset({None: SourceData(metrics={"acc_before": MetricValue("acc_before", 0.5)})})
     res = evaluate_rule(protocol, "th", ds)
     assert res["verdict"] == "INCONCLUSIVE" and "needs acc_after" in res["why"]
 
@@ -637,7 +645,9 @@ def test_combination_through_evaluate_and_primary() -> None:
             {"id": "H4", "statement": "s", "rule": "either"},
         ],
     )
-    src = SourceData.from_rows(sweep_rows({"g1", "g3"}), {"acc": MetricValue(0.1, 0.05, 0.15)})
+    src = SourceData.from_rows(
+        sweep_rows({"g1", "g3"}), {"acc": MetricValue("acc", 0.1, 0.05, 0.15)}
+    )
     out = evaluate(protocol, Dataset({None: src}))
     got = {h["id"]: h["verdict"] for h in out["hypotheses"]}
     assert got == {"H1": "PROVEN", "H2": "DISPROVEN", "H3": "DISPROVEN", "H4": "PROVEN"}

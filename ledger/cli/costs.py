@@ -13,7 +13,7 @@ import click
 from ..billing import bill as billing
 from ..billing.money import format_usd, usd_to_micros
 from ..errors import UserError
-from ..store.journal import protocol_pk_for
+from ..store.protocols import latest as latest_version
 from .common import Env, emit, json_option, pass_env, table
 
 
@@ -102,7 +102,7 @@ def cost_add(
         except ValueError as exc:
             raise UserError(f"--usd: {exc}") from None
     with env.ledger().session() as session:
-        pk = protocol_pk_for(session, protocol_id) if protocol_id else None
+        pk = latest_version(session, protocol_id).id if protocol_id else None
         row = billing.add_manual_cost(
             session,
             hardware=hardware,
@@ -148,7 +148,7 @@ def cost_import_receipts(env: Env, protocol_id: str | None, as_json: bool) -> No
     """Import the receipts' bill (v5, v6, v7, v8a, v8b, splice) with the recorded dollars;
     running it again imports nothing."""
     with env.ledger().session() as session:
-        pk = protocol_pk_for(session, protocol_id) if protocol_id else None
+        pk = latest_version(session, protocol_id).id if protocol_id else None
         data = billing.import_receipts(session, pk)
     data["gpu"] = format_usd(data["gpu_micros"])
     data["total"] = format_usd(data["total_micros"])
@@ -178,7 +178,7 @@ def costs_cmd(env: Env, by: str, protocol_id: str | None, as_json: bool) -> None
     GPU vs CPU."""
     with env.ledger().session() as session:
         if protocol_id is not None:
-            protocol_pk_for(session, protocol_id)  # unknown id -> exit 2 naming known ones
+            latest_version(session, protocol_id)  # unknown id -> exit 2 naming known ones
         result = billing.bill(session, by, protocol_id=protocol_id)  # type: ignore[arg-type]
     data = result.as_dict()
 

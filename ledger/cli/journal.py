@@ -20,6 +20,7 @@ from docketml.journal.markdown import JournalParseError, render_entry
 from ..errors import UserError
 from ..store import journal as store
 from ..store.models import JournalEntryRow
+from ..store.protocols import latest as latest_version
 from .common import Env, emit, json_option, pass_env, table
 
 
@@ -109,7 +110,7 @@ def journal_add(
     elif title is None:
         raise UserError("give --file ENTRY.md, or at least --title (and --obs, --inf, ...)")
     with env.ledger().session() as session:
-        pk = store.protocol_pk_for(session, protocol_id) if protocol_id else None
+        pk = latest_version(session, protocol_id).id if protocol_id else None
         if corrects_seq is not None:
             corrects_ref = store.reference_for(session, corrects_seq)
         if file is not None:
@@ -155,7 +156,7 @@ def journal_add(
 
 
 def _protocol_pk(session: Any, protocol_id: str | None) -> int | None:
-    return store.protocol_pk_for(session, protocol_id) if protocol_id else None
+    return latest_version(session, protocol_id).id if protocol_id else None
 
 
 @journal_group.command("list")

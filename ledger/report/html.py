@@ -44,6 +44,7 @@ from sqlalchemy.orm import Session
 from ..store import protocols as store
 from ..store.db import Ledger
 from ..store.models import ProtocolRow, RunRow, SignCheckRow, VerdictRow
+from ..store.results import load_payload
 from ..billing.money import format_usd
 from ..verdict.stats import auroc
 from .trajectory import Trajectory, TrajectoryPoint, trajectory
@@ -297,9 +298,7 @@ Samples = dict[str, tuple[list[str], dict[str, int | None], dict[str, dict[str, 
 
 def _group_samples(session: Session, run_ids: Sequence[int]) -> Samples:
     """Per group: items, label per item, and per signal the finite value per item, merged over
-    ``run_ids`` exactly as the verdict engine merges them (a later run overrides)."""
-    from ..verdicts import load_payload
-
+    ``run_ids`` by the store's one merge rule (:func:`docketml.ledger.store.results.load_payload`)."""
     payload = load_payload(session, list(run_ids))
     out: Samples = {}
     for (group, item, signal), (label, value) in payload.observations.items():

@@ -52,6 +52,7 @@ from docketml.journal.markdown import parse_journal, render_journal
 from docketml.journal.schema import JournalEntry
 
 from ..errors import UserError
+from . import protocols
 from .chainlock import lock_chain
 from .models import JournalEntryRow, ProtocolRow, utcnow
 
@@ -63,7 +64,6 @@ __all__ = [
     "export_markdown",
     "import_markdown",
     "list_entries",
-    "protocol_pk_for",
     "reference_for",
     "resolve_reference",
     "row_summary",
@@ -74,25 +74,6 @@ __all__ = [
 def entry_of(row: JournalEntryRow) -> JournalEntry:
     """The :class:`JournalEntry` stored in ``row`` (parsed from its canonical ``body_json``)."""
     return entry_from_canonical(row.body_json)
-
-
-def protocol_pk_for(session: Session, protocol_id: str) -> int:
-    """Primary key of the latest version of ``protocol_id``; :class:`UserError` if unknown."""
-    pk = session.scalar(
-        select(ProtocolRow.id)
-        .where(ProtocolRow.protocol_id == protocol_id)
-        .order_by(ProtocolRow.version.desc())
-        .limit(1)
-    )
-    if pk is None:
-        known = list(
-            session.scalars(
-                select(ProtocolRow.protocol_id).distinct().order_by(ProtocolRow.protocol_id)
-            )
-        )
-        hint = f"known: {', '.join(known)}" if known else "the ledger has no protocols yet"
-        raise UserError(f"unknown protocol {protocol_id!r}; {hint}")
-    return int(pk)
 
 
 def _last_row(session: Session) -> JournalEntryRow | None:
@@ -192,12 +173,8 @@ def append_entry(
         if entry.protocol is None:
             entry = _with(entry, protocol=protocol.protocol_id)
     elif entry.protocol is not None:
-        protocol_pk = session.scalar(
-            select(ProtocolRow.id)
-            .where(ProtocolRow.protocol_id == entry.protocol)
-            .order_by(ProtocolRow.version.desc())
-            .limit(1)
-        )
+        known = entry.protocol in protocols.known_ids(session)
+        protocol_pk = protocols.latest(session, entry.protocol).id if known else None
 
     last_row = _last_row(session)
     if corrects_seq is not None:

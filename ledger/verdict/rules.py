@@ -104,6 +104,7 @@ from docketml.protocols.schema import (
     VerdictThreshold,
 )
 
+from ..results import MetricValue
 from . import stats
 
 Verdict = Literal["PROVEN", "PARTIAL", "DISPROVEN", "INCONCLUSIVE"]
@@ -116,7 +117,6 @@ NI_STREAMS = ("candidate", "reference")
 __all__ = [
     "Dataset",
     "GroupSamples",
-    "MetricValue",
     "SourceData",
     "VERDICTS",
     "Verdict",
@@ -144,15 +144,6 @@ class GroupSamples:
     items: tuple[str, ...]
     labels: np.ndarray
     values: dict[str, np.ndarray]
-
-
-@dataclass(frozen=True)
-class MetricValue:
-    """A scalar metric recorded by a run, with its CI when the run recorded one."""
-
-    value: float
-    ci_low: float | None = None
-    ci_high: float | None = None
 
 
 @dataclass
@@ -920,7 +911,7 @@ def _metric_value(protocol: Protocol, src: SourceData, name: str) -> MetricValue
         value = expr.evaluate({k: src.metrics[k].value for k in expr.names})
     except ExprError as exc:
         return f"derived metric {name!r}: {exc}"
-    return MetricValue(value)
+    return MetricValue(name, value)
 
 
 def _eval_threshold(

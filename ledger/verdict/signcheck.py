@@ -57,7 +57,8 @@ from docketml.protocols.schema import (
     ThresholdRule,
 )
 
-from .rules import Dataset, MetricValue, SourceData, combine, describe_condition, evaluate_rule
+from ..results import MetricValue
+from .rules import Dataset, SourceData, combine, describe_condition, evaluate_rule
 
 N_PER_CLASS = 30
 RESAMPLES_CAP = 2000
@@ -296,7 +297,8 @@ def _threshold_dataset(
         assert rule.metric is not None
         d = _unit(rule.bound)
         src = SourceData(
-            metrics={rule.metric: MetricValue(value, value - d / 10, value + d / 10)}, name=name
+            metrics={rule.metric: MetricValue(rule.metric, value, value - d / 10, value + d / 10)},
+            name=name,
         )
     return Dataset({rule.job: src}), desc
 

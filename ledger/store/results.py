@@ -1,0 +1,140 @@
+"""Reading recorded results: which metric row counts, and how the results of several runs merge.
+
+These two rules live here and nowhere else; the verdict, the report, ``docket reproduce`` and
+``docket runs show`` all read results through this module.
+
+* **Which metric row counts** (:func:`effective_metrics`): within one run, of the rows of one
+  metric name the one at the highest ``step`` counts, and a row without a step is the run's final
+  value, so it counts over any stepped row; among rows with the same step the later row (higher
+  id) counts. A run that logs ``acc`` = 0.70 at step 100 and ``acc`` = 0.90 with no step reads
+  0.90.
+* **Merging runs** (:func:`load_payload`): the runs are merged in the order given; a later run
+  overrides an earlier one for the same ``(group, item, signal)`` observation and for the same
+  metric name.
+* **The canonical inputs** of a verdict (:func:`canonical_inputs`): per source key (sorted) its
+  run ids, its effective observations ``[group, item, signal, label, repr(value)]`` sorted, and
+  its effective metrics ``[name, repr(value), repr(ci_low), repr(ci_high)]`` sorted, as compact
+  JSON with sorted keys; ``inputs_sha256`` is the sha256 of its UTF-8 bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from .models import MetricRow, ObservationRow
+
+__all__ = [
+    "SourcePayload",
+    "canonical_inputs",
+    "effective_metrics",
+    "inputs_sha256",
+    "load_payload",
+    "metric_rank",
+    "run_metrics",
+]
+
+
+def metric_rank(step: int | None, row_id: int) -> tuple[float, int]:
+    """Sort key of a metric row within one run and name: the highest key counts."""
+    return (math.inf if step is None else float(step), row_id)
+
+
+def effective_metrics(rows: Iterable[Any]) -> dict[str, Any]:
+    """Per metric name, the row that counts (module docstring) among ``rows`` of ONE run.
+
+    ``rows`` are objects with ``name``, ``step`` and ``id`` attributes (ORM rows or named rows)."""
+    best: dict[str, Any] = {}
+    for row in rows:
+        held = best.get(row.name)
+        if held is None or metric_rank(row.step, row.id) > metric_rank(held.step, held.id):
+            best[row.name] = row
+    return best
+
+
+def run_metrics(session: Session, run_id: int) -> dict[str, MetricRow]:
+    """The effective metric rows of run ``run_id``, by name."""
+    rows = session.scalars(select(MetricRow).where(MetricRow.run_id == run_id))
+    return effective_metrics(rows)
+
+
+@dataclass
+class SourcePayload:
+    """The effective data of one source: what the engine sees and what is hashed."""
+
+    run_ids: list[int]
+    observations: dict[tuple[str, str, str], tuple[int | None, float]]
+    metrics: dict[str, tuple[float, float | None, float | None]]
+
+
+def load_payload(session: Session, run_ids: Sequence[int]) -> SourcePayload:
+    """Observations and effective metrics of ``run_ids`` merged in the given order (a later run
+    overrides an earlier one)."""
+    order = {rid: i for i, rid in enumerate(run_ids)}
+    obs: dict[tuple[str, str, str], tuple[int | None, float]] = {}
+    mets: dict[str, tuple[float, float | None, float | None]] = {}
+    if not run_ids:
+        return SourcePayload([], obs, mets)
+    rows = session.execute(
+        select(
+            ObservationRow.run_id,
+            ObservationRow.group,
+            ObservationRow.item,
+            ObservationRow.signal,
+            ObservationRow.label,
+            ObservationRow.value,
+        )
+        .where(ObservationRow.run_id.in_(list(run_ids)))
+        .order_by(ObservationRow.id)
+    ).all()
+    for _run, group, item, signal, label, value in sorted(rows, key=lambda r: order[r[0]]):
+        obs[(group, item, signal)] = (label, float(value))
+    mrows = session.execute(
+        select(
+            MetricRow.run_id,
+            MetricRow.id,
+            MetricRow.name,
+            MetricRow.step,
+            MetricRow.value,
+            MetricRow.ci_low,
+            MetricRow.ci_high,
+        ).where(MetricRow.run_id.in_(list(run_ids)))
+    ).all()
+    by_run: dict[int, list[Any]] = {}
+    for r in mrows:
+        by_run.setdefault(r.run_id, []).append(r)
+    for rid in sorted(by_run, key=order.__getitem__):
+        for name, r in effective_metrics(by_run[rid]).items():
+            mets[name] = (float(r.value), r.ci_low, r.ci_high)
+    return SourcePayload(list(run_ids), obs, mets)
+
+
+def _r(x: float | None) -> str | None:
+    return None if x is None else repr(float(x))
+
+
+def canonical_inputs(payloads: dict[str, SourcePayload]) -> str:
+    """The canonical JSON of a verdict's inputs (see the module docstring)."""
+    doc = {
+        key: {
+            "runs": list(p.run_ids),
+            "observations": sorted(
+                [g, i, s, lab, repr(v)] for (g, i, s), (lab, v) in p.observations.items()
+            ),
+            "metrics": sorted([n, repr(v), _r(lo), _r(hi)] for n, (v, lo, hi) in p.metrics.items()),
+        }
+        for key, p in sorted(payloads.items())
+    }
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def inputs_sha256(payloads: dict[str, SourcePayload]) -> str:
+    """sha256 hex of :func:`canonical_inputs`."""
+    return hashlib.sha256(canonical_inputs(payloads).encode("utf-8")).hexdigest()

@@ -1,0 +1,88 @@
+"""One definition per rule: which metric row counts, read identically by the verdict, by
+``docket reproduce`` and by the store's own reader (the case the layout issue measured: a run
+that logs ``acc`` = 0.70 at step 100 and ``acc`` = 0.90 with no step)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from docketml.ledger.reproduce import read_metric
+from docketml.ledger.store import protocols
+from docketml.ledger.store.db import open_ledger
+from docketml.ledger.store.results import effective_metrics, load_payload, run_metrics
+from docketml.ledger.store.runs import complete_run, create_run, start_run
+from docketml.ledger.verdicts import compute_verdict
+
+PROTOCOL = """\
+docket: 1
+id: metric-rows
+title: Which metric row counts
+hypotheses:
+  - {id: H1, statement: accurate, rule: r}
+decision_rules:
+  r: {kind: threshold, statistic: metric, metric: acc, job: train, op: ">=", bound: 0.8}
+jobs:
+  - {name: train, kind: sleep, params: {seconds: 0.0}}
+"""
+
+
+def _row(name: str, step: int | None, row_id: int, value: float) -> SimpleNamespace:
+    return SimpleNamespace(name=name, step=step, id=row_id, value=value)
+
+
+@pytest.mark.parametrize(
+    ("rows", "expected"),
+    [
+        # a row without a step is the final value, whatever order it was written in
+        ([_row("acc", 100, 1, 0.70), _row("acc", None, 2, 0.90)], 0.90),
+        ([_row("acc", None, 1, 0.90), _row("acc", 100, 2, 0.70)], 0.90),
+        # otherwise the highest step counts
+        ([_row("acc", 300, 1, 0.85), _row("acc", 100, 2, 0.70)], 0.85),
+        # the same step twice: the later row
+        ([_row("acc", 100, 1, 0.70), _row("acc", 100, 2, 0.75)], 0.75),
+        ([_row("acc", None, 1, 0.60), _row("acc", None, 2, 0.65)], 0.65),
+    ],
+)
+def test_effective_metric_row(rows: list[SimpleNamespace], expected: float) -> None:
+    assert effective_metrics(rows)["acc"].value == expected
+
+
+def test_verdict_reproduce_and_store_read_the_same_row(docket, tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text(PROTOCOL, encoding="utf-8")
+    for args in (("protocol", "register", "p.yaml"), ("protocol", "freeze", "metric-rows")):
+        result = docket(*args)
+        assert result.exit_code == 0, result.output
+    led = open_ledger(docket.url)
+    try:
+        with led.session() as s:
+            row = protocols.latest_frozen(s, "metric-rows")
+            run = create_run(
+                s,
+                protocol_pk=row.id,
+                protocol_sha256=row.sha256,
+                job="train",
+                kind="sleep",
+                config={},
+            )
+            start_run(s, run.id, worker="test")
+            complete_run(
+                s,
+                run.id,
+                status="succeeded",
+                metrics=[
+                    {"name": "acc", "value": 0.70, "step": 100},
+                    {"name": "acc", "value": 0.90},
+                ],
+            )
+            run_id = run.id
+        with led.session() as s:
+            verdict = compute_verdict(s, "metric-rows", record=False)
+            assert verdict["hypotheses"][0]["value"] == 0.90
+            assert read_metric(s, run_id, "acc") == (0.90, None)
+            assert run_metrics(s, run_id)["acc"].value == 0.90
+            assert load_payload(s, [run_id]).metrics["acc"][0] == 0.90
+    finally:
+        led.engine.dispose()
