@@ -2,6 +2,10 @@
 
 Kinds are listed statically and their modules imported only when a job of that family runs, so a
 model-free job (or a Ray worker running one) never pays for importing torch.
+
+Structural params (what runs: the model config, which checkpoint) are declared by each family's
+module as ``STRUCTURAL_KEYS``; :func:`structural_keys` is the only reader, so the knob audit and
+the tests see the same set.
 """
 
 from __future__ import annotations
@@ -10,10 +14,6 @@ import importlib
 from collections.abc import Iterator, Mapping
 
 from .context import JobFn
-
-# Params that select *what* runs (model config, which checkpoint) rather than tuning it: the knob
-# audit ignores them (they take effect by construction: a wrong one fails loudly).
-STRUCTURAL_KEYS = frozenset({"model", "layout", "checkpoint", "base", "donor"})
 
 FAMILIES: dict[str, tuple[str, ...]] = {
     "docketml.runners.jobs.builtin": ("sleep", "fail", "synthetic"),
@@ -42,8 +42,14 @@ class JobKinds(Mapping[str, JobFn]):
         self._module_of = {kind: module for module, kinds in FAMILIES.items() for kind in kinds}
 
     def __getitem__(self, kind: str) -> JobFn:
-        module = importlib.import_module(self._module_of[kind])
-        return module.JOBS[kind]
+        return self._module(kind).JOBS[kind]
+
+    def structural_keys(self, kind: str) -> frozenset[str]:
+        """Params of ``kind`` that select what runs; the knob audit ignores them."""
+        return frozenset(getattr(self._module(kind), "STRUCTURAL_KEYS", frozenset()))
+
+    def _module(self, kind: str):  # noqa: ANN202 - a module object
+        return importlib.import_module(self._module_of[kind])
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._module_of)

@@ -20,10 +20,9 @@ from distributed_helpers import protocol_yaml
 from sqlalchemy import Engine, MetaData, Table, func, insert, inspect, select, text
 from sqlalchemy.exc import DBAPIError
 
-from docketml.journal.chain import GENESIS as JOURNAL_GENESIS
-from docketml.journal.chain import build_chain
+from docketml.journal.chain import GENESIS, build_chain, entry_hash
 from docketml.journal.schema import JournalEntry
-from docketml.ledger.billing.costs import GENESIS, chain_hash, cost_canonical, verify_cost_chain
+from docketml.ledger.billing.costs import cost_canonical, verify_cost_chain
 from docketml.ledger.store import protocols as store
 from docketml.ledger.store.db import (
     all_revisions,
@@ -154,7 +153,7 @@ def seed_rows() -> dict[str, list[dict[str, Any]]]:
             "label": None,
             "note": "manual: dataset licence" if run_id is None else None,
         }
-        digest = chain_hash(prev, cost_canonical(CostRow(**row)))
+        digest = entry_hash(prev, cost_canonical(CostRow(**row)))
         row.update(prev_hash=prev, hash=digest)
         costs.append(row)
         prev = digest
@@ -174,9 +173,7 @@ def seed_rows() -> dict[str, list[dict[str, Any]]]:
             "prev_hash": link.prev_hash,
             "hash": link.hash,
         }
-        for entry, link in zip(
-            entries, build_chain(entries, prev_hash=JOURNAL_GENESIS), strict=True
-        )
+        for entry, link in zip(entries, build_chain(entries, prev_hash=GENESIS), strict=True)
     ]
     return {
         "protocols": protocols,

@@ -11,14 +11,17 @@ import torch
 from docketml.runners.context import JobContext, JobResult, KnobAudit, sha256_file
 from docketml.runners.jobs.poe import (
     JOBS,
-    STRUCTURAL_KEYS,
     generate_corpus,
     list_checkpoints,
     load_corpus,
 )
 from docketml.runners.models.poe import load_checkpoint
+from docketml.runners.registry import job_kinds
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+STRUCTURAL_KEYS = job_kinds().structural_keys("poe_train")  # what the executor ignores
 
 
 def _ctx(kind: str, params: dict[str, Any], tmp: Path, inputs: dict[str, Path] | None = None):

@@ -23,11 +23,15 @@ from docketml.runners.data import (
     load_probe,
 )
 from docketml.runners.jobs import routed as jobs
-from docketml.runners.jobs.routed import JOBS, STRUCTURAL_KEYS, is_loop, is_refusal
+from docketml.runners.jobs.routed import JOBS, is_loop, is_refusal
 from docketml.runners.models.routed import group_of, load_checkpoint
+from docketml.runners.registry import job_kinds
 
 SEED = 1234
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+STRUCTURAL_KEYS = job_kinds().structural_keys("probe")  # what the executor ignores
 
 
 def run_job(

@@ -1,13 +1,13 @@
 """The cost ledger: metered runs and manual entries, append-only and hash-chained.
 
-Each row's ``hash = sha256(prev_hash + "\\n" + canonical)`` where ``canonical`` is the sorted-key
-JSON of (seq, run_id, protocol_pk, hardware, wall_s, billed_s, rate_micros_per_hour, usd_micros,
-label, note, at). The first row's prev_hash is 64 zeros. Money is integer micro-dollars.
+Rows are linked by the one hash chain of :mod:`docketml.journal.chain` (``entry_hash``,
+``GENESIS``, ``verify_chain``) over ``canonical`` = the sorted-key JSON of (seq, run_id,
+protocol_pk, hardware, wall_s, billed_s, rate_micros_per_hour, usd_micros, label, note, at).
+Money is integer micro-dollars.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from ...journal.chain import GENESIS, ChainRow, entry_hash, verify_chain
 from ..store.chainlock import lock_chain
 from ..store.models import CostRow, RunRow, utcnow
 from .hardware import (
@@ -27,8 +28,6 @@ from .hardware import (
     cost_micros,
     load_catalog,
 )
-
-GENESIS = "0" * 64
 
 
 def _iso(at: datetime) -> str:
@@ -56,10 +55,6 @@ def cost_canonical(row: CostRow) -> str:
         separators=(",", ":"),
         ensure_ascii=False,
     )
-
-
-def chain_hash(prev_hash: str, canonical: str) -> str:
-    return hashlib.sha256((prev_hash + "\n" + canonical).encode("utf-8")).hexdigest()
 
 
 def rate_micros_per_hour(hw: Hardware) -> int:
@@ -103,7 +98,7 @@ def append_cost(
         prev_hash=prev,
         hash="",
     )
-    row.hash = chain_hash(prev, cost_canonical(row))
+    row.hash = entry_hash(prev, cost_canonical(row))
     session.add(row)
     session.flush()
     return row
@@ -224,30 +219,15 @@ def record_late_finish_cost(
 
 
 def verify_cost_chain(rows: list[CostRow]) -> list[dict[str, Any]]:
-    """Problems in the cost chain (rows in seq order): broken links or hashes that differ."""
+    """Problems in the cost chain (rows in seq order), found by ``journal.chain.verify_chain``."""
+    chain = [ChainRow(r.seq, cost_canonical(r), r.prev_hash, r.hash) for r in rows]
     problems = []
-    prev = GENESIS
-    for row in rows:
-        if row.prev_hash != prev:
-            problems.append(
-                {
-                    "table": "costs",
-                    "row": row.seq,
-                    "problem": (
-                        f"prev_hash {row.prev_hash[:12]} != hash of previous row {prev[:12]}"
-                    ),
-                }
-            )
-        expected = chain_hash(row.prev_hash, cost_canonical(row))
-        if expected != row.hash:
-            problems.append(
-                {
-                    "table": "costs",
-                    "row": row.seq,
-                    "problem": (
-                        f"content changed: stored hash {row.hash[:12]}, recomputed {expected[:12]}"
-                    ),
-                }
-            )
-        prev = row.hash
+    for p in verify_chain(chain):
+        if p.field == "hash":
+            text = f"content changed: stored hash {p.actual[:12]}, recomputed {p.expected[:12]}"
+        elif p.field == "prev_hash":
+            text = f"prev_hash {p.actual[:12]} != hash of previous row {p.expected[:12]}"
+        else:
+            text = f"seq {p.actual} follows {int(p.expected) - 1}: a row is missing or reordered"
+        problems.append({"table": "costs", "row": p.seq, "problem": text})
     return problems

@@ -51,7 +51,7 @@ from docketml.ledger.store.runs import (
 from docketml.protocols.schema import JobSpec, Protocol
 
 from ..context import JobContext, JobResult, KnobAudit
-from ..registry import STRUCTURAL_KEYS, job_kinds
+from ..registry import job_kinds
 from .artifacts import artifacts_root, run_dir, store_checkpoint
 
 ProgressFn = Callable[[int, int, str], None]
@@ -272,7 +272,9 @@ def execute_job(
         wall_s = time.perf_counter() - started
         beat.stopped.set()
         beat.join(timeout=5)
-    silent = knobs.silent_noops(ignore=STRUCTURAL_KEYS) if result is not None else []
+    silent = (
+        knobs.silent_noops(ignore=kinds.structural_keys(job.kind)) if result is not None else []
+    )
     status = "failed" if result is None else ("silent_noop" if silent else "succeeded")
     ckpt_sha = ckpt_path = None
     extra: dict[str, Any] = dict(result.extra) if result is not None else {}

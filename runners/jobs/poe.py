@@ -55,7 +55,7 @@ from ..models.poe_decode import (
 
 CORPUS_PATH = Path(__file__).resolve().parent.parent / "data" / "corpus.txt"
 HELD_OUT_FRACTION = 0.1
-STRUCTURAL_KEYS = frozenset({"model", "layout"})
+STRUCTURAL_KEYS = frozenset({"model", "layout", "checkpoint"})
 MAX_CPU_TRAIN_PARAMS = 100_000_000
 
 _PROBE = {"checkpoint": None, "input": None, "model": None}

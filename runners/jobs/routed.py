@@ -10,8 +10,9 @@ behaviour. Training jobs (and splice) write ``ctx.artifacts_dir / "model.pt"`` i
 ``docket-routed-v1`` format (see ``runners.models.routed``) and return it in
 ``JobResult.checkpoint``; ``probe`` writes no checkpoint.
 
-Structural keys (not knobs; the executor should pass them in the ignore set of
-``KnobAudit.silent_noops``): :data:`STRUCTURAL_KEYS` = ``model``, ``after``, ``hardware``.
+Structural keys (not knobs; the executor passes them, via ``registry.structural_keys``, as the
+ignore set of ``KnobAudit.silent_noops``): :data:`STRUCTURAL_KEYS` = ``model``, ``checkpoint``,
+``base``, ``donor``.
 ``model`` (``tiny`` | ``tilelli-10m``, default ``tiny``) chooses the architecture of a fresh model
 (pretrain); a job that starts from a checkpoint takes the checkpoint's architecture and refuses a
 contradicting explicit ``model``.
@@ -124,7 +125,8 @@ from ..models.routed import (
     save_checkpoint,
 )
 
-STRUCTURAL_KEYS = frozenset({"model", "after", "hardware"})
+# Params that select what runs (read through registry.structural_keys).
+STRUCTURAL_KEYS = frozenset({"model", "checkpoint", "base", "donor"})
 LN3 = math.log(3.0)
 PROBE_SIGNALS = (
     "max_softmax_mean",
