@@ -38,7 +38,6 @@ from .results import MetricValue
 from .store import protocols as store
 from .store.models import ProtocolRow, RunRow, VerdictRow, utcnow
 from .store.results import SourcePayload, inputs_sha256, load_payload
-from .store.runs import reap_abandoned
 from .verdict.rules import Dataset, SourceData, evaluate, rule_sources
 
 ALL_RUNS = "*"  # the key of the merged source in details / canonical inputs
@@ -218,7 +217,6 @@ def compute_verdict(session: Session, protocol_id: str, *, record: bool = True) 
     Raises :class:`ledger.errors.CheckFailed` if the protocol was never frozen and
     :class:`ledger.errors.UserError` for an unknown protocol.
     """
-    reap_abandoned(session)
     row = store.latest_frozen(session, protocol_id)
     protocol = store.parse_row(row)
     loaded = load_dataset(session, row, protocol)

@@ -12,7 +12,8 @@ from sqlalchemy import text
 
 from docketml.ledger.integrity.audit import audit, json_differences
 from docketml.ledger.store.db import Ledger, open_ledger
-from docketml.ledger.store.runs import create_run, start_run
+from docketml.ledger.store.models import RunRow
+from docketml.ledger.store.runs import create_run, reap_abandoned, start_run
 from docketml.migrations.triggers import expected_triggers
 
 AUDITED = """\
@@ -182,7 +183,7 @@ def test_rebinding_a_run_and_rehashing_a_protocol_is_found(studied) -> None:
     assert any("canonical_json hashes to" in f["problem"] for f in found)
 
 
-def test_audit_reaps_abandoned_runs_first(ledger) -> None:
+def test_audit_lists_expired_leases_and_writes_nothing(ledger) -> None:
     from docketml.ledger.store import protocols as store
     from docketml.protocols.loader import load_protocol_text
 
@@ -199,9 +200,16 @@ def test_audit_reaps_abandoned_runs_first(ledger) -> None:
         start_run(session, run.id, worker="gone", lease_s=-1.0)  # the runner died long ago
         run_id = run.id
     report = audit(ledger)
-    assert report.reaped_runs == [run_id]
-    assert report.clean, report.findings  # the reaped run's cost joined the chain cleanly
-    assert report.checked["costs"] == 1
+    assert report.expired_leases == [run_id]
+    assert report.clean, report.findings
+    assert report.checked["costs"] == 0  # nothing was reaped or billed by the audit
+    with ledger.session() as session:
+        assert session.get(RunRow, run_id).status == "running"
+        reaped = [r.id for r in reap_abandoned(session)]
+    assert reaped == [run_id]
+    report = audit(ledger)
+    assert report.expired_leases == [] and report.clean, report.findings
+    assert report.checked["costs"] == 1  # the reaped run's cost joined the chain cleanly
 
 
 def test_json_differences() -> None:

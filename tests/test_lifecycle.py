@@ -73,12 +73,18 @@ def test_sigkilled_runner_is_abandoned_cost_kept_and_rerun_works(
     # nobody has looked yet: the row still says running (the lease decides, not the pid)
     assert _status(ledger, run.id) == "running"
 
-    def listed_abandoned() -> list[dict]:
-        result = docket("runs", "list", "--status", "abandoned", "--json")
+    def listed_expired() -> list[dict]:
+        result = docket("runs", "list", "--json")
         assert result.exit_code == 0, result.output
-        return json.loads(result.stdout)
+        return [r for r in json.loads(result.stdout) if r["lease_expired"]]
 
-    abandoned = wait_for(listed_abandoned, 15, "docket runs list to show it abandoned", every=0.3)
+    expired = wait_for(listed_expired, 15, "docket runs list to show the lease expired", every=0.3)
+    assert [r["id"] for r in expired] == [run.id] and expired[0]["status"] == "running"
+    assert _status(ledger, run.id) == "running"  # the query wrote nothing
+    reaped = docket("runs", "reap", "--json")
+    assert reaped.exit_code == 0, reaped.output
+    assert [r["id"] for r in json.loads(reaped.stdout)] == [run.id]
+    abandoned = json.loads(docket("runs", "list", "--status", "abandoned", "--json").stdout)
     assert [r["id"] for r in abandoned] == [run.id]
     assert "lease expired" in abandoned[0]["error"]
     assert abandoned[0]["cost_micros"] > 0

@@ -175,6 +175,8 @@ def test_killed_ray_worker_is_abandoned_and_its_cost_kept(
     assert outcomes["next"].error == "dependency 'long' was abandoned (its worker died)"
 
     def abandoned() -> list[dict]:
+        reaped = docket("runs", "reap", "--json")  # a writer reaps; `runs list` never writes
+        assert reaped.exit_code == 0, reaped.output
         result = docket("runs", "list", "--status", "abandoned", "--json")
         assert result.exit_code == 0, result.output
         return cli_json(result.stdout)

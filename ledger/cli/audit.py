@@ -23,9 +23,12 @@ def audit_cmd(env: Env, as_json: bool) -> None:
     data = report.as_dict()
 
     def human(c: Any) -> None:
-        if report.reaped_runs:
-            runs = ", ".join(str(r) for r in report.reaped_runs)
-            c.print(f"reaped abandoned run(s) {runs} (lease expired) before auditing")
+        if report.expired_leases:
+            runs = ", ".join(str(r) for r in report.expired_leases)
+            c.print(
+                f"run(s) {runs}: lease expired while running (the runner died); "
+                "`docket runs reap` marks them abandoned and books their cost"
+            )
         checked = ", ".join(
             f"{n} {k}" for k, n in report.checked.items() if k != "triggers_missing"
         )

@@ -176,7 +176,7 @@ def cost_import_receipts(env: Env, protocol_id: str | None, as_json: bool) -> No
 def costs_cmd(env: Env, by: str, protocol_id: str | None, as_json: bool) -> None:
     """The bill: each cost with hardware, wall time and dollars; totals per group, overall and
     GPU vs CPU."""
-    with env.ledger().session() as session:
+    with env.ledger().read_session() as session:
         if protocol_id is not None:
             latest_version(session, protocol_id)  # unknown id -> exit 2 naming known ones
         result = billing.bill(session, by, protocol_id=protocol_id)  # type: ignore[arg-type]

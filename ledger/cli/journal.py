@@ -165,7 +165,7 @@ def _protocol_pk(session: Any, protocol_id: str | None) -> int | None:
 @pass_env
 def journal_list(env: Env, protocol_id: str | None, as_json: bool) -> None:
     """List entries, oldest first; corrections show on both entries."""
-    with env.ledger().session() as session:
+    with env.ledger().read_session() as session:
         pk = _protocol_pk(session, protocol_id)
         index = store.corrections_index(session)
         rows = store.list_entries(session, pk)
@@ -202,7 +202,7 @@ def journal_show(env: Env, seq: int, as_json: bool) -> None:
     """Show one entry in full (markdown)."""
     from sqlalchemy import select
 
-    with env.ledger().session() as session:
+    with env.ledger().read_session() as session:
         row = session.scalars(select(JournalEntryRow).where(JournalEntryRow.seq == seq)).first()
         if row is None:
             raise UserError(f"no journal entry with seq {seq}")
@@ -226,7 +226,7 @@ def journal_show(env: Env, seq: int, as_json: bool) -> None:
 @pass_env
 def journal_export(env: Env, protocol_id: str | None, output: Path | None) -> None:
     """Write the journal as markdown (newest first, the seed journal's style) to stdout."""
-    with env.ledger().session() as session:
+    with env.ledger().read_session() as session:
         text = store.export_markdown(session, _protocol_pk(session, protocol_id))
     if output is None:
         click.echo(text, nl=False)

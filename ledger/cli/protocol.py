@@ -223,7 +223,7 @@ def show_cmd(
     env: Env, protocol_id: str, version: int | None, show_yaml: bool, as_json: bool
 ) -> None:
     """Show a protocol, its sha256, its sign-check and its amendment chain."""
-    with env.ledger().session() as session:
+    with env.ledger().read_session() as session:
         versions = store.chain(session, protocol_id)
         if not versions:
             store.latest(session, protocol_id)  # raises a UserError naming known ids
@@ -307,7 +307,7 @@ def show_cmd(
 @pass_env
 def list_cmd(env: Env, as_json: bool) -> None:
     """List registered protocols with their latest and frozen versions."""
-    with env.ledger().session() as session:
+    with env.ledger().read_session() as session:
         data = store.list_protocols(session)
 
     def human(c: Any) -> None:

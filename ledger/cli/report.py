@@ -66,7 +66,7 @@ def trajectory_cmd(
     latest frozen version."""
     from ..report.trajectory import plot_trajectory, trajectory
 
-    with env.ledger().session() as session:
+    with env.ledger().read_session() as session:
         traj = trajectory(session, protocol_id, list(metrics) or None)
     data = traj.as_dict()
     if plot is not None:

@@ -75,6 +75,7 @@ def run_cmd(
         )
 
     emit(data, as_json, human)
+
     bad = [o for o in outcomes if o.status not in ("succeeded", "up_to_date")]
     if bad:
         raise CheckFailed(
@@ -98,9 +99,10 @@ def runs_group() -> None:
 @json_option
 @pass_env
 def runs_list(env: Env, protocol_id: str | None, status: str | None, as_json: bool) -> None:
-    """List runs (abandoned runs are detected first: an expired lease means the runner died)."""
-    with env.ledger().session() as session:
-        reap_abandoned(session)
+    """List runs; a running run whose lease expired shows as "running (lease expired)".
+
+    Read-only: nothing is written (``docket runs reap`` marks such runs abandoned)."""
+    with env.ledger().read_session() as session:
         query = select(RunRow).order_by(RunRow.id)
         if protocol_id:
             pks = [v.id for v in store.chain(session, protocol_id)]
@@ -117,7 +119,7 @@ def runs_list(env: Env, protocol_id: str | None, status: str | None, as_json: bo
                 r["id"],
                 r["job"],
                 r["kind"],
-                r["status"],
+                r["status"] + (" (lease expired)" if r["lease_expired"] else ""),
                 r["hardware"],
                 f"{r['wall_s']:.1f}" if r["wall_s"] else "",
                 format_usd(r["cost_micros"]),
@@ -134,5 +136,31 @@ def runs_list(env: Env, protocol_id: str | None, status: str | None, as_json: bo
                 rows,
             )
         )
+
+    emit(data, as_json, human)
+
+
+@runs_group.command("reap")
+@json_option
+@pass_env
+def runs_reap(env: Env, as_json: bool) -> None:
+    """Mark runs whose lease expired as abandoned.
+
+    A run whose runner died (SIGKILL, lost node) stays "running" until a writer reaps it:
+    `docket run` and `docket ingest` do so first; this command does only that. Each reaped run
+    keeps its cost up to its last heartbeat.
+
+    \b
+    Example:
+      docket runs reap --json
+    """
+    with env.ledger().session() as session:
+        data = [run_summary(r) for r in reap_abandoned(session)]
+
+    def human(c: Any) -> None:
+        if not data:
+            c.print("no run with an expired lease")
+        for r in data:
+            c.print(f"run #{r['id']} ({r['job']}) marked abandoned: {r['error']}")
 
     emit(data, as_json, human)

@@ -17,8 +17,9 @@ What is checked (each problem is one :class:`Finding` naming the table, the row 
    offers neither, that is a finding too: an audit never calls unverified data clean.
 5. Triggers: every append-only / frozen-row trigger of :mod:`ledger.triggers` exists.
 
-Before auditing, runs whose lease expired are reaped (:func:`ledger.runs.reap_abandoned`, which
-also keeps their cost) in their own committed transaction, so the audit sees the current state.
+The audit writes nothing (one read-only transaction, :meth:`Ledger.read_session`), so it runs on a
+read-only replica or role. Runs whose lease expired are listed, not reaped: ``docket runs reap``
+(or the next ``run``/``ingest``) marks them abandoned and books their cost.
 
 Limits (by construction of hash chains): deleting the *last* rows of a chain, or rewriting a row
 and re-hashing every row after it, is not detectable from the ledger alone; keep the head hash
@@ -46,7 +47,7 @@ from ..billing.money import format_usd
 from ..store.db import Ledger
 from ..store.journal import entry_of, verify_journal_chain
 from ..store.models import CostRow, JournalEntryRow, ProtocolRow, RunRow, SignCheckRow, VerdictRow
-from ..store.runs import reap_abandoned
+from ..store.runs import lease_expired
 
 __all__ = ["AuditReport", "Finding", "audit", "audit_session"]
 
@@ -74,7 +75,7 @@ class AuditReport:
     findings: list[Finding] = field(default_factory=list)
     checked: dict[str, int] = field(default_factory=dict)
     heads: dict[str, str | None] = field(default_factory=dict)
-    reaped_runs: list[int] = field(default_factory=list)
+    expired_leases: list[int] = field(default_factory=list)
 
     @property
     def clean(self) -> bool:
@@ -86,7 +87,7 @@ class AuditReport:
             "findings": [asdict(f) for f in self.findings],
             "checked": self.checked,
             "heads": self.heads,
-            "reaped_runs": self.reaped_runs,
+            "expired_leases": self.expired_leases,
         }
 
 
@@ -272,10 +273,12 @@ def audit_session(session: Session, *, recompute: RecomputeFn | None = None) -> 
 
 
 def audit(ledger: Ledger, *, recompute: RecomputeFn | None = None) -> AuditReport:
-    """Reap abandoned runs (committed), then audit the ledger (module docstring)."""
-    with ledger.session() as session:
-        reaped = [run.id for run in reap_abandoned(session)]
-    with ledger.session() as session:
+    """Audit the ledger in one read-only transaction (module docstring); writes nothing.
+
+    Runs still ``running`` whose lease expired are listed in ``expired_leases`` (``docket runs
+    reap`` or the next writer marks them abandoned and books their cost)."""
+    with ledger.read_session() as session:
         report = audit_session(session, recompute=recompute)
-    report.reaped_runs = reaped
+        running = session.scalars(select(RunRow).where(RunRow.status == "running"))
+        report.expired_leases = [run.id for run in running if lease_expired(run)]
     return report

@@ -1468,7 +1468,7 @@ def build_report(
     for what the page contains."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with ledger.session() as session:
+    with ledger.read_session() as session:
         report = collect(session, protocol_id)
     writer = FigureWriter(out)
     images = Images(out, embed_images)

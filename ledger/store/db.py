@@ -50,6 +50,9 @@ def describe_url(url: str) -> str:
         return url
 
 
+READ_ONLY_OPTION = "docket_read_only"
+
+
 def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
@@ -66,7 +69,8 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn) -> None:  # type: ignore[no-untyped-def]
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        read_only = conn.get_execution_options().get(READ_ONLY_OPTION, False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 def make_engine(url: str | None = None, *, create: bool = False) -> Engine:
@@ -184,6 +188,28 @@ class Ledger:
         """A session in one transaction: committed on success, rolled back on any error."""
         with self.sessions.begin() as session:
             yield session
+
+    @contextmanager
+    def read_session(self) -> Iterator[Session]:
+        """A session for a query: one read-only transaction, always rolled back.
+
+        The database enforces it, so a query that tried to write fails instead of writing:
+        PostgreSQL runs ``SET TRANSACTION READ ONLY``; SQLite opens a deferred ``BEGIN`` (no
+        write lock, so a read works beside a writer) with ``PRAGMA query_only=ON``. Works on a
+        read-only replica or role."""
+        sqlite = self.dialect == "sqlite"
+        with self.engine.connect() as conn:
+            conn.execution_options(**{READ_ONLY_OPTION: True})
+            trans = conn.begin()
+            conn.exec_driver_sql("PRAGMA query_only=ON" if sqlite else "SET TRANSACTION READ ONLY")
+            try:
+                with Session(bind=conn, expire_on_commit=False) as session:
+                    yield session
+            finally:
+                trans.rollback()
+                if sqlite:  # the connection goes back to the pool: writers need it writable
+                    conn.exec_driver_sql("PRAGMA query_only=OFF")
+                    conn.rollback()
 
     @property
     def dialect(self) -> str:

@@ -283,7 +283,7 @@ def reap_abandoned(
     reaped = []
     for run in candidates:
         lease = _aware(run.lease_expires_at)
-        if lease is not None and lease < now:
+        if lease_expired(run, now):
             result = session.execute(
                 update(RunRow)
                 .where(RunRow.id == run.id, RunRow.status == "running")
@@ -300,6 +300,14 @@ def reap_abandoned(
     if reaped:
         record_abandoned_costs(session, reaped, catalog)
     return reaped
+
+
+def lease_expired(run: RunRow, now: datetime | None = None) -> bool:
+    """True when ``run`` is ``running`` but its lease ran out before ``now``: its runner died.
+
+    Queries show this without writing; writers (:func:`reap_abandoned`) act on it."""
+    lease = _aware(run.lease_expires_at)
+    return run.status == "running" and lease is not None and lease < (now or utcnow())
 
 
 def _heartbeat_seconds(run: RunRow) -> float | None:
@@ -335,6 +343,7 @@ def run_summary(run: RunRow) -> dict[str, Any]:
         "job": run.job,
         "kind": run.kind,
         "status": run.status,
+        "lease_expired": lease_expired(run),
         "source": run.source,
         "protocol_sha256": run.protocol_sha256,
         "hardware": run.hardware,
