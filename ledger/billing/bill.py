@@ -23,7 +23,6 @@ imported (so the same money is never counted twice, even under another protocol)
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
@@ -61,10 +60,6 @@ def user_catalog() -> HardwareCatalog:
         return load_catalog()
     except HardwareConfigError as exc:
         raise UserError(str(exc)) from None
-
-
-def _aware(at: datetime) -> datetime:
-    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -202,7 +197,7 @@ def bill(
             hw_class = "unknown"
             if cost.hardware not in unknown:
                 unknown.append(cost.hardware)
-        at = _aware(cost.at).astimezone(UTC)
+        at = cost.at
         if cost.run_id is not None:
             entry = f"run {cost.run_id} {job}" if job else f"run {cost.run_id}"
         else:

@@ -31,7 +31,6 @@ from .hardware import (
 
 
 def _iso(at: datetime) -> str:
-    at = at if at.tzinfo is not None else at.replace(tzinfo=UTC)
     return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
@@ -81,8 +80,7 @@ def append_cost(
     last = session.scalars(select(CostRow).order_by(CostRow.seq.desc()).limit(1)).first()
     seq = (last.seq + 1) if last else 1
     prev = last.hash if last else GENESIS
-    # microsecond precision survives both backends' round trip
-    at = utcnow().replace(tzinfo=None).replace(tzinfo=UTC)
+    at = utcnow()  # microsecond precision survives both backends' round trip
     row = CostRow(
         seq=seq,
         at=at,

@@ -147,7 +147,6 @@ class Report:
 def _iso(at: datetime | None) -> str | None:
     if at is None:
         return None
-    at = at if at.tzinfo is not None else at.replace(tzinfo=UTC)
     return at.astimezone(UTC).isoformat(timespec="seconds")
 
 

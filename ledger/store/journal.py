@@ -228,7 +228,6 @@ def list_entries(session: Session, protocol_pk: int | None = None) -> list[Journ
 
 
 def _iso(at: datetime) -> str:
-    at = at if at.tzinfo is not None else at.replace(tzinfo=UTC)
     return at.astimezone(UTC).isoformat()
 
 

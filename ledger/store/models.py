@@ -23,11 +23,37 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp that is always an aware UTC ``datetime`` in Python, on every backend.
+
+    The one place UTC is normalised: a value bound to the database must be aware (a naive one
+    is refused, since its zone is unknown) and is converted to UTC; a value read back is UTC
+    (SQLite returns naive text, which docket always wrote as UTC). The DDL is that of
+    ``DateTime(timezone=True)``, so migrations are unchanged."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value.isoformat()} given to a UTC column")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 class Base(DeclarativeBase):
@@ -52,8 +78,8 @@ class ProtocolRow(Base):
     canonical_json: Mapped[str] = mapped_column(Text)
     sha256: Mapped[str] = mapped_column(String(64), unique=True)
     status: Mapped[str] = mapped_column(String(16), default="registered")
-    registered_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    frozen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    registered_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    frozen_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("protocols.id"), nullable=True)
     amendment_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     source_path: Mapped[str | None] = mapped_column(Text, nullable=True)
@@ -67,7 +93,7 @@ class SignCheckRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     protocol_pk: Mapped[int] = mapped_column(ForeignKey("protocols.id"), index=True)
     protocol_sha256: Mapped[str] = mapped_column(String(64))
-    ran_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    ran_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     passed: Mapped[bool] = mapped_column(Boolean)
     report_json: Mapped[str] = mapped_column(Text)
 
@@ -94,13 +120,11 @@ class RunRow(Base):
     host: Mapped[str | None] = mapped_column(String(255), nullable=True)
     worker: Mapped[str | None] = mapped_column(String(255), nullable=True)
     hardware: Mapped[str] = mapped_column(String(64), default="cpu")
-    queued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    lease_expires_at: Mapped[datetime | None] = mapped_column(
-        DateTime(timezone=True), nullable=True
-    )
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    queued_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     wall_s: Mapped[float | None] = mapped_column(Float, nullable=True)
     cost_micros: Mapped[int] = mapped_column(BigInteger, default=0)
     seed: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
@@ -162,7 +186,7 @@ class VerdictRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     protocol_pk: Mapped[int] = mapped_column(ForeignKey("protocols.id"), index=True)
     protocol_sha256: Mapped[str] = mapped_column(String(64))
-    computed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    computed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     verdict: Mapped[str] = mapped_column(String(16))
     details_json: Mapped[str] = mapped_column(Text)
     inputs_sha256: Mapped[str] = mapped_column(String(64))
@@ -176,7 +200,7 @@ class CostRow(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     seq: Mapped[int] = mapped_column(Integer, unique=True)
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"), nullable=True, index=True)
     protocol_pk: Mapped[int | None] = mapped_column(ForeignKey("protocols.id"), nullable=True)
     hardware: Mapped[str] = mapped_column(String(64))
@@ -197,7 +221,7 @@ class JournalEntryRow(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     seq: Mapped[int] = mapped_column(Integer, unique=True)
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     protocol_pk: Mapped[int | None] = mapped_column(ForeignKey("protocols.id"), nullable=True)
     corrects_seq: Mapped[int | None] = mapped_column(Integer, nullable=True)
     title: Mapped[str] = mapped_column(Text)
@@ -214,7 +238,7 @@ class ReproductionRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     protocol_pk: Mapped[int] = mapped_column(ForeignKey("protocols.id"), index=True)
     claim: Mapped[str] = mapped_column(String(100))
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     expected: Mapped[float] = mapped_column(Float)
     observed: Mapped[float | None] = mapped_column(Float, nullable=True)
     tolerance: Mapped[float] = mapped_column(Float)

@@ -17,7 +17,7 @@ import math
 import os
 import socket
 from collections.abc import Iterable, Iterator, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from itertools import islice
 from typing import Any
 
@@ -58,13 +58,6 @@ def lease_seconds() -> float:
 
 
 OBS_CHUNK = 50_000
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    """SQLite returns naive datetimes; docket stores UTC, so attach UTC."""
-    if value is None:
-        return None
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def create_run(
@@ -282,8 +275,8 @@ def reap_abandoned(
     )
     reaped = []
     for run in candidates:
-        lease = _aware(run.lease_expires_at)
-        if lease_expired(run, now):
+        lease = run.lease_expires_at
+        if lease is not None and lease_expired(run, now):
             result = session.execute(
                 update(RunRow)
                 .where(RunRow.id == run.id, RunRow.status == "running")
@@ -306,12 +299,12 @@ def lease_expired(run: RunRow, now: datetime | None = None) -> bool:
     """True when ``run`` is ``running`` but its lease ran out before ``now``: its runner died.
 
     Queries show this without writing; writers (:func:`reap_abandoned`) act on it."""
-    lease = _aware(run.lease_expires_at)
+    lease = run.lease_expires_at
     return run.status == "running" and lease is not None and lease < (now or utcnow())
 
 
 def _heartbeat_seconds(run: RunRow) -> float | None:
-    started, beat = _aware(run.started_at), _aware(run.heartbeat_at)
+    started, beat = run.started_at, run.heartbeat_at
     if started is None or beat is None:
         return None
     return max(0.0, (beat - started).total_seconds())
@@ -350,8 +343,8 @@ def run_summary(run: RunRow) -> dict[str, Any]:
         "host": run.host,
         "worker": run.worker,
         "seed": run.seed,
-        "started_at": _aware(run.started_at).isoformat() if run.started_at else None,
-        "finished_at": _aware(run.finished_at).isoformat() if run.finished_at else None,
+        "started_at": run.started_at.isoformat() if run.started_at else None,
+        "finished_at": run.finished_at.isoformat() if run.finished_at else None,
         "wall_s": run.wall_s,
         "cost_micros": run.cost_micros,
         "checkpoint_sha256": run.checkpoint_sha256,
