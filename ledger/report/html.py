@@ -41,18 +41,19 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from docketml.protocols.schema import Protocol, RegimeWinsRule
+
+from ..billing.money import format_usd
 from ..store import protocols as store
 from ..store.db import Ledger
 from ..store.models import ProtocolRow, RunRow, SignCheckRow, VerdictRow
 from ..store.results import load_payload
-from ..billing.money import format_usd
+from ..verdict.rules import VERDICTS
 from ..verdict.stats import auroc
 from .trajectory import Trajectory, TrajectoryPoint, trajectory
-from docketml.protocols.schema import Protocol, RegimeWinsRule
 
-__all__ = ["VERDICTS", "Report", "build_report", "collect", "roc_points"]
+__all__ = ["Report", "build_report", "collect", "roc_points"]
 
-VERDICTS = ("PROVEN", "PARTIAL", "DISPROVEN", "INCONCLUSIVE")
 NONE = '<p class="none">none recorded</p>'
 FIG_DPI = 110
 CANDIDATE_COLOUR = "#2563eb"
