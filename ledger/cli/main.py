@@ -13,7 +13,7 @@ import sys
 import click
 from sqlalchemy.exc import OperationalError
 
-from . import audit, costs, db, demo, journal, protocol, report, run, verdict
+from . import audit, costs, db, demo, export, journal, protocol, report, run, verdict
 from .common import DocketGroup, Env
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -51,6 +51,7 @@ for command in (
     audit.reproduce_cmd,
     report.report_cmd,
     report.trajectory_cmd,
+    export.export_cmd,
     demo.demo_cmd,
 ):
     cli.add_command(command)

@@ -164,3 +164,104 @@ def runs_reap(env: Env, as_json: bool) -> None:
             c.print(f"run #{r['id']} ({r['job']}) marked abandoned: {r['error']}")
 
     emit(data, as_json, human)
+
+
+@runs_group.command("show")
+@click.argument("run_id", type=int)
+@click.option("--texts", is_flag=True, help="Also print the run's generated texts.")
+@json_option
+@pass_env
+def runs_show(env: Env, run_id: int, texts: bool, as_json: bool) -> None:
+    """One run in full: config, provenance, metrics.
+
+    Shows its config, provenance (git sha, input and checkpoint sha256, protocol version), knob
+    audit, effective metrics (the no-step row, else the highest step), per-group signal
+    summaries and, with --texts, its generated texts. Read-only.
+
+    \b
+    Example:
+      docket runs show 12 --texts
+      docket runs show 12 --json | jq .metrics
+    """
+    from ..store.inspect import run_detail
+
+    with env.ledger().read_session() as session:
+        data = run_detail(session, run_id, texts=texts)
+
+    def human(c: Any) -> None:
+        status = data["status"] + (" (lease expired)" if data["lease_expired"] else "")
+        c.print(
+            f"run #{data['id']}  {data['protocol']} v{data['protocol_version']}  job "
+            f"{data['job']} ({data['kind']}, {data['source']})  {status}"
+        )
+        for key in ("seed", "hardware", "started_at", "finished_at", "wall_s", "git_sha",
+                    "input_sha256", "checkpoint_sha256", "error"):  # fmt: skip
+            if data.get(key) not in (None, ""):
+                c.print(f"  {key}: {data[key]}")
+        c.print(f"  cost: {format_usd(data['cost_micros'])}")
+        if data["silent_noop_knobs"]:
+            c.print(f"  knobs that never fired: {', '.join(data['silent_noop_knobs'])}")
+        metric_rows = [
+            (name, m["value"], m["step"] if m["step"] is not None else "final",
+             "" if m["ci_low"] is None else f"[{m['ci_low']:.4g}, {m['ci_high']:.4g}]")
+            for name, m in data["metrics"].items()
+        ]  # fmt: skip
+        if metric_rows:
+            c.print(
+                table("metrics (the rows that count)", ["name", "value", "step", "CI"], metric_rows)
+            )
+        signal_rows = [
+            (s["group"], s["signal"], s["n"], f"{s['mean']:.4g}",
+             "" if s["mean_pos"] is None else f"{s['mean_pos']:.4g}",
+             "" if s["mean_neg"] is None else f"{s['mean_neg']:.4g}")
+            for s in data["signals"]
+        ]  # fmt: skip
+        if signal_rows:
+            c.print(
+                table(
+                    "signals",
+                    ["group", "signal", "n", "mean", "mean (label 1)", "mean (label 0)"],
+                    signal_rows,
+                )  # fmt: skip
+            )
+        if texts:
+            for item, text in data["texts"].items():
+                c.print(f"[bold]{item}[/bold]: {text}", markup=True, highlight=False)
+        elif data["n_texts"]:
+            c.print(f"  {data['n_texts']} generated texts (--texts shows them)")
+
+    emit(data, as_json, human)
+
+
+@runs_group.command("compare")
+@click.argument("run_ids", type=int, nargs=-1, required=True)
+@json_option
+@pass_env
+def runs_compare(env: Env, run_ids: tuple[int, ...], as_json: bool) -> None:
+    """Runs side by side: params, metrics, signals.
+
+    For each param, effective metric and per-group signal mean: one column per run and whether
+    they agree. Read-only.
+
+    \b
+    Example:
+      docket runs compare 12 15
+      docket runs compare 12 15 18 --json
+    """
+    from ..store.inspect import compare_runs
+
+    with env.ledger().read_session() as session:
+        data = compare_runs(session, list(run_ids))
+
+    def human(c: Any) -> None:
+        heads = [f"#{r['id']} {r['job']} ({r['status']})" for r in data["runs"]]
+        for section in ("params", "metrics", "signal_means"):
+            rows = [
+                (name, *("" if v is None else v for v in entry["values"]),
+                 "" if entry["same"] else "differs")
+                for name, entry in data[section].items()
+            ]  # fmt: skip
+            if rows:
+                c.print(table(section, ["name", *heads, ""], rows))
+
+    emit(data, as_json, human)
