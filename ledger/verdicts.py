@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session
 from docketml.protocols.schema import Protocol
 
 from .results import MetricValue
+from .store import looks
 from .store import protocols as store
 from .store.models import ProtocolRow, RunRow, VerdictRow, utcnow
 from .store.results import SourcePayload, inputs_sha256, load_payload
@@ -242,6 +243,18 @@ def compute_verdict(session: Session, protocol_id: str, *, record: bool = True) 
         "hypotheses": result["hypotheses"],
     }
     if record:
+        previous = looks.latest_verdict(session, row.id)
+        if (
+            previous is not None
+            and previous.inputs_sha256 == digest
+            and previous.verdict == result["verdict"]
+        ):
+            look = looks.record_look(session, previous)
+            out["verdict_id"] = previous.id
+            out["computed_at"] = previous.computed_at.isoformat()
+            out["recorded"] = "look"
+            out["look"] = {"id": look.id, "at": look.at.isoformat(), "who": look.who}
+            return out
         now = utcnow()
         verdict_row = VerdictRow(
             protocol_pk=row.id,
@@ -256,6 +269,7 @@ def compute_verdict(session: Session, protocol_id: str, *, record: bool = True) 
         session.flush()
         out["verdict_id"] = verdict_row.id
         out["computed_at"] = now.isoformat()
+        out["recorded"] = "verdict"
     return out
 
 

@@ -2,8 +2,8 @@
 
 - ``protocols``: UPDATE or DELETE of a row whose status is ``frozen`` is rejected (a registered row
   may still be frozen, i.e. updated once).
-- ``sign_checks``, ``verdicts``, ``costs``, ``journal_entries``, ``reproductions``: any UPDATE or
-  DELETE is rejected (and TRUNCATE on PostgreSQL).
+- ``sign_checks``, ``verdicts``, ``verdict_looks``, ``costs``, ``journal_entries``,
+  ``reproductions``: any UPDATE or DELETE is rejected (and TRUNCATE on PostgreSQL).
 - SQLite only: ``INSERT OR REPLACE`` / ``UPDATE OR REPLACE`` delete the conflicting row without
   firing DELETE triggers unless ``PRAGMA recursive_triggers`` is on (docket turns it on for its own
   connections, see ``ledger/db.py``). A ``docket_<table>_no_replace`` trigger also rejects an
@@ -22,7 +22,14 @@ from collections.abc import Iterable
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
-APPEND_ONLY = ("sign_checks", "verdicts", "costs", "journal_entries", "reproductions")
+APPEND_ONLY = (
+    "sign_checks",
+    "verdicts",
+    "verdict_looks",
+    "costs",
+    "journal_entries",
+    "reproductions",
+)
 FROZEN_GUARDED = ("protocols",)
 
 # Every unique key (primary key included) of the protected tables; a test checks this against
@@ -31,6 +38,7 @@ UNIQUE_KEYS: dict[str, tuple[tuple[str, ...], ...]] = {
     "protocols": (("id",), ("sha256",), ("protocol_id", "version")),
     "sign_checks": (("id",),),
     "verdicts": (("id",),),
+    "verdict_looks": (("id",),),
     "costs": (("id",), ("seq",)),
     "journal_entries": (("id",), ("seq",)),
     "reproductions": (("id",),),

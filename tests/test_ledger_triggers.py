@@ -17,7 +17,14 @@ from docketml.ledger.store.db import Ledger, init_ledger
 from docketml.ledger.store.models import Base
 from docketml.migrations import triggers
 
-APPEND_ONLY = ["sign_checks", "verdicts", "costs", "journal_entries", "reproductions"]
+APPEND_ONLY = [
+    "sign_checks",
+    "verdicts",
+    "verdict_looks",
+    "costs",
+    "journal_entries",
+    "reproductions",
+]
 
 # written out here rather than taken from ledger.triggers, so a renamed trigger is noticed
 EXPECTED_COMMON = {
@@ -44,6 +51,10 @@ INSERTS = {
         "details_json, inputs_sha256, run_ids_json) "
         "VALUES (1, :p, 'a', CURRENT_TIMESTAMP, 'PROVEN', '{}', 'b', '[]')"
     ),
+    "verdict_looks": (
+        "INSERT INTO verdict_looks (id, protocol_pk, verdict_id, at, inputs_sha256, verdict) "
+        "VALUES (1, :p, 1, CURRENT_TIMESTAMP, 'b', 'PROVEN')"
+    ),
     "costs": (
         "INSERT INTO costs (id, seq, at, protocol_pk, hardware, rate_micros_per_hour, usd_micros, "
         "prev_hash, hash) VALUES (1, 1, CURRENT_TIMESTAMP, :p, 'cpu', 0, 1500000, 'g', 'h')"
@@ -61,6 +72,7 @@ INSERTS = {
 UPDATES = {
     "sign_checks": "UPDATE sign_checks SET report_json = '{\"x\": 1}'",
     "verdicts": "UPDATE verdicts SET verdict = 'DISPROVEN'",
+    "verdict_looks": "UPDATE verdict_looks SET who = 'someone else'",
     "costs": "UPDATE costs SET usd_micros = 1",
     "journal_entries": "UPDATE journal_entries SET title = 'rewritten'",
     "reproductions": "UPDATE reproductions SET passed = FALSE",
@@ -185,8 +197,12 @@ def test_truncate_rejected_on_postgresql(pg_ledger: Ledger) -> None:
         insert_protocol(conn, 1, "frozen")
         for table in APPEND_ONLY:
             conn.execute(text(INSERTS[table]), {"p": 1})
+    referenced = {"verdicts"}  # verdict_looks has a foreign key to it
     for table in APPEND_ONLY:
-        rejected(ledger, f"TRUNCATE {table}", match=f"{table} is append-only")
+        if table in referenced:  # stopped by the foreign key first, CASCADE by the triggers
+            rejected(ledger, f"TRUNCATE {table}", match="foreign key")
+        else:
+            rejected(ledger, f"TRUNCATE {table}", match=f"{table} is append-only")
         rejected(ledger, f"TRUNCATE {table} CASCADE", match="append-only")
     # protocols: a plain TRUNCATE is stopped by the foreign keys, CASCADE by the triggers of the
     # append-only tables it would empty with it

@@ -257,3 +257,33 @@ def test_verdict_of_an_unfrozen_protocol_exits_1(docket_sqlite) -> None:
     assert docket_sqlite("protocol", "register", str(PROTOCOL)).exit_code == 0
     r = docket_sqlite("verdict", PID)
     assert r.exit_code == 1 and "not frozen" in r.output
+
+
+def test_repeated_looks_add_no_verdict_rows_and_are_all_logged(docket, tmp_path: Path) -> None:
+    freeze_shipped(docket)
+    for seed, job in enumerate(("probe_base", "probe_v7", "probe_splice", "probe_corollary"), 1):
+        ingest(docket, tmp_path, job, probe_rows(seed, abstain=1.0 + seed / 10))
+    first = verdict_json(docket)
+    assert first["recorded"] == "verdict"
+    again = [verdict_json(docket) for _ in range(3)]
+    assert [a["recorded"] for a in again] == ["look"] * 3
+    assert {a["verdict_id"] for a in again} == {first["verdict_id"]}
+    assert {a["inputs_sha256"] for a in again} == {first["inputs_sha256"]}
+    # new inputs: a new verdict row
+    ingest(docket, tmp_path, "probe_v7", probe_rows(9, abstain=1.3))
+    changed = verdict_json(docket)
+    assert changed["recorded"] == "verdict" and changed["verdict_id"] != first["verdict_id"]
+    assert changed["inputs_sha256"] != first["inputs_sha256"]
+
+    led = open_ledger(docket.url)
+    try:
+        with led.session() as s:
+            assert len(list(s.scalars(select(VerdictRow)))) == 2
+    finally:
+        led.engine.dispose()
+    history = json.loads(docket("verdict", PID, "--history", "--json").stdout)
+    assert [e["kind"] for e in history] == ["verdict", "look", "look", "look", "verdict"]
+    assert all(e["verdict_id"] == first["verdict_id"] for e in history[:4])
+    assert history[1]["who"] and "@" in history[1]["who"]
+    human = docket("verdict", PID, "--history")
+    assert human.exit_code == 0 and "look" in human.output

@@ -114,18 +114,69 @@ def print_verdict(data: dict[str, Any], c: Any) -> None:
         c.print(f"  {h['verdict']}: {h['why']}")
     c.print(
         f"[bold]verdict: {data['verdict']}[/bold] (primary hypothesis {data['primary']}); "
-        f"inputs sha256 {data['inputs_sha256']}"
-        + (f"; recorded as verdict #{data['verdict_id']}" if "verdict_id" in data else "")
+        f"inputs sha256 {data['inputs_sha256']}" + _recorded_note(data)
+    )
+
+
+def _recorded_note(data: dict[str, Any]) -> str:
+    if "verdict_id" not in data:
+        return ""
+    if data.get("recorded") == "look":
+        return (
+            f"; same inputs and result as verdict #{data['verdict_id']}: "
+            "logged as a look, no new verdict row"
+        )
+    return f"; recorded as verdict #{data['verdict_id']}"
+
+
+def print_history(events: list[dict[str, Any]], c: Any) -> None:
+    rows = [
+        (
+            e["at"][:19].replace("T", " "),
+            e["kind"],
+            f"v{e['version']}",
+            f"#{e['verdict_id']}",
+            e["verdict"],
+            e["inputs_sha256"][:16],
+            e.get("who") or ", ".join(f"#{r}" for r in e.get("runs", [])),
+        )
+        for e in events
+    ]
+    c.print(
+        table(
+            "verdicts and looks",
+            ["at (UTC)", "kind", "version", "verdict", "result", "inputs sha256", "who / runs"],
+            rows,
+        )
     )
 
 
 @click.command("verdict")
 @click.argument("protocol_id")
+@click.option(
+    "--history", is_flag=True, help="List every recorded verdict and every look (read-only)."
+)
 @json_option
 @pass_env
-def verdict_cmd(env: Env, protocol_id: str, as_json: bool) -> None:
+def verdict_cmd(env: Env, protocol_id: str, history: bool, as_json: bool) -> None:
     """Compute and record the verdict of PROTOCOL_ID's latest frozen version from its succeeded
-    runs (runs bound to other versions are ignored, and said so)."""
+    runs (runs bound to other versions are ignored, and said so).
+
+    A new verdict row is recorded only when the inputs or the result changed; a repeated look
+    is logged as a look. --history lists both.
+
+    \b
+    Example:
+      docket verdict router-entropy-metacog
+      docket verdict router-entropy-metacog --history --json
+    """
+    if history:
+        from ..store.looks import history as verdict_history
+
+        with env.ledger().read_session() as session:
+            events = verdict_history(session, protocol_id)
+        emit(events, as_json, lambda c: print_history(events, c))
+        return
     from ..verdicts import compute_verdict
 
     with env.ledger().session() as session:

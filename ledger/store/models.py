@@ -230,6 +230,21 @@ class JournalEntryRow(Base):
     hash: Mapped[str] = mapped_column(String(64))
 
 
+class VerdictLookRow(Base):
+    """A `docket verdict` that found the same inputs and result as verdict ``verdict_id``
+    (append-only): logged instead of a duplicate verdict row."""
+
+    __tablename__ = "verdict_looks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    protocol_pk: Mapped[int] = mapped_column(ForeignKey("protocols.id"), index=True)
+    verdict_id: Mapped[int] = mapped_column(ForeignKey("verdicts.id"))
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    inputs_sha256: Mapped[str] = mapped_column(String(64))
+    verdict: Mapped[str] = mapped_column(String(16))
+    who: Mapped[str | None] = mapped_column(String(200), nullable=True)
+
+
 class ReproductionRow(Base):
     """An attempt to reproduce a protocol claim (append-only)."""
 
