@@ -18,7 +18,7 @@ from docketml.runners.jobs.poe import (
 )
 from docketml.runners.models.poe import load_checkpoint
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]  # trains models
 
 
 def _ctx(kind: str, params: dict[str, Any], tmp: Path, inputs: dict[str, Path] | None = None):

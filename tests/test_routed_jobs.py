@@ -27,7 +27,7 @@ from docketml.runners.jobs.routed import JOBS, STRUCTURAL_KEYS, is_loop, is_refu
 from docketml.runners.models.routed import group_of, load_checkpoint
 
 SEED = 1234
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]  # trains models
 
 
 def run_job(
