@@ -167,6 +167,11 @@ def test_commands_needing_a_missing_extra_say_which_and_exit_2(core_only: CoreOn
     assert r.stderr.strip() == "docket: this needs the models extra: pip install 'docketml[models]'"
     assert core_only.ok("runs", "list", "--json") == before  # nothing was written
 
+    r = core_only("run", PID, "--job", "probe", "--executor", "ray")
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert r.stderr.strip() == "docket: this needs the ray extra: pip install 'docketml[ray]'"
+    assert core_only.ok("runs", "list", "--json") == before
+
     r = core_only("protocol", "simulate", PID, "--plot", "power.png")
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert r.stderr.strip() == "docket: this needs the plots extra: pip install 'docketml[plots]'"
