@@ -45,15 +45,16 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from docketml.protocols.schema import Protocol, RegimeWinsRule
+
+from ..billing.money import format_usd
+from ..extras import has_extra
 from ..store import protocols as store
 from ..store.db import Ledger
 from ..store.models import ProtocolRow, RunRow, SignCheckRow, VerdictRow
 from ..store.results import load_payload
-from ..billing.money import format_usd
-from ..extras import has_extra
 from ..verdict.stats import auroc
 from .trajectory import Trajectory, TrajectoryPoint, trajectory
-from docketml.protocols.schema import Protocol, RegimeWinsRule
 
 __all__ = ["VERDICTS", "Report", "build_report", "collect", "roc_points"]
 
@@ -308,7 +309,8 @@ Samples = dict[str, tuple[list[str], dict[str, int | None], dict[str, dict[str, 
 
 def _group_samples(session: Session, run_ids: Sequence[int]) -> Samples:
     """Per group: items, label per item, and per signal the finite value per item, merged over
-    ``run_ids`` by the store's one merge rule (:func:`docketml.ledger.store.results.load_payload`)."""
+    ``run_ids`` by the store's one merge rule
+    (:func:`docketml.ledger.store.results.load_payload`)."""
     payload = load_payload(session, list(run_ids))
     out: Samples = {}
     for (group, item, signal), (label, value) in payload.observations.items():

@@ -24,8 +24,8 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from ..store import protocols as store
 from ..errors import UserError
+from ..store import protocols as store
 from ..store.models import MetricRow, RunRow
 
 __all__ = ["Trajectory", "TrajectoryPoint", "plot_trajectory", "trajectory"]
