@@ -10,7 +10,6 @@ the tests see the same set.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterator, Mapping
 
 from .context import JobFn
@@ -35,6 +34,22 @@ FAMILIES: dict[str, tuple[str, ...]] = {
 }
 
 
+# The optional extra each family's module needs (pyproject [project.optional-dependencies]);
+# families not listed need only the core install.
+FAMILY_EXTRA: dict[str, str] = {
+    "docketml.runners.jobs.routed": "models",
+    "docketml.runners.jobs.poe": "models",
+}
+
+
+def extra_of(kind: str) -> str | None:
+    """The extra a built-in job kind needs (``None``: core only, or not a built-in kind)."""
+    for module, kinds in FAMILIES.items():
+        if kind in kinds:
+            return FAMILY_EXTRA.get(module)
+    return None
+
+
 class JobKinds(Mapping[str, JobFn]):
     """Read-only mapping kind -> job function; imports a family's module on first lookup."""
 
@@ -49,7 +64,9 @@ class JobKinds(Mapping[str, JobFn]):
         return frozenset(getattr(self._module(kind), "STRUCTURAL_KEYS", frozenset()))
 
     def _module(self, kind: str):  # noqa: ANN202 - a module object
-        return importlib.import_module(self._module_of[kind])
+        from docketml.ledger.extras import import_extra
+
+        return import_extra(self._module_of[kind])  # missing torch -> MissingExtra (exit 2)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._module_of)

@@ -35,6 +35,8 @@ from docketml.ledger.store.retry import transact
 from docketml.ledger.store.runs import complete_run, create_run, run_by_worker, start_run
 from docketml.runners.execute.executor import execute_job
 
+pytestmark = pytest.mark.slow  # many processes and threads against one ledger
+
 PROCESSES = 8
 RUNS_PER_PROCESS = 200
 OBS_PER_RUN = 100

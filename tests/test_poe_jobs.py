@@ -18,7 +18,7 @@ from docketml.runners.jobs.poe import (
 from docketml.runners.models.poe import load_checkpoint
 from docketml.runners.registry import job_kinds
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]  # trains models
 
 
 STRUCTURAL_KEYS = job_kinds().structural_keys("poe_train")  # what the executor ignores

@@ -187,6 +187,7 @@ def test_speculative_identical_to_greedy_untrained(k_draft: int, n_prompts: int)
     assert accepted / proposed < 0.5  # random stages disagree: most drafts are rejected
 
 
+@pytest.mark.slow
 def test_speculative_identical_to_greedy_trained(trained) -> None:
     model, _, held_out = trained
     rng = random.Random(7)
@@ -203,6 +204,7 @@ def test_speculative_identical_to_greedy_trained(trained) -> None:
     assert emitted / rounds == pytest.approx(1 + accepted / rounds)
 
 
+@pytest.mark.slow
 def test_training_lowers_loss(trained) -> None:
     _, losses, _ = trained
     assert losses[0] > 5.0  # ~ln(257) at init

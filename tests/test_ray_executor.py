@@ -35,7 +35,8 @@ from docketml.ledger.errors import UserError
 from docketml.ledger.store.db import Ledger, init_ledger
 from docketml.runners.execute.executor import JobOutcome, run_protocol
 
-pytestmark = pytest.mark.xdist_group("ray")  # one Ray cluster per test process, never two
+# slow: Ray; one Ray cluster per test process, never two
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
 
 JOBS = [
     {"name": "a", "kind": "sleep", "params": {"seconds": 2.5}, "num_cpus": 1},

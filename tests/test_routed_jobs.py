@@ -28,7 +28,7 @@ from docketml.runners.models.routed import group_of, load_checkpoint
 from docketml.runners.registry import job_kinds
 
 SEED = 1234
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]  # trains models
 
 
 STRUCTURAL_KEYS = job_kinds().structural_keys("probe")  # what the executor ignores

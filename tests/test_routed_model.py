@@ -156,6 +156,7 @@ def test_generation_stops_at_eos() -> None:
         generate(model, [encode("x" * 250)], max_new_tokens=10)
 
 
+@pytest.mark.slow
 def test_training_a_few_steps_lowers_loss() -> None:
     torch.manual_seed(5)
     model = RoutedLM(get_config("tiny"))

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from ..errors import CheckFailed
+from ..extras import require_extra
 
 
 @click.command("demo")
@@ -21,6 +22,7 @@ from ..errors import CheckFailed
 def demo_cmd(directory: Path) -> None:
     """Register, sign-check, freeze, run both shipped studies, verdicts, bill, journal, audit,
     report: everything docket does, on this machine, in a few minutes."""
+    require_extra("models")  # the demo trains two tiny models
     from .demo_steps import run_demo
 
     if run_demo(directory) != 0:

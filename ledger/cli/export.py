@@ -35,8 +35,11 @@ def export_cmd(env: Env, protocol_id: str, fmt: str, out_dir: Path, as_json: boo
       docket export router-entropy-metacog --out export/
       docket export router-entropy-metacog --format parquet --out export/
     """
+    from ..extras import require_extra
     from ..store.export import collect_tables, write_tables
 
+    if fmt == "parquet":
+        require_extra("parquet", "--format parquet")  # before anything is read or written
     with env.ledger().read_session() as session:
         tables = collect_tables(session, protocol_id)
     data = {"protocol": protocol_id, "format": fmt, "tables": write_tables(tables, out_dir, fmt)}

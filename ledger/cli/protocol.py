@@ -13,6 +13,7 @@ from docketml.protocols.loader import load_protocol_file
 from docketml.protocols.schema import Protocol
 
 from ..errors import CheckFailed
+from ..extras import require_extra
 from ..store import protocols as store
 from .common import Env, emit, json_option, pass_env, print_json, table
 
@@ -133,6 +134,8 @@ def simulate_cmd(
     when there is no effect."""
     from ..verdict.simulate import plot_simulation, simulate_protocol
 
+    if plot is not None:
+        require_extra("plots")  # before minutes of simulation, not after
     if n_sims < 1:
         raise click.BadParameter("must be at least 1", param_hint="--runs")
     with env.ledger().session() as session:

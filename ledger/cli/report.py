@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from ..extras import require_extra
 from .common import Env, emit, json_option, pass_env, table
 
 
@@ -66,6 +67,8 @@ def trajectory_cmd(
     latest frozen version."""
     from ..report.trajectory import plot_trajectory, trajectory
 
+    if plot is not None:
+        require_extra("plots")
     with env.ledger().read_session() as session:
         traj = trajectory(session, protocol_id, list(metrics) or None)
     data = traj.as_dict()

@@ -14,6 +14,8 @@ Contract of :func:`build_report`:
   best baseline), checkpoint trajectories (metrics with a step), runs and cost (table and bar
   chart), journal entries. A section with nothing to show says "none recorded"; it never
   disappears.
+* Figures need the ``plots`` extra (matplotlib). Without it the report is written with every
+  table and no figures, and the footer says which extra draws them.
 * The report describes the **latest frozen version** (the latest version when none is frozen).
   The verdict is computed by :func:`ledger.verdict.compute_verdict` without recording it, and
   the page says whether it matches the latest recorded verdict of that sha256 (same
@@ -27,10 +29,12 @@ Contract of :func:`build_report`:
 from __future__ import annotations
 
 import base64
+import contextlib
+import functools
 import html
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,6 +48,7 @@ from sqlalchemy.orm import Session
 from docketml.protocols.schema import Protocol, RegimeWinsRule
 
 from ..billing.money import format_usd
+from ..extras import has_extra
 from ..store import protocols as store
 from ..store.db import Ledger
 from ..store.models import ProtocolRow, RunRow, SignCheckRow, VerdictRow
@@ -55,6 +60,11 @@ from .trajectory import Trajectory, TrajectoryPoint, trajectory
 __all__ = ["Report", "build_report", "collect", "roc_points"]
 
 NONE = '<p class="none">none recorded</p>'
+FIGURES_NOTE = 'Figures: matplotlib PNGs in <span class="mono">figures/</span>.'
+NO_FIGURES_NOTE = (
+    "Figures omitted: they need the plots extra: "
+    "<span class=\"mono\">pip install 'docketml[plots]'</span>."
+)
 FIG_DPI = 110
 CANDIDATE_COLOUR = "#2563eb"
 BASELINE_COLOUR = "#ea580c"
@@ -298,7 +308,8 @@ Samples = dict[str, tuple[list[str], dict[str, int | None], dict[str, dict[str, 
 
 def _group_samples(session: Session, run_ids: Sequence[int]) -> Samples:
     """Per group: items, label per item, and per signal the finite value per item, merged over
-    ``run_ids`` by the store's one merge rule (:func:`docketml.ledger.store.results.load_payload`)."""
+    ``run_ids`` by the store's one merge rule
+    (:func:`docketml.ledger.store.results.load_payload`)."""
     payload = load_payload(session, list(run_ids))
     out: Samples = {}
     for (group, item, signal), (label, value) in payload.observations.items():
@@ -455,6 +466,17 @@ def _plt() -> Any:
     return plt
 
 
+def _needs_plots(fn: Callable[..., Figure | None]) -> Callable[..., Figure | None]:
+    """A figure function (first argument the :class:`FigureWriter`) that returns None when the
+    writer is disabled (no ``plots`` extra), so the page keeps its tables and omits the figure."""
+
+    @functools.wraps(fn)
+    def wrapper(writer: FigureWriter, *args: Any, **kwargs: Any) -> Figure | None:
+        return fn(writer, *args, **kwargs) if writer.enabled else None
+
+    return wrapper
+
+
 def _slug(*parts: str) -> str:
     text = "_".join(parts)
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")[:80] or "figure"
@@ -477,6 +499,8 @@ class FigureWriter:
         for old in self.dir.glob("*.png"):
             old.unlink()
         self.used: set[str] = set()
+        #: False without the plots extra: every figure function then returns None (no figure).
+        self.enabled = has_extra("plots")
 
     def save(self, fig: Any, name: str, alt: str, caption: str) -> Figure:
         plt = _plt()
@@ -491,6 +515,7 @@ class FigureWriter:
         return Figure(rel, alt, caption)
 
 
+@_needs_plots
 def _roc_figure(writer: FigureWriter, rg: RocGroup) -> Figure:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(4.0, 3.9))
@@ -526,6 +551,7 @@ def _num(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
+@_needs_plots
 def _forest_figure(
     writer: FigureWriter, hyp_id: str, rows: list[dict[str, Any]], margin: float | None
 ) -> Figure | None:
@@ -569,6 +595,7 @@ def _forest_figure(
     )
 
 
+@_needs_plots
 def _estimate_figure(writer: FigureWriter, hyp_id: str, h: dict[str, Any]) -> Figure | None:
     """For ``threshold`` (value vs bound) and ``non_inferiority`` (difference vs -margin)
     hypotheses: the point estimate and its CI against the pre-registered line."""
@@ -620,6 +647,7 @@ def _estimate_figure(writer: FigureWriter, hyp_id: str, h: dict[str, Any]) -> Fi
     )
 
 
+@_needs_plots
 def _cost_figure(writer: FigureWriter, costs: list[dict[str, Any]]) -> Figure | None:
     if not costs:
         return None
@@ -654,6 +682,7 @@ def _cost_figure(writer: FigureWriter, costs: list[dict[str, Any]]) -> Figure | 
     )
 
 
+@_needs_plots
 def _trajectory_figure(writer: FigureWriter, traj: Trajectory, metric: str) -> Figure:
     plt = _plt()
     points: list[TrajectoryPoint] = traj.series[metric]
@@ -1453,7 +1482,7 @@ def render(report: Report, writer: FigureWriter, images: Images) -> str:
 {body}
 </div></main>
 <footer><div class="wrap">Generated by docket at {e(_when(report.generated_at))} from the ledger.
-Figures: matplotlib PNGs in <span class="mono">figures/</span>.</div></footer>
+{FIGURES_NOTE if has_extra("plots") else NO_FIGURES_NOTE}</div></footer>
 </body>
 </html>
 """
@@ -1472,7 +1501,8 @@ def build_report(
         report = collect(session, protocol_id)
     writer = FigureWriter(out)
     images = Images(out, embed_images)
-    with _plt().rc_context(STYLE):
+    style = _plt().rc_context(STYLE) if writer.enabled else contextlib.nullcontext()
+    with style:
         page = render(report, writer, images)
     index = out / "index.html"
     index.write_text(page, encoding="utf-8")

@@ -24,8 +24,8 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from ..store import protocols as store
 from ..errors import UserError
+from ..store import protocols as store
 from ..store.models import MetricRow, RunRow
 
 __all__ = ["Trajectory", "TrajectoryPoint", "plot_trajectory", "trajectory"]
@@ -162,6 +162,9 @@ def plot_trajectory(traj: Trajectory, path: Path, metrics: list[str] | None = No
     """Write one PNG with a panel per metric (value against checkpoint step) to ``path``.
 
     :class:`UserError` when there is nothing to plot."""
+    from ..extras import require_extra
+
+    require_extra("plots")  # MissingExtra (exit 2) without matplotlib
     import matplotlib
 
     matplotlib.use("Agg")

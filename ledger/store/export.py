@@ -148,14 +148,11 @@ def write_tables(
 
 
 def _write_parquet(path: Path, columns: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
-    from docketml.ledger.errors import UserError
+    from ..extras import require_extra
 
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise UserError(
-            "--format parquet needs pyarrow: pip install 'docketml[parquet]' (or [all])"
-        ) from None
+    require_extra("parquet", "--format parquet")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     table = pa.table({c: [row[c] for row in rows] for c in columns})
     pq.write_table(table, path)

@@ -34,6 +34,7 @@ from docketml.ledger.billing.hardware import (
 )
 from docketml.ledger.billing.hardware import cost_micros as cost_micros_of
 from docketml.ledger.errors import CheckFailed, UserError
+from docketml.ledger.extras import require_extra
 from docketml.ledger.store import protocols as store
 from docketml.ledger.store.db import Ledger
 from docketml.ledger.store.models import ProtocolRow, RunRow
@@ -51,7 +52,7 @@ from docketml.ledger.store.runs import (
 from docketml.protocols.schema import JobSpec, Protocol
 
 from ..context import JobContext, JobResult, KnobAudit
-from ..registry import job_kinds
+from ..registry import extra_of, job_kinds
 from .artifacts import artifacts_root, run_dir, store_checkpoint
 
 ProgressFn = Callable[[int, int, str], None]
@@ -363,6 +364,15 @@ def plan(protocol: Protocol, only: str | None) -> list[JobSpec]:
         raise UserError(f"unknown job {only!r}; jobs: {names}") from None
 
 
+def require_extras(jobs: list[JobSpec], executor: str) -> None:
+    """:class:`~docketml.ledger.extras.MissingExtra` (exit 2) if a planned job's kind, or the
+    executor, needs an optional extra that is not installed (checked without importing it)."""
+    if executor == "ray":
+        require_extra("ray")
+    for spec in jobs:
+        require_extra(extra_of(spec.kind))
+
+
 def run_protocol(
     ledger: Ledger,
     protocol_id: str,
@@ -390,6 +400,7 @@ def run_protocol(
         row = store.latest_frozen(session, protocol_id)
         protocol = store.parse_row(row)
         jobs = plan(protocol, job)
+        require_extras(jobs, executor)  # before anything runs; raising rolls the reap back
         done = {j.name for j in protocol.jobs if latest_succeeded(session, row.sha256, j.name)}
         return row.id, protocol, jobs, done
 
