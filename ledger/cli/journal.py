@@ -19,7 +19,6 @@ from docketml.journal.markdown import JournalParseError, render_entry
 
 from ..errors import UserError
 from ..store import journal as store
-from ..store.models import JournalEntryRow
 from ..store.protocols import latest as latest_version
 from .common import Env, emit, json_option, pass_env, table
 
@@ -200,10 +199,8 @@ def journal_list(env: Env, protocol_id: str | None, as_json: bool) -> None:
 @pass_env
 def journal_show(env: Env, seq: int, as_json: bool) -> None:
     """Show one entry in full (markdown)."""
-    from sqlalchemy import select
-
     with env.ledger().session() as session:
-        row = session.scalars(select(JournalEntryRow).where(JournalEntryRow.seq == seq)).first()
+        row = store.entry_by_seq(session, seq)
         if row is None:
             raise UserError(f"no journal entry with seq {seq}")
         data = store.row_summary(row, store.corrections_index(session).get(seq, ()))
