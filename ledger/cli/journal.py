@@ -20,7 +20,7 @@ from docketml.journal.markdown import JournalParseError, render_entry
 from ..errors import UserError
 from ..store import journal as store
 from ..store.protocols import latest as latest_version
-from .common import Env, emit, json_option, pass_env, table
+from .common import Env, emit, json_option, out_option, pass_env, table
 
 
 @click.group("journal")
@@ -219,7 +219,7 @@ def journal_show(env: Env, seq: int, as_json: bool) -> None:
 
 @journal_group.command("export")
 @click.option("--protocol", "protocol_id", help="Only this protocol's entries.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write here.")
+@out_option("output", "Write here instead of stdout.", short="-o", aliases=("--output",))
 @pass_env
 def journal_export(env: Env, protocol_id: str | None, output: Path | None) -> None:
     """Write the journal as markdown (newest first, the seed journal's style) to stdout."""
