@@ -2,9 +2,11 @@
 
 A protocol's ``claims:`` binds a named number to a job's metric (:class:`protocols.schema.Claim`:
 ``job``, ``metric``, ``expected``, ``tolerance``), the way the paper's ``reproduce/`` scripts do.
-:func:`reproduce` re-runs the claim's job through the executor (``runners.executor.
+:func:`reproduce` re-runs the claim's job through the ``rerun`` it is given (the CLI passes
+:func:`docketml.ledger.cli.rerun.executor_rerun`, i.e. ``runners.execute.executor.
 run_protocol(..., job=claim.job, force=True)``: the latest frozen version, the job's dependencies'
-latest checkpoints, the budget check), reads the metric from the new run and compares:
+latest checkpoints, the budget check; this module never imports ``runners``), reads the metric
+from the new run and compares:
 
     passed  iff  the run succeeded, recorded the metric, and |observed - expected| <= tolerance
 
@@ -43,7 +45,6 @@ __all__ = [
     "ClaimRef",
     "RerunOutcome",
     "ReproductionResult",
-    "executor_rerun",
     "find_claims",
     "read_metric",
     "reproduce",
@@ -181,30 +182,6 @@ def read_metric(
     return None, f"run {run_id} recorded no metric {metric!r} (it recorded: {have})"
 
 
-def executor_rerun(*, allow_over_budget: bool = False, reason: str | None = None) -> Rerun:
-    """The default re-run: ``runners.executor.run_protocol(job=..., force=True)``."""
-
-    def rerun(ledger: Ledger, protocol_id: str, job: str) -> RerunOutcome:
-        from docketml.runners.execute.executor import run_protocol
-
-        outcomes = run_protocol(
-            ledger,
-            protocol_id,
-            job=job,
-            force=True,
-            show_progress=False,
-            allow_over_budget=allow_over_budget,
-            over_budget_reason=reason,
-        )
-        mine = [o for o in outcomes if o.job == job]
-        if not mine:  # pragma: no cover - run_protocol(job=...) runs exactly that job
-            return RerunOutcome(None, "not run", f"the executor did not run job {job!r}")
-        outcome = mine[-1]
-        return RerunOutcome(outcome.run_id, outcome.status, outcome.error)
-
-    return rerun
-
-
 def reproduce_claim(ledger: Ledger, ref: ClaimRef, rerun: Rerun) -> ReproductionResult:
     """Re-run ``ref``'s job, compare its metric, record the attempt (module docstring)."""
     claim = ref.claim
@@ -275,10 +252,9 @@ def reproduce(
     claim: str | None = None,
     *,
     protocol_id: str | None = None,
-    rerun: Rerun | None = None,
+    rerun: Rerun,
 ) -> list[ReproductionResult]:
     """Reproduce one claim (``claim``) or every claim (``None``), in declaration order."""
     with ledger.session() as session:
         refs = find_claims(session, claim, protocol_id=protocol_id)
-    rerun = rerun if rerun is not None else executor_rerun()
     return [reproduce_claim(ledger, ref, rerun) for ref in refs]

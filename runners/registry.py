@@ -64,7 +64,7 @@ class JobKinds(Mapping[str, JobFn]):
         return frozenset(getattr(self._module(kind), "STRUCTURAL_KEYS", frozenset()))
 
     def _module(self, kind: str):  # noqa: ANN202 - a module object
-        from docketml.ledger.extras import import_extra
+        from docketml.extras import import_extra
 
         return import_extra(self._module_of[kind])  # missing torch -> MissingExtra (exit 2)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from docketml.ledger.extras import EXTRAS, MissingExtra, as_missing_extra, import_extra
+from docketml.extras import EXTRAS, MissingExtra, as_missing_extra, import_extra
 
 BLOCKED = ("torch", "ray", "matplotlib")
 PID = "core-only"

@@ -1,4 +1,4 @@
-"""Rule simulation: the paper's rule rarely proves a null, power rises with the gap, --plot."""
+"""Rule simulation: the paper's rule rarely proves a null, power rises with the gap, --out."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def test_simulate_command_writes_a_png(docket_sqlite, tmp_path: Path) -> None:
         "router-entropy-metacog",
         "--runs",
         "20",
-        "--plot",
+        "--out",
         str(png),
         "--json",
     )

@@ -1,5 +1,5 @@
 """``docket trajectory``: metrics against checkpoint step, from the latest frozen version's
-succeeded runs (table, --json, --metric, --plot)."""
+succeeded runs (table, --json, --metric, --out; the old --plot name still works)."""
 
 from __future__ import annotations
 
@@ -111,7 +111,7 @@ def test_metric_filter_and_unknown_metric(traj: DocketCli) -> None:
 
 def test_plot(traj: DocketCli, tmp_path: Path) -> None:
     png = tmp_path / "plots" / "traj.png"
-    result = traj("trajectory", "traj-demo", "--plot", str(png), "--json")
+    result = traj("trajectory", "traj-demo", "--out", str(png), "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["plot"] == str(png)
     blob = png.read_bytes()

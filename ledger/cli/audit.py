@@ -63,7 +63,8 @@ def reproduce_cmd(
 ) -> None:
     """Re-run a claim's job, compare the metric with the claimed number (CLAIM is PROTOCOL:CLAIM
     or a unique claim name), record the attempt; exit 1 outside tolerance."""
-    from ..reproduce import executor_rerun, reproduce
+    from ..reproduce import reproduce
+    from .rerun import executor_rerun
 
     if (claim is None) == (not all_claims):
         raise UserError("give a CLAIM (PROTOCOL:CLAIM or a unique claim name) or --all, not both")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import click
@@ -62,6 +64,47 @@ class Env:
 pass_env = click.make_pass_decorator(Env)
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+
+
+def out_option(
+    dest: str,
+    help: str,
+    *,
+    directory: bool = False,
+    required: bool = False,
+    short: str | None = None,
+    aliases: Sequence[str] = (),
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--out PATH``: the one name of every option that says where output is written.
+
+    The command receives the path as ``dest`` (a :class:`~pathlib.Path`, or None). Each name in
+    ``aliases`` (an option's name before the convention, e.g. ``--plot``) still works but is hidden
+    from ``--help``; giving ``--out`` and an alias with different paths is a usage error (exit 2).
+    """
+    kind = click.Path(file_okay=not directory, dir_okay=directory, path_type=Path)
+    hidden = [(alias, f"_out_alias_{i}") for i, alias in enumerate(aliases)]
+
+    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(f)
+        def command(*args: Any, **kwargs: Any) -> Any:
+            value = kwargs.pop(dest)
+            for alias, name in hidden:
+                given = kwargs.pop(name)
+                if given is not None and value is not None and given != value:
+                    raise click.UsageError(f"give --out or {alias}, not both")
+                value = value if value is not None else given
+            if required and value is None:
+                raise click.MissingParameter(
+                    ctx=click.get_current_context(), param_hint="'--out'", param_type="option"
+                )
+            return f(*args, **{dest: value}, **kwargs)
+
+        for alias, name in reversed(hidden):
+            command = click.option(alias, name, type=kind, hidden=True)(command)
+        names = [short, "--out"] if short else ["--out"]
+        return click.option(*names, dest, type=kind, metavar="PATH", help=help)(command)
+
+    return decorate
 
 
 def console() -> Console:

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import click
 
+from docketml.extras import require_extra
+
 from ..errors import CheckFailed
-from ..extras import require_extra
 
 
 @click.command("demo")

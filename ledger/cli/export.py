@@ -35,7 +35,8 @@ def export_cmd(env: Env, protocol_id: str, fmt: str, out_dir: Path, as_json: boo
       docket export router-entropy-metacog --out export/
       docket export router-entropy-metacog --format parquet --out export/
     """
-    from ..extras import require_extra
+    from docketml.extras import require_extra
+
     from ..store.export import collect_tables, write_tables
 
     if fmt == "parquet":

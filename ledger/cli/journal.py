@@ -19,9 +19,8 @@ from docketml.journal.markdown import JournalParseError, render_entry
 
 from ..errors import UserError
 from ..store import journal as store
-from ..store.models import JournalEntryRow
 from ..store.protocols import latest as latest_version
-from .common import Env, emit, json_option, pass_env, table
+from .common import Env, emit, json_option, out_option, pass_env, table
 
 
 @click.group("journal")
@@ -200,10 +199,8 @@ def journal_list(env: Env, protocol_id: str | None, as_json: bool) -> None:
 @pass_env
 def journal_show(env: Env, seq: int, as_json: bool) -> None:
     """Show one entry in full (markdown)."""
-    from sqlalchemy import select
-
     with env.ledger().read_session() as session:
-        row = session.scalars(select(JournalEntryRow).where(JournalEntryRow.seq == seq)).first()
+        row = store.entry_by_seq(session, seq)
         if row is None:
             raise UserError(f"no journal entry with seq {seq}")
         data = store.row_summary(row, store.corrections_index(session).get(seq, ()))
@@ -222,7 +219,7 @@ def journal_show(env: Env, seq: int, as_json: bool) -> None:
 
 @journal_group.command("export")
 @click.option("--protocol", "protocol_id", help="Only this protocol's entries.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write here.")
+@out_option("output", "Write here instead of stdout.", short="-o", aliases=("--output",))
 @pass_env
 def journal_export(env: Env, protocol_id: str | None, output: Path | None) -> None:
     """Write the journal as markdown (newest first, the seed journal's style) to stdout."""

@@ -15,6 +15,7 @@ from sqlalchemy.exc import OperationalError
 
 from . import audit, costs, db, demo, export, journal, protocol, report, run, verdict
 from .common import DocketGroup, Env
+from .examples import apply_help
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -55,6 +56,7 @@ for command in (
     demo.demo_cmd,
 ):
     cli.add_command(command)
+apply_help(cli)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,13 +9,13 @@ from typing import Any
 
 import click
 
+from docketml.extras import require_extra
 from docketml.protocols.loader import load_protocol_file
 from docketml.protocols.schema import Protocol
 
 from ..errors import CheckFailed
-from ..extras import require_extra
 from ..store import protocols as store
-from .common import Env, emit, json_option, pass_env, print_json, table
+from .common import Env, emit, json_option, out_option, pass_env, print_json, table
 
 
 def signal_registry() -> dict[str, str]:
@@ -122,9 +122,7 @@ def signcheck_cmd(env: Env, protocol_id: str, as_json: bool) -> None:
     type=click.IntRange(2, 100_000),
     help="Items per class per group in each simulated study.",
 )
-@click.option(
-    "--plot", type=click.Path(dir_okay=False, path_type=Path), help="Write a PNG power curve."
-)
+@out_option("plot", "Write a PNG power curve.", aliases=("--plot",))
 @json_option
 @pass_env
 def simulate_cmd(

@@ -7,18 +7,18 @@ from typing import Any
 
 import click
 
-from ..extras import require_extra
-from .common import Env, emit, json_option, pass_env, table
+from docketml.extras import require_extra
+
+from .common import Env, emit, json_option, out_option, pass_env, table
 
 
 @click.command("report")
 @click.argument("protocol_id")
-@click.option(
-    "--out",
+@out_option(
     "out_dir",
+    "Directory for index.html and figures/ (created if missing).",
+    directory=True,
     required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Directory for index.html and figures/ (created if missing).",
 )
 @click.option(
     "--embed",
@@ -53,10 +53,10 @@ def report_cmd(env: Env, protocol_id: str, out_dir: Path, embed: bool, as_json: 
     metavar="NAME",
     help="Only this metric (repeatable; default: every metric recorded with a step).",
 )
-@click.option(
-    "--plot",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Also write a PNG with one panel per metric against checkpoint step.",
+@out_option(
+    "plot",
+    "Also write a PNG with one panel per metric against checkpoint step.",
+    aliases=("--plot",),
 )
 @json_option
 @pass_env

@@ -6,13 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 import click
-from sqlalchemy import select
 
 from ..billing.money import format_usd
 from ..errors import CheckFailed
 from ..store import protocols as store
-from ..store.models import RunRow
-from ..store.runs import reap_abandoned, run_summary
+from ..store.runs import list_runs, reap_abandoned, run_summary
 from .common import Env, emit, json_option, pass_env, table
 
 
@@ -103,15 +101,12 @@ def runs_list(env: Env, protocol_id: str | None, status: str | None, as_json: bo
 
     Read-only: nothing is written (``docket runs reap`` marks such runs abandoned)."""
     with env.ledger().read_session() as session:
-        query = select(RunRow).order_by(RunRow.id)
+        pks: list[int] | None = None
         if protocol_id:
             pks = [v.id for v in store.chain(session, protocol_id)]
             if not pks:
                 store.latest(session, protocol_id)
-            query = query.where(RunRow.protocol_pk.in_(pks))
-        if status:
-            query = query.where(RunRow.status == status)
-        data = [run_summary(r) for r in session.scalars(query)]
+        data = [run_summary(r) for r in list_runs(session, protocol_pks=pks, status=status)]
 
     def human(c: Any) -> None:
         rows = [

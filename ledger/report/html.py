@@ -4,8 +4,9 @@ Contract of :func:`build_report`:
 
 * Writes ``<out_dir>/index.html`` and PNG figures under ``<out_dir>/figures/`` (the previous
   report's ``figures/*.png`` are removed first; nothing else in ``out_dir`` is touched). The page
-  loads nothing from the network: CSS and a tiny script are inline, a Content-Security-Policy
-  forbids every remote origin, and images are referenced relatively (or inlined as ``data:`` URIs
+  loads nothing from the network: CSS and a tiny script are inlined from the package-data files
+  ``assets/report.css`` and ``assets/report.js``, a Content-Security-Policy forbids every remote
+  origin, and images are referenced relatively (or inlined as ``data:`` URIs
   with ``embed_images=True``, making ``index.html`` a single portable file).
 * Sections, in order: header (protocol id, title, version, status, sha256, frozen_at and the
   primary hypothesis' verdict), pre-registration (hypotheses, sign-check table, amendment chain,
@@ -32,6 +33,7 @@ import base64
 import contextlib
 import functools
 import html
+import importlib.resources
 import json
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -45,10 +47,10 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from docketml.extras import has_extra
 from docketml.protocols.schema import Protocol, RegimeWinsRule
 
 from ..billing.money import format_usd
-from ..extras import has_extra
 from ..store import protocols as store
 from ..store.db import Ledger
 from ..store.models import ProtocolRow, RunRow, SignCheckRow, VerdictRow
@@ -58,6 +60,12 @@ from ..verdict.stats import auroc
 from .trajectory import Trajectory, TrajectoryPoint, trajectory
 
 __all__ = ["Report", "build_report", "collect", "roc_points"]
+
+
+def _asset(name: str) -> str:
+    """The text of package-data file ``assets/<name>`` (the report's stylesheet and script)."""
+    return (importlib.resources.files(__package__) / "assets" / name).read_text(encoding="utf-8")
+
 
 NONE = '<p class="none">none recorded</p>'
 FIGURES_NOTE = 'Figures: matplotlib PNGs in <span class="mono">figures/</span>.'
@@ -781,140 +789,11 @@ class Images:
         )
 
 
-CSS = """
-:root { --fg:#0f172a; --muted:#64748b; --line:#e2e8f0; --bg:#f1f5f9; --card:#fff;
-  --accent:#2563eb; }
-* { box-sizing: border-box; }
-body { margin:0; color:var(--fg); background:var(--bg);
-  font: 15px/1.55 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial,
-  "Noto Sans", "DejaVu Sans", sans-serif; }
-code, pre, .mono { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas,
-  "DejaVu Sans Mono", monospace; }
-.wrap { max-width: 1160px; margin: 0 auto; padding: 0 28px; }
-header.hero { background: linear-gradient(135deg, #0f172a, #1e293b); color:#f8fafc;
-  padding: 30px 0 26px; }
-.hero-grid { display:flex; gap: 28px; align-items:flex-start; justify-content:space-between;
-  flex-wrap: wrap; }
-.hero h1 { margin: 4px 0 8px; font-size: 27px; line-height:1.25; font-weight:700; }
-.eyebrow { text-transform: uppercase; letter-spacing: .08em; font-size: 12px; color:#94a3b8; }
-.meta { display:flex; flex-wrap:wrap; gap: 6px 18px; color:#cbd5e1; font-size: 13.5px; }
-.meta b { color:#f1f5f9; font-weight:600; }
-.sha { font-size: 12.5px; color:#cbd5e1; word-break: break-all; margin-top: 8px; }
-.hero-grid > div:first-child { flex: 1 1 560px; min-width: 0; }
-.hero-verdict { text-align:right; min-width: 220px; margin-left: auto; }
-.hero-verdict .label { font-size: 12px; color:#94a3b8; text-transform:uppercase;
-  letter-spacing:.08em; margin-bottom: 6px; }
-.hero-verdict .sub { font-size: 12.5px; color:#94a3b8; margin-top: 8px; }
-nav.toc { background:#fff; border-bottom:1px solid var(--line); position: sticky; top:0;
-  z-index: 2; }
-nav.toc .wrap { display:flex; gap: 20px; overflow-x:auto; padding-top:10px; padding-bottom:10px; }
-nav.toc a { color:#334155; text-decoration:none; font-size:14px; white-space:nowrap; }
-nav.toc a:hover { color: var(--accent); }
-main { padding: 10px 0 40px; }
-.summary { display:grid; grid-template-columns: repeat(auto-fit, minmax(250px, 1fr)); gap: 14px;
-  margin: 22px 0 6px; }
-.hcard { background: var(--card); border:1px solid var(--line); border-radius: 12px;
-  padding: 14px 16px; border-top: 4px solid #94a3b8; }
-.hcard.PROVEN { border-top-color:#16a34a; } .hcard.PARTIAL { border-top-color:#d97706; }
-.hcard.DISPROVEN { border-top-color:#dc2626; } .hcard.INCONCLUSIVE { border-top-color:#64748b; }
-.hcard .hid { font-weight:700; font-size: 16px; margin-right: 8px; }
-.hcard p { margin: 8px 0 0; color:#334155; font-size: 14px; }
-.hcard p.card-why { color: var(--muted); font-size: 12.5px; border-top: 1px dashed var(--line);
-  padding-top: 6px; }
-.hcard .primary { font-size: 11px; color: var(--muted); text-transform: uppercase;
-  letter-spacing: .06em; margin-left: 6px; }
-.stats { display:grid; grid-template-columns: repeat(auto-fit, minmax(170px, 1fr)); gap: 14px;
-  margin: 14px 0; }
-.stat { background: var(--card); border:1px solid var(--line); border-radius: 12px;
-  padding: 12px 16px; }
-.stat .v { font-size: 22px; font-weight: 700; font-variant-numeric: tabular-nums; }
-.stat .k { font-size: 12.5px; color: var(--muted); }
-section.card { background: var(--card); border:1px solid var(--line); border-radius: 12px;
-  padding: 20px 26px 22px; margin: 22px 0; }
-section.card > h2 { margin: 0 0 4px; font-size: 21px; }
-section.card > .lede { margin: 0 0 14px; color: var(--muted); font-size: 14px; }
-h3 { font-size: 16.5px; margin: 22px 0 8px; display:flex; align-items:center; gap:10px;
-  flex-wrap: wrap; }
-h4 { font-size: 14.5px; margin: 16px 0 6px; color:#334155; }
-.badge { display:inline-block; padding: 2px 11px; border-radius: 999px; font-weight: 700;
-  font-size: 12px; letter-spacing: .05em; border: 1px solid transparent; vertical-align: middle; }
-.badge.big { font-size: 22px; padding: 6px 20px; letter-spacing: .06em; }
-.badge.PROVEN { background:#dcfce7; color:#14532d; border-color:#86efac; }
-.badge.PARTIAL { background:#fef3c7; color:#78350f; border-color:#fcd34d; }
-.badge.DISPROVEN { background:#fee2e2; color:#7f1d1d; border-color:#fca5a5; }
-.badge.INCONCLUSIVE, .badge.NONE { background:#e2e8f0; color:#1e293b; border-color:#cbd5e1; }
-.pill { display:inline-block; padding: 1px 8px; border-radius: 6px; font-size: 12px;
-  font-weight: 600; }
-.pill.ok { background:#dcfce7; color:#14532d; } .pill.bad { background:#fee2e2; color:#7f1d1d; }
-.pill.muted { background:#f1f5f9; color:#475569; }
-.table-wrap { overflow-x:auto; border:1px solid var(--line); border-radius: 8px; }
-table { border-collapse: collapse; width: 100%; font-size: 13.5px; }
-th { text-align:left; font-weight:600; color:#334155; background:#f8fafc; padding: 7px 10px;
-  border-bottom: 1px solid var(--line); white-space: nowrap; }
-td { padding: 6px 10px; border-bottom: 1px solid #f1f5f9; vertical-align: top; }
-tbody tr:last-child td { border-bottom: none; }
-tbody tr:nth-child(even) td { background: #fbfdff; }
-tr.win td { background: #f0fdf4 !important; }
-tr.fail td { background: #fef2f2 !important; }
-tr.muted td { color: var(--muted); }
-.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-.grid { display:grid; grid-template-columns: repeat(auto-fill, minmax(330px, 1fr)); gap: 16px;
-  margin-top: 12px; }
-figure { margin: 0; }
-figure.wide { margin: 14px 0; max-width: 900px; }
-figure img { width: 100%; height: auto; display:block; border:1px solid var(--line);
-  border-radius: 8px; background:#fff; }
-figure img.broken { min-height: 60px; outline: 2px dashed #dc2626; }
-figcaption { font-size: 12.5px; color: var(--muted); margin-top: 5px; }
-.none { color: var(--muted); font-style: italic; margin: 6px 0; }
-.note { font-size: 13px; color: var(--muted); margin: 8px 0; }
-.warn { background:#fffbeb; border:1px solid #fde68a; color:#78350f; border-radius: 8px;
-  padding: 8px 12px; font-size: 13.5px; margin: 10px 0; }
-details { margin-top: 12px; }
-summary { cursor: pointer; font-weight: 600; color:#334155; }
-pre { background:#0f172a; color:#e2e8f0; padding: 14px 16px; border-radius: 8px; overflow:auto;
-  font-size: 12.5px; line-height: 1.5; }
-.statement { color:#334155; margin: 0 0 8px; }
-.why { margin: 0 0 8px; font-size: 14px; background:#f8fafc; border-left: 3px solid #94a3b8;
-  padding: 6px 10px; border-radius: 4px; }
-.entry { border:1px solid var(--line); border-radius: 10px; padding: 12px 16px; margin: 12px 0; }
-.entry .head { display:flex; gap: 10px; align-items: baseline; flex-wrap: wrap; }
-.entry .title { font-weight: 700; font-size: 15.5px; }
-.entry .when { color: var(--muted); font-size: 12.5px; }
-.entry ul { margin: 4px 0 6px; padding-left: 20px; }
-.cred { display:inline-block; width: 60px; height: 7px; background:#e2e8f0; border-radius: 4px;
-  vertical-align: middle; margin-left: 6px; overflow:hidden; }
-.cred > span { display:block; height: 100%; background: var(--accent); }
-footer { color: var(--muted); font-size: 12.5px; padding: 10px 0 40px; }
-"""
+CSS = _asset("report.css")
 
 # Records script errors and whether every image loaded, on <body data-*> (read by the browser
 # test through --dump-dom; a broken image also gets a red outline for a human reader).
-SCRIPT = """
-(function () {
-  var errors = [];
-  window.addEventListener('error', function (ev) {
-    var t = ev.target;
-    if (t && t !== window && t.tagName) {
-      var what = t.tagName.toLowerCase() + ' ' + (t.getAttribute('src') || '');
-      errors.push('failed to load ' + what);
-    } else {
-      errors.push(String(ev.message || 'error'));
-    }
-  }, true);
-  window.addEventListener('load', function () {
-    var imgs = Array.prototype.slice.call(document.images);
-    var bad = imgs.filter(function (i) { return !(i.complete && i.naturalWidth > 0); });
-    bad.forEach(function (i) { i.classList.add('broken'); });
-    var b = document.body.dataset;
-    b.images = String(imgs.length);
-    b.imagesOk = bad.length === 0 ? 'true' : 'false';
-    b.imagesBroken = bad.map(function (i) { return i.getAttribute('src'); }).join(' ');
-    b.errors = errors.join(' | ');
-    b.ready = 'true';
-  });
-})();
-"""
+SCRIPT = _asset("report.js")
 
 CSP = (
     "default-src 'none'; img-src 'self' data: file:; style-src 'unsafe-inline'; "

@@ -162,7 +162,7 @@ def plot_trajectory(traj: Trajectory, path: Path, metrics: list[str] | None = No
     """Write one PNG with a panel per metric (value against checkpoint step) to ``path``.
 
     :class:`UserError` when there is nothing to plot."""
-    from ..extras import require_extra
+    from docketml.extras import require_extra
 
     require_extra("plots")  # MissingExtra (exit 2) without matplotlib
     import matplotlib

@@ -148,7 +148,7 @@ def write_tables(
 
 
 def _write_parquet(path: Path, columns: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
-    from ..extras import require_extra
+    from docketml.extras import require_extra
 
     require_extra("parquet", "--format parquet")
     import pyarrow as pa

@@ -214,6 +214,11 @@ def append_entry(
     return row
 
 
+def entry_by_seq(session: Session, seq: int) -> JournalEntryRow | None:
+    """The journal row with sequence number ``seq``, or None."""
+    return session.scalars(select(JournalEntryRow).where(JournalEntryRow.seq == seq)).first()
+
+
 def list_entries(session: Session, protocol_pk: int | None = None) -> list[JournalEntryRow]:
     """Journal rows in seq order; with ``protocol_pk``, only the entries of that protocol (any
     version of the same protocol id)."""

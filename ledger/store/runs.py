@@ -325,6 +325,19 @@ def succeeded_runs(session: Session, protocol_sha256: str, job: str | None = Non
     return list(session.scalars(query.order_by(RunRow.id)))
 
 
+def list_runs(
+    session: Session, *, protocol_pks: Sequence[int] | None = None, status: str | None = None
+) -> list[RunRow]:
+    """Runs in id order; with ``protocol_pks``, only runs of those protocol versions; with
+    ``status``, only runs in that status. Reads only (it never reaps)."""
+    query = select(RunRow).order_by(RunRow.id)
+    if protocol_pks is not None:
+        query = query.where(RunRow.protocol_pk.in_(list(protocol_pks)))
+    if status:
+        query = query.where(RunRow.status == status)
+    return list(session.scalars(query))
+
+
 def latest_succeeded(session: Session, protocol_sha256: str, job: str) -> RunRow | None:
     runs = succeeded_runs(session, protocol_sha256, job)
     return runs[-1] if runs else None

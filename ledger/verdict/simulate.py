@@ -293,7 +293,7 @@ def simulate_protocol(
 
 def plot_simulation(result: dict[str, Any], path: str | Path) -> None:
     """A PNG with one panel per simulated rule: verdict rate against the true effect."""
-    from ..extras import require_extra
+    from docketml.extras import require_extra
 
     require_extra("plots")  # MissingExtra (exit 2) without matplotlib
     import matplotlib

@@ -24,6 +24,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from docketml.extras import require_extra
 from docketml.ledger.billing.budget import check_budget
 from docketml.ledger.billing.costs import meter_run, record_late_finish_cost
 from docketml.ledger.billing.hardware import (
@@ -34,7 +35,6 @@ from docketml.ledger.billing.hardware import (
 )
 from docketml.ledger.billing.hardware import cost_micros as cost_micros_of
 from docketml.ledger.errors import CheckFailed, UserError
-from docketml.ledger.extras import require_extra
 from docketml.ledger.store import protocols as store
 from docketml.ledger.store.db import Ledger
 from docketml.ledger.store.models import ProtocolRow, RunRow
@@ -365,7 +365,7 @@ def plan(protocol: Protocol, only: str | None) -> list[JobSpec]:
 
 
 def require_extras(jobs: list[JobSpec], executor: str) -> None:
-    """:class:`~docketml.ledger.extras.MissingExtra` (exit 2) if a planned job's kind, or the
+    """:class:`~docketml.extras.MissingExtra` (exit 2) if a planned job's kind, or the
     executor, needs an optional extra that is not installed (checked without importing it)."""
     if executor == "ray":
         require_extra("ray")

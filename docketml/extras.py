@@ -14,7 +14,7 @@ import importlib
 import importlib.util
 from types import ModuleType
 
-from .errors import UserError
+from docketml.ledger.errors import UserError
 
 #: extra name -> the top-level modules it provides (pyproject's [project.optional-dependencies]).
 EXTRAS: dict[str, tuple[str, ...]] = {
