@@ -258,7 +258,8 @@ def _detect(path: Path, text: str) -> str:
 
 def _parse_jsonl(text: str, v: _Validator) -> set[str]:
     present: set[str] = set()
-    for n, raw in enumerate(text.splitlines(), start=1):
+    # physical lines: only "\n" ends a line (str.splitlines also breaks at U+2028, \x0c, ...)
+    for n, raw in enumerate(text.split("\n"), start=1):
         if not raw.strip():
             continue
         try:
@@ -286,7 +287,8 @@ def _parse_jsonl(text: str, v: _Validator) -> set[str]:
 
 
 def _parse_csv(text: str, v: _Validator) -> set[str]:
-    reader = csv.reader(io.StringIO(text, newline=""))
+    # newline="\n": the reader's line_num counts physical "\n" lines only
+    reader = csv.reader(io.StringIO(text, newline="\n"))
     try:
         header = next(reader)
     except StopIteration:

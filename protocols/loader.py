@@ -16,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 from .canonical import canonical_json, protocol_sha256
 from .crosscheck import cross_check
 from .errors import ProtocolError, ProtocolErrors, did_you_mean
+from .reading import FileRefused, read_bounded
 from .schema import Protocol
 from .yaml_lines import YamlProblem, line_for, load_with_lines
 
@@ -243,25 +244,9 @@ def load_protocol_file(path: str | Path) -> LoadedProtocol:
     path = Path(path)
     source = str(path)
     try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ProtocolErrors([ProtocolError(source, None, "", "file not found")]) from None
-    except IsADirectoryError:
-        raise ProtocolErrors(
-            [ProtocolError(source, None, "", "is a directory, expected a YAML file")]
-        ) from None
-    except OSError as exc:
-        raise ProtocolErrors(
-            [ProtocolError(source, None, "", f"cannot read: {exc.strerror}")]
-        ) from None
-    if len(raw) > MAX_BYTES:
-        raise ProtocolErrors(
-            [
-                ProtocolError(
-                    source, None, "", f"file is {len(raw)} bytes; a protocol is at most {MAX_BYTES}"
-                )
-            ]
-        )
+        raw = read_bounded(path, MAX_BYTES, "protocol YAML file")
+    except FileRefused as exc:
+        raise ProtocolErrors([ProtocolError(source, None, "", str(exc))]) from None
     if b"\x00" in raw:
         raise ProtocolErrors(
             [

@@ -1,0 +1,224 @@
+"""Regression tests for the adversarial probe of v0.1 (issue 16): bad input is exit 2 with one
+clear line naming file, line and field; never a traceback, a hang or silent acceptance."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from docketml.ledger.cli.main import cli
+
+BASE = """\
+docket: 1
+id: hard
+title: hardening
+seed: 7
+hypotheses:
+  - {id: H1, statement: the candidate wins, rule: wins}
+  - {id: H2, statement: the mean is high, rule: high_mean}
+signals:
+  cand: {higher_means: positive}
+  base: {higher_means: negative, role: baseline}
+labels: {source: regime, positive: ood, reference: in_domain}
+groups: [in_domain, ood_a, ood_b]
+decision_rules:
+  wins:
+    kind: regime_wins
+    candidates: [cand]
+    margin: 0.02
+    ci: {resamples: 1000, seed: 3}
+    verdicts:
+      PROVEN: {min_wins: 2}
+      PARTIAL: {min_wins: 1}
+      DISPROVEN: {max_wins: 0}
+  high_mean: {kind: threshold, statistic: mean, signal: cand, job: probe, bound: 0.5}
+metrics:
+  gap: {expr: a - b, direction: lower_is_better}
+jobs:
+  - {name: train, kind: pretrain, params: {model: tiny}}
+  - {name: probe, kind: probe, after: [train]}
+claims:
+  c1: {job: probe, metric: auroc, expected: 0.8, tolerance: 0.01}
+"""
+
+
+def validate(tmp_path: Path, text: str | bytes, name: str = "p.yaml"):
+    path = tmp_path / name
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    result = CliRunner().invoke(cli, ["protocol", "validate", str(path)], catch_exceptions=False)
+    return path, result
+
+
+def refused(tmp_path: Path, text: str | bytes, *fragments: str) -> str:
+    """Validate ``text``; assert exit 2, no traceback, every fragment in the first error line."""
+    path, result = validate(tmp_path, text)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    first = result.stderr.strip().splitlines()[0]
+    assert first.startswith(f"{path}:"), first
+    for fragment in fragments:
+        assert fragment in first, f"{fragment!r} not in {first!r}"
+    return first
+
+
+def line_of(text: str, needle: str) -> int:
+    return text[: text.index(needle)].count("\n") + 1
+
+
+def test_base_is_valid(tmp_path: Path) -> None:
+    _, result = validate(tmp_path, BASE)
+    assert result.exit_code == 0, result.output
+
+
+# --- group 1: loader / canonical ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "field"),
+    [
+        ("tolerance: 0.01", 'tolerance: "inf"', "claims.c1.tolerance"),
+        ("bound: 0.5", 'bound: "nan"', "decision_rules.high_mean.bound"),
+        ("expected: 0.8", 'expected: "-Infinity"', "claims.c1.expected"),
+        ("margin: 0.02", 'margin: "0.02"', "decision_rules.wins.margin"),
+    ],
+)
+def test_quoted_numbers_in_float_fields_are_refused(
+    tmp_path: Path, old: str, new: str, field: str
+) -> None:
+    text = BASE.replace(old, new)
+    refused(tmp_path, text, f":{line_of(text, new)}: {field}:")
+
+
+def test_long_metric_expression_is_refused_not_a_recursion_error(tmp_path: Path) -> None:
+    expr = " + ".join(["a"] * 400)
+    first = refused(tmp_path, BASE.replace("expr: a - b", f"expr: {expr}"), "metrics.gap.expr")
+    assert "levels deep" in first
+    # a deeply parenthesised one too (ast.parse itself recurses)
+    deep = "(" * 300 + "a" + ")" * 300
+    refused(tmp_path, BASE.replace("expr: a - b", f"expr: {deep}"), "metrics.gap.expr")
+    # a long but reasonable one is fine and hashes
+    ok = " + ".join(["a"] * 60)
+    _, result = validate(tmp_path, BASE.replace("expr: a - b", f"expr: {ok}"))
+    assert result.exit_code == 0, result.output
+
+
+def test_aliases_of_a_long_string_are_bounded(tmp_path: Path) -> None:
+    big = "x" * 50_000
+    text = (
+        BASE.replace("title: hardening", f"title: &t {big}")
+        + "authors: ["
+        + ", ".join(["*t"] * 100)
+        + "]\n"
+    )
+    assert len(text) < 60_000
+    first = refused(tmp_path, text, "authors", "characters")
+    assert f":{line_of(text, 'authors:')}:" in first
+
+
+def test_non_regular_files_are_refused_without_reading(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe.yaml"
+    os.mkfifo(fifo)  # opening it for reading would block forever without a writer
+    result = CliRunner().invoke(cli, ["protocol", "validate", str(fifo)], catch_exceptions=False)
+    assert result.exit_code == 2 and "FIFO" in result.stderr, result.output
+    result = CliRunner().invoke(cli, ["protocol", "validate", "/dev/zero"], catch_exceptions=False)
+    assert result.exit_code == 2 and "character device" in result.stderr, result.output
+
+
+def test_oversized_file_is_refused(tmp_path: Path) -> None:
+    from docketml.protocols.loader import MAX_BYTES
+
+    first = refused(tmp_path, BASE + "#" * MAX_BYTES + "\n", f"at most {MAX_BYTES}")
+    assert "larger than" in first
+
+
+@pytest.mark.parametrize("sep", ["\u2028", "\u2029", "\x85"])
+def test_line_numbers_count_physical_newlines(tmp_path: Path, sep: str) -> None:
+    text = BASE.replace("title: hardening", f'title: "hard{sep}ening"').replace(
+        "bound: 0.5", "bound: high"
+    )
+    refused(tmp_path, text, f":{line_of(text, 'bound: high')}: decision_rules.high_mean.bound:")
+
+
+def test_form_feed_is_refused_on_its_physical_line(tmp_path: Path) -> None:
+    text = BASE.replace("seed: 7", "seed: 7 # page\x0cbreak")
+    refused(tmp_path, text, f":{line_of(text, 'seed: 7')}:", "control character 0x0c")
+
+
+INGEST_YAML = """\
+docket: 1
+id: hard-ingest
+title: ingest hardening
+hypotheses:
+  - {id: H1, statement: the candidate wins, rule: wins}
+signals:
+  cand: {higher_means: positive}
+  base: {higher_means: negative, role: baseline}
+labels: {source: regime, positive: ood, reference: in_domain}
+groups: [in_domain, ood_a]
+decision_rules:
+  wins:
+    kind: regime_wins
+    candidates: [cand]
+    margin: 0.02
+    ci: {resamples: 200, seed: 3}
+    verdicts:
+      PROVEN: {min_wins: 1}
+      DISPROVEN: {max_wins: 0}
+"""
+
+
+def frozen_ingest(docket, tmp_path: Path) -> str:
+    path = tmp_path / "ingest.yaml"
+    path.write_text(INGEST_YAML)
+    assert docket("protocol", "register", str(path)).exit_code == 0
+    r = docket("protocol", "freeze", "hard-ingest")
+    assert r.exit_code == 0, r.output
+    return "hard-ingest"
+
+
+def jsonl_row(group: str, item: str, cand: object = 0.5, base: object = 0.1) -> str:
+    import json
+
+    signals = {"cand": cand, "base": base}
+    return json.dumps({"group": group, "item": item, "signals": signals}, ensure_ascii=False)
+
+
+def ingest_refused(docket, tmp_path: Path, name: str, content: str | bytes) -> str:
+    """Ingest ``content``; assert exit 2, nothing recorded, no traceback; return stderr."""
+    from sqlalchemy import func, select
+
+    from docketml.ledger.store.db import open_ledger
+    from docketml.ledger.store.models import RunRow
+
+    path = tmp_path / name
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content, encoding="utf-8")
+    r = docket("ingest", "hard-ingest", str(path))
+    assert r.exit_code == 2, r.output
+    assert "Traceback" not in r.output
+    led = open_ledger(docket.url)
+    try:
+        with led.session() as s:
+            assert s.execute(select(func.count()).select_from(RunRow)).scalar_one() == 0
+    finally:
+        led.engine.dispose()
+    return r.stderr
+
+
+@pytest.mark.parametrize("sep", ["\u2028", "\u2029", "\x85", "\x0c", "\x1c"])
+def test_ingest_lines_count_physical_newlines(docket_sqlite, tmp_path: Path, sep: str) -> None:
+    frozen_ingest(docket_sqlite, tmp_path)
+    rows = [jsonl_row("in_domain", f"a{sep}b"), jsonl_row("ood_a", "c"), jsonl_row("ood_x", "d")]
+    err = ingest_refused(docket_sqlite, tmp_path, "r.jsonl", "\n".join(rows) + "\n")
+    assert "r.jsonl:3: unknown group 'ood_x'" in err, err
+    csv_text = f"group,item,label,cand,base\nin_domain,a{sep}b,,0.5,0.1\nood_x,c,,0.5,0.1\n"
+    err = ingest_refused(docket_sqlite, tmp_path, "r.csv", csv_text)
+    assert "r.csv:3: unknown group 'ood_x'" in err, err
