@@ -7,6 +7,7 @@ found`` (:class:`protocols.errors.ProtocolErrors`).
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -184,8 +185,17 @@ def _format_validation(
     return errors
 
 
-def load_protocol_text(text: str, source: str = "<protocol>") -> LoadedProtocol:
-    """Validate protocol YAML text; raise :class:`ProtocolErrors` listing every problem."""
+def load_protocol_text(
+    text: str,
+    source: str = "<protocol>",
+    *,
+    job_kinds: Collection[str] | None = None,
+    hardware: Collection[str] | None = None,
+) -> LoadedProtocol:
+    """Validate protocol YAML text; raise :class:`ProtocolErrors` listing every problem.
+
+    ``job_kinds`` / ``hardware``: names the runners know, checked when given (see
+    :func:`protocols.crosscheck.cross_check`)."""
     if not text.strip():
         raise ProtocolErrors(
             [ProtocolError(source, 1, "", "the file is empty; expected a protocol mapping")]
@@ -224,7 +234,7 @@ def load_protocol_text(text: str, source: str = "<protocol>") -> LoadedProtocol:
         raise ProtocolErrors(_by_line(errors)) from None
     if errors:
         raise ProtocolErrors(_by_line(errors))
-    problems = cross_check(protocol)
+    problems = cross_check(protocol, job_kinds=job_kinds, hardware=hardware)
     if problems:
         raise ProtocolErrors(
             _by_line(
@@ -239,7 +249,12 @@ def load_protocol_text(text: str, source: str = "<protocol>") -> LoadedProtocol:
     )
 
 
-def load_protocol_file(path: str | Path) -> LoadedProtocol:
+def load_protocol_file(
+    path: str | Path,
+    *,
+    job_kinds: Collection[str] | None = None,
+    hardware: Collection[str] | None = None,
+) -> LoadedProtocol:
     """Read and validate a protocol file; unreadable, binary or huge files are clear errors."""
     path = Path(path)
     source = str(path)
@@ -269,4 +284,4 @@ def load_protocol_file(path: str | Path) -> LoadedProtocol:
                 )
             ]
         ) from None
-    return load_protocol_text(text, source)
+    return load_protocol_text(text, source, job_kinds=job_kinds, hardware=hardware)

@@ -212,7 +212,7 @@ class Protocol(StrictModel):
 
     docket: Literal[1]
     id: ProtocolId
-    title: str = Field(min_length=1)
+    title: str = Field(min_length=1, pattern=r"\S")  # not blank
     description: str | None = None
     authors: list[str] = Field(default_factory=list)
     seed: Seed = 0
@@ -226,6 +226,13 @@ class Protocol(StrictModel):
     jobs: list[JobSpec] = Field(default_factory=list)
     budget: Budget | None = None
     claims: dict[Identifier, Claim] = Field(default_factory=dict)
+
+    @field_validator("docket", mode="before")
+    @classmethod
+    def _format_version(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # True == 1 in Python; the format version is the number 1
+            raise ValueError(f"expected the format version 1, found {value!r}")
+        return value
 
     def job(self, name: str) -> JobSpec:
         for job in self.jobs:

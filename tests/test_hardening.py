@@ -222,3 +222,66 @@ def test_ingest_lines_count_physical_newlines(docket_sqlite, tmp_path: Path, sep
     csv_text = f"group,item,label,cand,base\nin_domain,a{sep}b,,0.5,0.1\nood_x,c,,0.5,0.1\n"
     err = ingest_refused(docket_sqlite, tmp_path, "r.csv", csv_text)
     assert "r.csv:3: unknown group 'ood_x'" in err, err
+
+
+# --- group 2: refused at validate, before anything can be frozen ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "field", "fragment"),
+    [
+        ("seed: 7", "seed: -1", "seed", "greater than or equal to 0"),
+        ("seed: 7", f"seed: {2**63}", "seed", "less than"),
+        ("seed: 3}", "seed: -5}", "decision_rules.wins.ci.seed", "greater than or equal"),
+        ("kind: probe, after", "kind: prob, after", "jobs[1].kind", "unknown job kind"),
+        ("kind: pretrain,", "kind: pretrain, hardware: tpu9000,", "jobs[0].hardware", "unknown"),
+        ("docket: 1", "docket: true", "docket", ""),
+        ("margin: 0.02", "margin: true", "decision_rules.wins.margin", "valid number"),
+        ("resamples: 1000", "resamples: true", "decision_rules.wins.ci.resamples", "integer"),
+        ("after: [train]", "after: [train, train]", "jobs[1].after[1]", "duplicate entry"),
+        ("candidates: [cand]", "candidates: [cand, cand]", "candidates[1]", "duplicate entry"),
+        ("PROVEN: {min_wins: 2}", "PROVEN: {min_wins: 3}", "PROVEN.min_wins", "never be met"),
+        (
+            "PARTIAL: {min_wins: 1}",
+            "PARTIAL: {min_wins: 2, max_wins: 1}",
+            "PARTIAL.min_wins",
+            "min_wins 2 > max_wins 1",
+        ),
+        ("title: hardening", 'title: "   "', "title", "pattern"),
+        ("source: regime,", "source: judged,", "labels.reference", "only for source: regime"),
+    ],
+)
+def test_protocols_that_cannot_run_are_refused_at_validate(
+    tmp_path: Path, old: str, new: str, field: str, fragment: str
+) -> None:
+    assert old in BASE
+    text = BASE.replace(old, new, 1)
+    first = refused(tmp_path, text, f":{line_of(text, new)}: ", fragment)
+    assert f" {field}:" in first or f".{field}:" in first, first
+
+
+def test_duplicate_hypotheses_in_of_and_unused_rule(tmp_path: Path) -> None:
+    text = BASE.replace(
+        "  - {id: H2, statement: the mean is high, rule: high_mean}\n",
+        "  - {id: H2, statement: the mean is high, rule: high_mean}\n"
+        "  - {id: H3, statement: both, rule: both}\n",
+    ).replace(
+        "  high_mean: {kind:",
+        "  both: {kind: all_of, of: [H1, H1]}\n  high_mean: {kind:",
+    )
+    refused(tmp_path, text, f":{line_of(text, 'both: {kind')}: decision_rules.both.of[1]:")
+    unused = BASE.replace("  - {id: H2, statement: the mean is high, rule: high_mean}\n", "")
+    refused(
+        tmp_path,
+        unused,
+        f":{line_of(unused, 'high_mean: {')}: decision_rules.high_mean:",
+        "not used by any hypothesis",
+    )
+
+
+def test_register_refuses_an_unknown_job_kind_and_writes_nothing(docket_sqlite, tmp_path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(BASE.replace("kind: probe, after", "kind: prob, after"))
+    r = docket_sqlite("protocol", "register", str(path))
+    assert r.exit_code == 2 and "unknown job kind" in r.stderr, r.output
+    assert docket_sqlite("protocol", "show", "hard").exit_code == 2
