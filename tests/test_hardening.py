@@ -285,3 +285,62 @@ def test_register_refuses_an_unknown_job_kind_and_writes_nothing(docket_sqlite, 
     r = docket_sqlite("protocol", "register", str(path))
     assert r.exit_code == 2 and "unknown job kind" in r.stderr, r.output
     assert docket_sqlite("protocol", "show", "hard").exit_code == 2
+
+
+# --- group 3: ingest ---------------------------------------------------------------------------
+
+
+def test_ingest_refuses_huge_numbers_deep_json_duplicate_keys_and_text_numbers(
+    docket_sqlite, tmp_path: Path
+) -> None:
+    frozen_ingest(docket_sqlite, tmp_path)
+    lines = [
+        jsonl_row("in_domain", "a"),  # 1 fine
+        '{"group": "ood_a", "item": "b", "signals": {"cand": 1' + "0" * 350 + ', "base": 0.1}}',
+        '{"group": "ood_a", "item": "c", "signals": {"cand": 1' + "0" * 5000 + ', "base": 0.1}}',
+        '{"group": "ood_a", "item": "d", "signals": ' + "[" * 100_000 + "]" * 100_000 + "}",
+        '{"group": "ood_a", "group": "in_domain", "item": "e", "signals": {"cand": 1, "base": 0}}',
+        '{"group": "ood_a", "item": "f", "signals": {"cand": 1, "cand": 2, "base": 0}}',
+        jsonl_row("ood_a", "g", cand="1_000"),
+        jsonl_row("ood_a", "h", cand="0.5"),
+        '{"group": "ood_a", "item": 1' + "0" * 5000 + ', "signals": {"cand": 1, "base": 0}}',
+    ]
+    err = ingest_refused(docket_sqlite, tmp_path, "r.jsonl", "\n".join(lines) + "\n")
+    expected = {
+        2: "signal 'cand': integer (huge) is too large",
+        3: "signal 'cand': an integer of 5001 digits is too large",
+        4: "JSON nested too deeply",
+        5: "duplicate JSON key 'group'",
+        6: "duplicate JSON key 'cand'",
+        7: "signal 'cand': non-numeric value '1_000'",
+        8: "signal 'cand': non-numeric value '0.5' (a string",
+        9: "item must be a non-empty string or integer, found an integer of 5001 digits",
+    }
+    for line, fragment in expected.items():
+        assert f"r.jsonl:{line}: {fragment}" in err, (line, err)
+    assert "r.jsonl:1:" not in err
+    csv_text = "group,item,label,cand,base\nin_domain,a,,1_000,0.1\nood_a,b,,0x10,0.1\n"
+    err = ingest_refused(docket_sqlite, tmp_path, "r.csv", csv_text)
+    assert "r.csv:2: signal 'cand': non-numeric value '1_000'" in err, err
+    assert "r.csv:3: signal 'cand': non-numeric value '0x10'" in err, err
+
+
+def test_ingest_checks_column_lengths_and_nul_on_both_backends(docket, tmp_path: Path) -> None:
+    frozen_ingest(docket, tmp_path)
+    lines = [
+        jsonl_row("in_domain", "x" * 201),
+        jsonl_row("ood_a", "a\x00b"),
+        jsonl_row("ood_a", "x" * 200),  # exactly the column: fine
+    ]
+    err = ingest_refused(docket, tmp_path, "r.jsonl", "\n".join(lines) + "\n")
+    assert "r.jsonl:1: item is 201 characters long; at most 200" in err, err
+    assert "r.jsonl:2: item contains a NUL character" in err, err
+    assert "r.jsonl:3:" not in err and "database error" not in err
+
+
+def test_ingest_refuses_a_fifo(docket_sqlite, tmp_path: Path) -> None:
+    frozen_ingest(docket_sqlite, tmp_path)
+    fifo = tmp_path / "r.jsonl"
+    os.mkfifo(fifo)
+    r = docket_sqlite("ingest", "hard-ingest", str(fifo))
+    assert r.exit_code == 2 and "FIFO" in r.stderr, r.output
