@@ -344,3 +344,51 @@ def test_ingest_refuses_a_fifo(docket_sqlite, tmp_path: Path) -> None:
     os.mkfifo(fifo)
     r = docket_sqlite("ingest", "hard-ingest", str(fifo))
     assert r.exit_code == 2 and "FIFO" in r.stderr, r.output
+
+
+# --- group 4: configuration --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["abc", "nan", "inf", "1e308", "0", "-5", "0.5", "86401"])
+def test_bad_lease_is_a_user_error(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    from docketml.ledger.errors import UserError
+    from docketml.ledger.store.runs import lease_seconds
+
+    monkeypatch.setenv("DOCKET_LEASE_S", value)
+    with pytest.raises(UserError, match="DOCKET_LEASE_S") as info:
+        lease_seconds()
+    assert info.value.exit_code == 2
+
+
+def test_good_lease_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    from docketml.ledger.store.runs import DEFAULT_LEASE_S, lease_seconds
+
+    monkeypatch.setenv("DOCKET_LEASE_S", " 12.5 ")
+    assert lease_seconds() == 12.5
+    monkeypatch.delenv("DOCKET_LEASE_S")
+    assert lease_seconds() == DEFAULT_LEASE_S
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        (None, "file not found"),
+        (b"hardware:\n  box: {usd_per_hour: 1, description: caf\xe9}\n", ":2: not valid UTF-8"),
+        ("fifo", "FIFO"),
+    ],
+)
+def test_bad_hardware_file_is_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content: bytes | str | None, fragment: str
+) -> None:
+    hw = tmp_path / "hw.yaml"
+    if content == "fifo":
+        os.mkfifo(hw)
+    elif isinstance(content, bytes):
+        hw.write_bytes(content)
+    monkeypatch.setenv("DOCKET_HARDWARE", str(hw))
+    path = tmp_path / "p.yaml"
+    path.write_text(BASE)
+    result = CliRunner().invoke(cli, ["protocol", "validate", str(path)], catch_exceptions=False)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert f"docket: {hw}" in result.stderr and fragment in result.stderr, result.stderr
