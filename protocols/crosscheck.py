@@ -54,10 +54,11 @@ def _check_runnable(
     return problems
 
 
-def _check_jobs(protocol: Protocol) -> list[Problem]:
+def _check_jobs(protocol: Protocol, admission: bool = True) -> list[Problem]:
     problems: list[Problem] = []
     for i, job in enumerate(protocol.jobs):
-        problems += _duplicates(("jobs", i, "after"), job.after)
+        if admission:
+            problems += _duplicates(("jobs", i, "after"), job.after)
     names: dict[str, int] = {}
     for i, job in enumerate(protocol.jobs):
         if job.name in names:
@@ -110,12 +111,16 @@ def cross_check(
     *,
     job_kinds: Collection[str] | None = None,
     hardware: Collection[str] | None = None,
+    admission: bool = True,
 ) -> list[Problem]:
     """Every cross-reference problem of a schema-valid protocol (empty list = consistent).
 
     ``job_kinds`` / ``hardware``: the names the runners know; ``None`` skips that check (a stored
-    protocol is re-read without them)."""
+    protocol is re-read without them). ``admission=False`` (re-reading a protocol the ledger
+    already holds) skips the could-never-run-or-decide checks, so a protocol registered by an
+    earlier docket still reads; references are always checked."""
     problems: list[Problem] = []
+    new = admission
     signals = set(protocol.signals)
     groups = set(protocol.groups)
     jobs = {job.name for job in protocol.jobs}
@@ -133,7 +138,9 @@ def cross_check(
             )
     used = {h.rule for h in protocol.hypotheses}
     for name in protocol.decision_rules:
-        if name not in used and used <= rules:  # after a misspelt rule name, that is the news
+        if (
+            new and name not in used and used <= rules
+        ):  # after a misspelt rule name, that is the news
             problems.append(
                 (
                     ("decision_rules", name),
@@ -145,7 +152,7 @@ def cross_check(
     if len(set(protocol.groups)) != len(protocol.groups):
         problems.append((("groups",), "groups must be unique"))
 
-    if protocol.labels is not None and protocol.labels.source == "judged":
+    if new and protocol.labels is not None and protocol.labels.source == "judged":
         if protocol.labels.reference is not None:
             problems.append(
                 (
@@ -176,8 +183,9 @@ def cross_check(
                     problems.append(
                         (base + ("candidates", j), "unknown signal: " + _one_of(cand, signals))
                     )
-            problems += _duplicates(base + ("candidates",), rule.candidates)
-            problems += _duplicates(base + ("baselines",), rule.baselines or [])
+            if new:
+                problems += _duplicates(base + ("candidates",), rule.candidates)
+                problems += _duplicates(base + ("baselines",), rule.baselines or [])
             compared = len(groups - {protocol.labels.reference} if protocol.labels else groups)
             baselines = protocol.baselines_for(rule)
             if not baselines:
@@ -206,7 +214,7 @@ def cross_check(
                         (base + ("verdicts", verdict), "state min_wins, max_wins or require_any_of")
                     )
                 where = base + ("verdicts", verdict)
-                if cond.min_wins is not None and cond.min_wins > compared:
+                if new and cond.min_wins is not None and cond.min_wins > compared:
                     problems.append(
                         (
                             where + ("min_wins",),
@@ -215,7 +223,8 @@ def cross_check(
                         )
                     )
                 if (
-                    cond.min_wins is not None
+                    new
+                    and cond.min_wins is not None
                     and cond.max_wins is not None
                     and cond.min_wins > cond.max_wins
                 ):
@@ -226,7 +235,8 @@ def cross_check(
                             "meets both",
                         )
                     )
-                problems += _duplicates(where + ("require_any_of",), cond.require_any_of)
+                if new:
+                    problems += _duplicates(where + ("require_any_of",), cond.require_any_of)
                 for j, g in enumerate(cond.require_any_of):
                     if g not in groups:
                         problems.append(
@@ -261,7 +271,8 @@ def cross_check(
             if rule.statistic == "auroc" and protocol.labels is None:
                 problems.append((base, "statistic auroc needs a top-level labels: section"))
         elif isinstance(rule, CombinationRule):
-            problems += _duplicates(base + ("of",), rule.of)
+            if new:
+                problems += _duplicates(base + ("of",), rule.of)
             for j, h in enumerate(rule.of):
                 if h not in hyp_ids:
                     problems.append(
@@ -309,6 +320,6 @@ def cross_check(
     for name, claim in protocol.claims.items():
         if claim.job not in jobs:
             problems.append((("claims", name, "job"), "unknown job: " + _one_of(claim.job, jobs)))
-    problems.extend(_check_jobs(protocol))
+    problems.extend(_check_jobs(protocol, admission))
     problems.extend(_check_runnable(protocol, job_kinds, hardware))
     return problems

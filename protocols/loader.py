@@ -191,11 +191,14 @@ def load_protocol_text(
     *,
     job_kinds: Collection[str] | None = None,
     hardware: Collection[str] | None = None,
+    admission: bool = True,
 ) -> LoadedProtocol:
     """Validate protocol YAML text; raise :class:`ProtocolErrors` listing every problem.
 
     ``job_kinds`` / ``hardware``: names the runners know, checked when given (see
-    :func:`protocols.crosscheck.cross_check`)."""
+    :func:`protocols.crosscheck.cross_check`). ``admission=False`` re-reads text the ledger
+    already holds: numbers are read leniently (a quoted ``"0.02"`` registered by docket 0.1 is
+    still 0.02; NaN/inf stay refused) and the could-never-run checks are skipped."""
     if not text.strip():
         raise ProtocolErrors(
             [ProtocolError(source, 1, "", "the file is empty; expected a protocol mapping")]
@@ -227,14 +230,14 @@ def load_protocol_text(
         for path in bad_numbers
     ]
     try:
-        protocol = Protocol.model_validate(data)
+        protocol = Protocol.model_validate(data, strict=None if admission else False)
     except ValidationError as exc:
         shown = {e.path for e in errors}
         errors += [e for e in _format_validation(exc, data, lines, source) if e.path not in shown]
         raise ProtocolErrors(_by_line(errors)) from None
     if errors:
         raise ProtocolErrors(_by_line(errors))
-    problems = cross_check(protocol, job_kinds=job_kinds, hardware=hardware)
+    problems = cross_check(protocol, job_kinds=job_kinds, hardware=hardware, admission=admission)
     if problems:
         raise ProtocolErrors(
             _by_line(

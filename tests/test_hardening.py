@@ -392,3 +392,25 @@ def test_bad_hardware_file_is_exit_2(
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
     assert f"docket: {hw}" in result.stderr and fragment in result.stderr, result.stderr
+
+
+def test_a_protocol_registered_by_an_older_docket_still_reads_from_the_ledger() -> None:
+    """Stored text is re-read with admission=False: lenient numbers, no new admission checks,
+    the same canonical hash as the strict spelling; NaN stays refused."""
+    from docketml.protocols.errors import ProtocolErrors
+    from docketml.protocols.loader import load_protocol_text
+
+    old = BASE.replace("margin: 0.02", 'margin: "0.02"').replace(
+        "  - {id: H2, statement: the mean is high, rule: high_mean}\n", ""
+    )
+    with pytest.raises(ProtocolErrors):
+        load_protocol_text(old, "old.yaml")
+    stored = load_protocol_text(old, "ledger:hard@v1", admission=False)
+    assert stored.protocol.decision_rules["wins"].margin == 0.02
+    strict = load_protocol_text(
+        BASE.replace("  - {id: H2, statement: the mean is high, rule: high_mean}\n", ""),
+        admission=False,
+    )
+    assert stored.sha256 == strict.sha256
+    with pytest.raises(ProtocolErrors, match="finite"):
+        load_protocol_text(old.replace('"0.02"', '"nan"'), admission=False)
