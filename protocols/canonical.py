@@ -43,7 +43,9 @@ def _normalise(value: Any) -> Any:
 def _expression(source: str) -> str:
     try:
         return ast.unparse(ast.parse(source.strip(), mode="eval"))
-    except SyntaxError:  # the loader refuses these; keep the text if called on an unchecked model
+    except (SyntaxError, RecursionError, MemoryError):
+        # the loader refuses these (protocols.expr bounds depth); keep the text if called on an
+        # unchecked model
         return source
 
 
