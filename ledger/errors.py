@@ -7,20 +7,25 @@
 
 from __future__ import annotations
 
+from docketml.protocols.errors import DocketError
 
-class UserError(Exception):
+
+class UserError(DocketError):
     """Bad input or usage: one clear message, exit code 2, nothing written."""
 
     exit_code = 2
 
 
-class CheckFailed(Exception):
+class CheckFailed(DocketError):
     """A check ran and failed (sign-check, budget, reproduce): exit code 1."""
 
     exit_code = 1
 
 
-class IntegrityViolation(Exception):
+class IntegrityViolation(DocketError):
     """The audit found tampering or a missing trigger: exit code 3."""
 
     exit_code = 3
+
+
+__all__ = ["CheckFailed", "DocketError", "IntegrityViolation", "UserError"]

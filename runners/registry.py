@@ -17,6 +17,7 @@ STRUCTURAL_KEYS = frozenset({"model", "layout", "checkpoint", "base", "donor"})
 
 FAMILIES: dict[str, tuple[str, ...]] = {
     "docketml.runners.jobs.builtin": ("sleep", "fail", "synthetic"),
+    "docketml.runners.jobs.user": ("python", "command"),
     "docketml.runners.jobs.routed": (
         "pretrain",
         "chat_sft",

@@ -27,9 +27,10 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 import docketml.migrations as migrations
+from docketml.protocols.errors import DocketError
 
 
-class LedgerError(Exception):
+class LedgerError(DocketError):
     """A user-facing ledger problem (bad URL, unreachable server, wrong revision): exit 2."""
 
 

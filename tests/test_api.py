@@ -1,0 +1,275 @@
+"""The public API (docketml.start_run / Run / verdict) and the ``python`` / ``command`` job kinds.
+
+Every test drives the real lifecycle (open_job / finish_job of runners/execute/executor.py) on a
+real ledger: SQLite, and PostgreSQL where the fixture is parametrised over both backends.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from distributed_helpers import freeze, observation_count, protocol_yaml, runs_of
+from sqlalchemy import select
+
+import docketml as docket
+from docketml.ledger.store import protocols as store
+from docketml.ledger.store.db import Ledger
+from docketml.ledger.store.models import CostRow, MetricRow, ObservationRow, RunRow
+from docketml.protocols.loader import load_protocol_text
+
+
+def _rows(n: int, signal: str = "s") -> list[dict]:
+    """n items per class in group g1; positives score higher."""
+    return [
+        {"group": "g1", "item": f"i{label}-{i}", "signal": signal, "value": i + 10.0 * label,
+         "label": label}
+        for label in (0, 1)
+        for i in range(n)
+    ]  # fmt: skip
+
+
+def _run(ledger: Ledger, run_id: int) -> RunRow:
+    with ledger.session() as session:
+        row = session.get(RunRow, run_id)
+        assert row is not None
+        return row
+
+
+def test_owned_run_records_everything(ledger: Ledger, ledger_url: str, tmp_path: Path) -> None:
+    pk = freeze(
+        ledger,
+        "api-own",
+        [{"name": "probe", "kind": "python", "entry": "x.y:z", "params": {"lr": 0.01, "n": 5}}],
+    )
+    ckpt = tmp_path / "model.pt"
+    ckpt.write_bytes(b"weights" * 100)
+    with docket.start_run("api-own", job="probe", ledger=ledger) as run:
+        assert docket.start_run  # the lazy name resolves
+        lr = run.knob("lr", default=3e-4)
+        n = run.knob("n", default=5)  # equal to the default: needs no fire
+        assert (lr, n) == (0.01, 5)
+        run.fire("lr")
+        run.observe(group="g1", item="first", signal="s", value=0.5, label="failure")
+        assert run.observe_many(_rows(n)) == 2 * n
+        for step in (1, 2, 3):
+            run.metric("loss", 1.0 / step, step=step)
+        sha = run.checkpoint(ckpt)
+        run_id = run.id
+    assert sha == hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    row = _run(ledger, run_id)
+    assert row.status == "succeeded", row.error
+    assert row.protocol_pk == pk and row.protocol_sha256 == store_sha(ledger, pk)
+    assert (
+        row.checkpoint_sha256 == sha and Path(row.checkpoint_path).read_bytes() == ckpt.read_bytes()
+    )
+    assert observation_count(ledger, run_id) == 2 * n + 1
+    audit = json.loads(row.knob_audit_json)
+    assert audit["lr"] == {"value": 0.01, "default": 3e-4, "fired": 1}
+    assert audit["n"]["fired"] == 0 and not row.silent_noop_knobs
+    with ledger.session() as session:
+        steps = session.scalars(select(MetricRow.step).where(MetricRow.run_id == run_id)).all()
+        first = session.scalars(
+            select(ObservationRow).where(
+                ObservationRow.run_id == run_id, ObservationRow.item == "first"
+            )
+        ).one()
+        costs = session.scalars(select(CostRow).where(CostRow.run_id == run_id)).all()
+    assert sorted(steps) == [1, 2, 3] and first.label == 1 and len(costs) == 1
+    data = docket.verdict("api-own", ledger=ledger)
+    assert [r["id"] for r in data["runs"]] == [run_id]
+    assert data["verdict"] in ("PROVEN", "PARTIAL")  # AUROC of s is ~1 on these rows
+
+
+def store_sha(ledger: Ledger, pk: int) -> str:
+    from docketml.ledger.store.models import ProtocolRow
+
+    with ledger.session() as session:
+        return session.get(ProtocolRow, pk).sha256
+
+
+def test_verdict_is_the_cli_json(sqlite_ledger: Ledger, docket_sqlite, sqlite_url: str) -> None:
+    freeze(sqlite_ledger, "api-v", [{"name": "p", "kind": "python", "entry": "a:b"}])
+    with docket.start_run("api-v", job="p", ledger=sqlite_url) as run:
+        run.observe_many(_rows(20))
+    api = docket.verdict("api-v", ledger=sqlite_url)
+    result = docket_sqlite("verdict", "api-v", "--json")
+    assert result.exit_code == 0, result.output
+    cli = json.loads(result.output)
+    for key in ("verdict_id", "computed_at"):
+        api.pop(key), cli.pop(key)
+    assert json.loads(json.dumps(api, default=str)) == cli
+
+
+def test_refusals_record_nothing(sqlite_ledger: Ledger) -> None:
+    freeze(sqlite_ledger, "api-r", [{"name": "p", "kind": "python", "entry": "a:b"}])
+    loaded = load_protocol_text(
+        protocol_yaml("api-unfrozen", [{"name": "p", "kind": "sleep"}]), "u.yaml"
+    )
+    with sqlite_ledger.session() as session:
+        store.register(session, loaded)
+    cases = [
+        ("api-unfrozen", "p", "not frozen"),
+        ("api-nope", "p", "unknown protocol"),
+        ("api-r", "probe_v7", "declares no job 'probe_v7'"),
+    ]
+    for protocol, job, message in cases:
+        with pytest.raises(docket.DocketError, match=message):
+            with docket.start_run(protocol, job=job, ledger=sqlite_ledger):
+                raise AssertionError("the body must not run")
+    with sqlite_ledger.session() as session:
+        assert session.scalars(select(RunRow)).all() == []
+
+
+def test_exception_fails_the_run_and_reraises(ledger: Ledger) -> None:
+    pk = freeze(
+        ledger, "api-f", [{"name": "p", "kind": "python", "entry": "a:b", "hardware": "a40"}]
+    )
+    with pytest.raises(ZeroDivisionError):
+        with docket.start_run("api-f", job="p", ledger=ledger) as run:
+            run.observe_many(_rows(3))
+            1 / 0  # noqa: B018
+    (row,) = runs_of(ledger, pk)["p"]
+    assert row.status == "failed" and "ZeroDivisionError" in row.error
+    assert observation_count(ledger, row.id) == 0
+    assert row.cost_micros > 0  # metered at the a40 rate even though it failed
+
+
+def test_bad_writes_refused_nothing_of_the_call_written(sqlite_ledger: Ledger) -> None:
+    freeze(sqlite_ledger, "api-b", [{"name": "p", "kind": "python", "entry": "a:b"}])
+    with docket.start_run("api-b", job="p", ledger=sqlite_ledger) as run:
+        good = dict(group="g1", item="ok", signal="s", value=1.0, label=1)
+        bad = [
+            ({"group": "g2"}, "group: 'g2' is not declared"),
+            ({"signal": "t"}, "signal: 't' is not declared"),
+            ({"value": math.nan}, "value: expected a finite number"),
+            ({"value": math.inf}, "value: expected a finite number"),
+            ({"label": "maybe"}, "label: bad label"),
+            ({"label": None}, "label: missing label"),
+        ]
+        for change, message in bad:
+            with pytest.raises(docket.DocketError, match=message):
+                run.observe(**{**good, **change})
+            rows = _rows(4) + [{**good, **change}]
+            with pytest.raises(docket.DocketError, match=r"rows\[8\]\." + message.split(":")[0]):
+                run.observe_many(rows)
+        with pytest.raises(docket.DocketError, match="metric 'm' value"):
+            run.metric("m", math.nan)
+        run.observe(**good)
+        with pytest.raises(docket.DocketError, match="duplicate"):
+            run.observe(**good)
+        run_id = run.id
+    with pytest.raises(docket.DocketError, match="after the run ended"):
+        run.observe(**{**good, "item": "late"})
+    with pytest.raises(docket.DocketError, match="after the run ended"):
+        run.metric("late", 1.0)
+    assert _run(sqlite_ledger, run_id).status == "succeeded"
+    assert observation_count(sqlite_ledger, run_id) == 1  # only the one good row
+
+
+def test_unfired_knob_is_silent_noop_and_inconclusive(sqlite_ledger: Ledger) -> None:
+    freeze(
+        sqlite_ledger,
+        "api-k",
+        [{"name": "p", "kind": "python", "entry": "a:b", "params": {"lr": 0.1, "unread": 3}}],
+    )
+    with docket.start_run("api-k", job="p", ledger=sqlite_ledger) as run:
+        run.knob("lr", default=0.001)  # read, never fired
+        run.observe_many(_rows(20))
+    row = _run(sqlite_ledger, run.id)
+    assert row.status == "silent_noop"
+    assert json.loads(row.silent_noop_knobs) == ["lr", "unread"]
+    data = docket.verdict("api-k", ledger=sqlite_ledger)
+    assert data["verdict"] == "INCONCLUSIVE"
+    assert "lr" in json.dumps(data)
+
+
+# ---------------------------------------------------------------- python / command via docket run
+
+ENTRY = """
+def probe(run):
+    import docketml
+    with docketml.start_run() as same:  # attaches to the executor's run
+        assert same is run
+    run.fire("k")
+    run.fire("n")
+    run.observe_many(
+        {"group": "g1", "item": f"{l}-{i}", "signal": "s", "value": i + 10 * l, "label": l}
+        for l in (0, 1) for i in range(run.knob("n", default=1))
+    )
+    run.metric("seen", 1.0)
+"""
+
+CHILD = """
+import sys
+import docketml
+
+n = int(sys.argv[sys.argv.index("--n") + 1])
+print("child says hello")
+with docketml.start_run() as run:
+    run.fire("k")
+    run.observe_many(
+        {"group": "g1", "item": f"{l}-{i}", "signal": "s", "value": i + 10 * l, "label": l}
+        for l in (0, 1) for i in range(n)
+    )
+    run.metric("child_run_id", run.id)
+    if "--fail" in sys.argv:
+        raise SystemExit("deliberate child failure")
+"""
+
+
+def test_python_and_command_jobs_through_docket_run(ledger: Ledger, docket, tmp_path: Path) -> None:
+    module = "api_entry_" + uuid.uuid4().hex[:8]
+    (tmp_path / f"{module}.py").write_text(ENTRY)
+    (tmp_path / "child.py").write_text(CHILD)
+    py = sys.executable
+    pk = freeze(
+        ledger,
+        "api-jobs",
+        [
+            {"name": "py", "kind": "python", "entry": f"{module}:probe",
+             "params": {"n": 6, "k": 1}},
+            {"name": "cmd", "kind": "command", "command": [py, "child.py", "--n", "{n}"],
+             "params": {"n": 7, "k": 1}, "after": ["py"]},
+            {"name": "bad", "kind": "command", "command": [py, "child.py", "--n", "2", "--fail"],
+             "params": {"k": 1}},
+        ],
+    )  # fmt: skip
+    result = docket("run", "api-jobs", "--json")
+    runs = runs_of(ledger, pk)
+    py_run, cmd_run, bad_run = runs["py"][0], runs["cmd"][0], runs["bad"][0]
+    assert py_run.status == "succeeded", py_run.error
+    assert observation_count(ledger, py_run.id) == 12
+    assert cmd_run.status == "succeeded", cmd_run.error
+    assert observation_count(ledger, cmd_run.id) == 14
+    with ledger.session() as session:
+        child_id = session.scalar(select(MetricRow.value).where(MetricRow.run_id == cmd_run.id))
+    assert child_id == cmd_run.id  # the child attached to the parent's run
+    extra = json.loads(cmd_run.extra_json)
+    assert "child says hello" in Path(extra["stdout"]).read_text()
+    assert json.loads(cmd_run.knob_audit_json)["k"]["fired"] == 1
+    assert bad_run.status == "failed" and "deliberate child failure" in bad_run.error
+    assert observation_count(ledger, bad_run.id) == 0
+    assert result.exit_code != 0  # one job failed
+
+
+def test_command_job_validation(tmp_path: Path) -> None:
+    from docketml.protocols.errors import ProtocolErrors
+
+    jobs = [
+        {"name": "a", "kind": "command", "command": ["x", "{missing}"]},
+        {"name": "b", "kind": "python"},
+        {"name": "c", "kind": "sleep", "entry": "m:f"},
+    ]
+    with pytest.raises(ProtocolErrors) as info:
+        load_protocol_text(protocol_yaml("api-val", jobs), "v.yaml")
+    text = str(info.value)
+    assert "unknown param" in text and "'missing'" in text
+    assert "a 'python' job needs 'entry'" in text
+    assert "'entry' is only for kind 'python' jobs" in text
+    assert isinstance(info.value, docket.DocketError)
