@@ -273,3 +273,41 @@ def test_command_job_validation(tmp_path: Path) -> None:
     assert "a 'python' job needs 'entry'" in text
     assert "'entry' is only for kind 'python' jobs" in text
     assert isinstance(info.value, docket.DocketError)
+
+
+@pytest.mark.slow
+def test_own_model_example_end_to_end(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """examples/own-model: register, sign-check + freeze, run (command + python jobs), verdict."""
+    import shutil
+
+    from conftest import REPO, DocketCli
+
+    work = tmp_path / "own-model"
+    shutil.copytree(REPO / "examples" / "own-model", work)
+    # the protocol says `python`: make it this interpreter (which has docketml and torch)
+    monkeypatch.setenv(
+        "PATH", str(Path(sys.executable).parent) + ":" + __import__("os").environ["PATH"]
+    )
+    for name in ("model", "probe"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    cli = DocketCli(sqlite_url, work)
+    for args in (
+        ("init",),
+        ("protocol", "register", "protocol.yaml"),
+        ("protocol", "freeze", "own-model"),
+    ):
+        result = cli(*args)
+        assert result.exit_code == 0, result.output
+    result = cli("run", "own-model", "--json")
+    assert result.exit_code == 0, result.output
+    outcomes = {o["job"]: o for o in json.loads(result.output)}
+    assert {j: o["status"] for j, o in outcomes.items()} == {
+        "train": "succeeded",
+        "probe": "succeeded",
+    }
+    data = docket.verdict("own-model", ledger=sqlite_url)
+    (h1,) = data["hypotheses"]
+    assert data["verdict"] == "PROVEN", h1["why"]
+    assert h1["value"] >= 0.8
