@@ -1,15 +1,24 @@
 """The job kinds the runners know, and the params that are structure rather than knobs.
 
-Kinds are listed statically and their modules imported only when a job of that family runs, so a
-model-free job (or a Ray worker running one) never pays for importing torch.
+One registry, two sources: docket's own families (listed statically in :data:`FAMILIES`) and the
+entry-point group ``docketml.jobs`` of every installed distribution (name = kind, value =
+``"module:function"``, a job function ``fn(ctx: JobContext) -> JobResult``, the same contract as
+the built-in jobs). Modules are imported only when a job of that kind runs, so a model-free job
+(or a Ray worker running one) never pays for importing torch. A plugin may not redefine a
+built-in kind (refused with :class:`UserError` when the kind is looked up).
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Iterator, Mapping
+from importlib.metadata import EntryPoint, entry_points
+
+from docketml.ledger.errors import UserError
 
 from .context import JobFn
+
+ENTRY_POINT_GROUP = "docketml.jobs"
 
 # Params that select *what* runs (model config, which checkpoint) rather than tuning it: the knob
 # audit ignores them (they take effect by construction: a wrong one fails loudly).
@@ -36,24 +45,55 @@ FAMILIES: dict[str, tuple[str, ...]] = {
 }
 
 
+def plugin_kinds() -> dict[str, EntryPoint]:
+    """Kinds registered by installed distributions in the ``docketml.jobs`` group (not loaded)."""
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
 class JobKinds(Mapping[str, JobFn]):
-    """Read-only mapping kind -> job function; imports a family's module on first lookup."""
+    """Read-only mapping kind -> job function; imports a kind's module on first lookup."""
 
     def __init__(self) -> None:
         self._module_of = {kind: module for module, kinds in FAMILIES.items() for kind in kinds}
+        self._plugins = plugin_kinds()
 
     def __getitem__(self, kind: str) -> JobFn:
-        module = importlib.import_module(self._module_of[kind])
-        return module.JOBS[kind]
+        if kind in self._module_of:
+            if kind in self._plugins:
+                ep = self._plugins[kind]
+                raise UserError(
+                    f"job kind {kind!r} is docket's own; the plugin entry point {ep.value!r} "
+                    f"({ENTRY_POINT_GROUP}) may not redefine it"
+                )
+            module = importlib.import_module(self._module_of[kind])
+            return module.JOBS[kind]
+        ep = self._plugins[kind]
+        try:
+            fn = ep.load()
+        except (ImportError, AttributeError) as exc:
+            raise UserError(
+                f"job kind {kind!r}: cannot load plugin entry point {ep.value!r}: {exc}"
+            ) from None
+        if not callable(fn):
+            raise UserError(f"job kind {kind!r}: plugin entry point {ep.value!r} is not callable")
+        return fn
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._module_of)
+        return iter({**self._module_of, **self._plugins})
 
     def __len__(self) -> int:
-        return len(self._module_of)
+        return len({**self._module_of, **self._plugins})
 
     def __contains__(self, kind: object) -> bool:
-        return kind in self._module_of
+        return kind in self._module_of or kind in self._plugins
+
+    def source(self, kind: str) -> str:
+        """Where a kind comes from: its module, or ``plugin <dist>: <value>``."""
+        if kind in self._module_of:
+            return self._module_of[kind]
+        ep = self._plugins[kind]
+        dist = ep.dist.name if ep.dist is not None else "?"
+        return f"plugin {dist}: {ep.value}"
 
 
 def job_kinds() -> JobKinds:

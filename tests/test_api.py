@@ -17,6 +17,7 @@ import pytest
 from distributed_helpers import freeze, observation_count, protocol_yaml, runs_of
 from sqlalchemy import select
 
+import docketml
 import docketml as docket
 from docketml.ledger.store import protocols as store
 from docketml.ledger.store.db import Ledger
@@ -311,3 +312,47 @@ def test_own_model_example_end_to_end(
     (h1,) = data["hypotheses"]
     assert data["verdict"] == "PROVEN", h1["why"]
     assert h1["value"] >= 0.8
+
+
+PLUGIN = """
+from docketml.runners.context import JobResult, MetricValue, Observation
+
+
+def mylab_eval(ctx):
+    ctx.knobs.set_defaults({"n": 1})
+    n = int(ctx.knobs.get("n"))
+    ctx.knobs.fire("n")
+    obs = [Observation("g1", f"{l}-{i}", "s", float(i + 10 * l), l)
+           for l in (0, 1) for i in range(n)]
+    return JobResult(observations=obs, metrics=[MetricValue("plugin_n", n)])
+"""
+
+
+def test_plugin_kind_from_an_installed_distribution(
+    ledger: Ledger, docket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A distribution on sys.path with a ``docketml.jobs`` entry point adds a job kind."""
+    from docketml.runners.registry import job_kinds
+
+    site = tmp_path / "site"
+    name = "mylab_" + uuid.uuid4().hex[:8]
+    (site / f"{name}-0.1.dist-info").mkdir(parents=True)
+    (site / f"{name}.py").write_text(PLUGIN)
+    (site / f"{name}-0.1.dist-info" / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n"
+    )
+    (site / f"{name}-0.1.dist-info" / "entry_points.txt").write_text(
+        f"[docketml.jobs]\nmylab_eval = {name}:mylab_eval\nsleep = {name}:mylab_eval\n"
+    )
+    monkeypatch.syspath_prepend(str(site))
+    kinds = job_kinds()
+    assert (
+        "mylab_eval" in kinds and kinds.source("mylab_eval") == f"plugin {name}: {name}:mylab_eval"
+    )
+    with pytest.raises(docketml.DocketError, match="may not redefine it"):
+        kinds["sleep"]
+    pk = freeze(ledger, "api-plugin", [{"name": "eval", "kind": "mylab_eval", "params": {"n": 9}}])
+    result = docket("run", "api-plugin", "--json")
+    assert result.exit_code == 0, result.output
+    (run,) = runs_of(ledger, pk)["eval"]
+    assert run.status == "succeeded" and observation_count(ledger, run.id) == 18
