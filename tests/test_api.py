@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -356,3 +357,57 @@ def test_plugin_kind_from_an_installed_distribution(
     assert result.exit_code == 0, result.output
     (run,) = runs_of(ledger, pk)["eval"]
     assert run.status == "succeeded" and observation_count(ledger, run.id) == 18
+
+
+SLOW_CHILD = """
+import time, docketml
+with docketml.start_run() as run:
+    run.observe(group="g1", item="a", signal="s", value=1.0, label=1)
+    print("started", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_sigkilled_command_job_is_abandoned_and_excluded(
+    ledger: Ledger, docket, ledger_url: str, tmp_path: Path
+) -> None:
+    """SIGKILL of `docket run` and its command child: abandoned after the lease, cost kept, no
+    observations, and the verdict ignores it."""
+    import os
+    import signal
+
+    from distributed_helpers import DOCKET, docket_env, subprocess_group, wait_for
+
+    (tmp_path / "slow.py").write_text(SLOW_CHILD)
+    cmd = [sys.executable, "slow.py"]
+    pk = freeze(
+        ledger, "api-kill", [{"name": "c", "kind": "command", "command": cmd, "hardware": "a40"}]
+    )
+    env = docket_env(DOCKET_LEASE_S="1.5", DOCKET_ARTIFACTS=str(tmp_path / "artifacts"))
+    args = [DOCKET, "--db", ledger_url, "run", "api-kill", "--no-progress"]
+    with subprocess_group(args, env=env, cwd=tmp_path, stdout=subprocess.PIPE) as proc:
+        out = tmp_path / "artifacts" / "runs"
+
+        def child_started() -> bool:
+            assert proc.poll() is None, "docket run exited before it could be killed"
+            return any("started" in p.read_text() for p in out.glob("*/stdout.txt"))
+
+        wait_for(child_started, 90, "the command child to start", every=0.05)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+    def abandoned() -> list[dict]:
+        result = docket("runs", "list", "--status", "abandoned", "--json")
+        return json.loads(result.stdout)
+
+    (run,) = wait_for(abandoned, 15, "the run to be reaped as abandoned", every=0.3)
+    assert run["cost_micros"] > 0 and observation_count(ledger, run["id"]) == 0
+    data = docket_cli_verdict(docket)
+    assert data["runs"] == []  # only succeeded runs count
+    assert runs_of(ledger, pk)["c"][0].status == "abandoned"
+
+
+def docket_cli_verdict(docket) -> dict:
+    result = docket("verdict", "api-kill", "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
