@@ -411,3 +411,53 @@ def docket_cli_verdict(docket) -> dict:
     result = docket("verdict", "api-kill", "--json")
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)
+
+
+def test_run_records_the_users_git_state_and_software(
+    sqlite_ledger: Ledger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import platform
+
+    project = tmp_path / "project"
+    project.mkdir()
+    git = ["git", "-C", str(project), "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (project / "train.py").write_text("print(1)\n")
+    subprocess.run([*git, "add", "train.py"], check=True)
+    subprocess.run([*git, "commit", "-qm", "one"], check=True)
+    head = subprocess.run(
+        [*git, "rev-parse", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    (project / "train.py").write_text("print(2)\n")  # dirty
+    diff = subprocess.run(
+        [*git, "diff", "HEAD", "--binary", "--full-index"], capture_output=True
+    ).stdout
+    monkeypatch.chdir(project)
+    freeze(sqlite_ledger, "api-prov", [{"name": "p", "kind": "python", "entry": "a:b"}])
+    with docket.start_run("api-prov", job="p", ledger=sqlite_ledger) as run:
+        pass
+    row = _run(sqlite_ledger, run.id)
+    prov = json.loads(row.config_json)["provenance"]
+    assert row.git_sha == head == prov["git_commit"]
+    assert prov["git_dirty"] is True and prov["git_diff_sha256"] == hashlib.sha256(diff).hexdigest()
+    assert prov["python"] == platform.python_version() and prov["device"] == "cpu"
+    import torch
+
+    assert prov["torch"] == torch.__version__ and prov["cuda"] == torch.version.cuda
+
+
+def test_declared_gpu_that_is_not_there_is_refused(sqlite_ledger: Ledger) -> None:
+    import torch
+
+    spec = {"name": "p", "kind": "python", "entry": "a:b", "hardware": "a40", "num_gpus": 1}
+    freeze(sqlite_ledger, "api-gpu", [spec])
+    if torch.cuda.is_available():
+        with docket.start_run("api-gpu", job="p", ledger=sqlite_ledger) as run:
+            pass
+        assert json.loads(_run(sqlite_ledger, run.id).config_json)["device"] == "cuda"
+        return
+    with pytest.raises(docket.DocketError, match="num_gpus=1 but no CUDA device is visible"):
+        with docket.start_run("api-gpu", job="p", ledger=sqlite_ledger):
+            raise AssertionError("the body must not run")
+    with sqlite_ledger.session() as session:
+        assert session.scalars(select(RunRow)).all() == []

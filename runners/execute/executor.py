@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -53,6 +52,7 @@ from docketml.protocols.schema import JobSpec, Protocol
 from ..context import JobContext, JobResult, KnobAudit
 from ..registry import STRUCTURAL_KEYS, job_kinds
 from .artifacts import artifacts_root, run_dir, store_checkpoint
+from .provenance import git_state, provenance
 
 ProgressFn = Callable[[int, int, str], None]
 
@@ -97,17 +97,50 @@ def topological_order(protocol: Protocol) -> list[JobSpec]:
 
 
 def git_sha() -> str | None:
+    """The commit of the current working directory's git work tree (the user's code), if any."""
+    return git_state()["git_commit"]
+
+
+def _device_for(
+    ledger: Ledger,
+    protocol_pk: int,
+    job_name: str,
+    hardware: str | None,
+    catalog: HardwareCatalog,
+    requested: str,
+) -> str:
+    """:func:`resolve_device` for a job looked up in a short read (unknown names are left to the
+    opening transaction, which reports them)."""
+    with ledger.session() as session:
+        row = session.get(ProtocolRow, protocol_pk)
+        protocol = store.parse_row(row) if row is not None else None
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).parent,
+        job = protocol.job(job_name) if protocol is not None else None
+        hw = catalog[hardware or job.hardware] if job is not None else None
+    except (KeyError, UnknownHardwareError):
+        return requested
+    return requested if job is None or hw is None else resolve_device(job, hw, requested)
+
+
+def resolve_device(job: JobSpec, hw: Hardware, requested: str = "cpu") -> str:
+    """The device a job runs on: ``requested`` if it is not ``cpu``; else ``cuda`` when the job
+    declares GPUs (``num_gpus > 0``: refused with :class:`UserError` when no CUDA device is
+    visible, never a CPU run billed at GPU rates) or its hardware class is a GPU and CUDA is
+    available; else ``cpu``. Imports torch only for GPU jobs."""
+    if requested != "cpu" or not (job.num_gpus > 0 or hw.is_gpu):
+        return requested
+    try:
+        import torch
+
+        available = bool(torch.cuda.is_available())
+    except ImportError:
+        available = False
+    if job.num_gpus > 0 and not available:
+        raise UserError(
+            f"job {job.name!r} declares num_gpus={job.num_gpus:g} but no CUDA device is visible "
+            "here; refusing to run it on the CPU (set num_gpus: 0 to allow that)"
         )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    return "cuda" if available else "cpu"
 
 
 class Heartbeat(threading.Thread):
@@ -167,6 +200,7 @@ class OpenedRun:
     inputs: dict[str, Path]
     seed: int
     lease_s: float
+    device: str  # the device the job runs on (resolve_device)
     root: Path  # the artifacts root (checkpoints by sha256, run scratch dirs)
     db_url: str  # the ledger URL with its password, for a child process (command jobs)
 
@@ -197,7 +231,8 @@ def open_job(
     lease_s = lease_seconds() if lease_s is None else lease_s
     kinds = job_kinds()
     worker_id = f"{worker}#{token or uuid.uuid4().hex[:12]}"
-    commit = git_sha()
+    device = _device_for(ledger, protocol_pk, job_name, hardware, catalog, device)
+    where = provenance(device)  # git calls and the torch import stay outside the transaction
     attempts = 0
 
     def open_run(session: Any) -> tuple[Any, ...]:
@@ -229,7 +264,12 @@ def open_job(
         if not budget.ok:
             message = budget.message(job.name)
             _journal_over_budget(session, row, job.name, message, over_budget_reason)
-        config = {"job": job.model_dump(mode="json"), "hardware": hw.name, "device": device}
+        config = {
+            "job": job.model_dump(mode="json"),
+            "hardware": hw.name,
+            "device": device,
+            "provenance": where,
+        }
         run = create_run(
             session,
             protocol_pk=row.id,
@@ -239,7 +279,7 @@ def open_job(
             config=config,
             hardware=hw.name,
             seed=seed,
-            git_sha=commit,
+            git_sha=where["git_commit"],
         )
         start_run(session, run.id, worker=worker_id, lease_s=lease_s)
         return run.id, row.protocol_id, protocol, job, hw, inputs, seed
@@ -256,6 +296,7 @@ def open_job(
         inputs=inputs,
         seed=seed,
         lease_s=lease_s,
+        device=device,
         root=artifacts_root(db_url),
         db_url=db_url,
     )
@@ -389,7 +430,7 @@ def execute_job(
         knobs=knobs,
         progress=progress or (lambda done, total, desc: None),
         hardware=hw.name,
-        device=device,
+        device=opened.device,
         run_id=opened.run_id,
         protocol_id=opened.protocol_id,
         db_url=opened.db_url,
