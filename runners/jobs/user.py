@@ -46,11 +46,16 @@ def _run_for(ctx: JobContext) -> Any:
     )
 
 
+def workdir() -> str:
+    """Where the user's code runs: ``DOCKET_WORKDIR`` (set for Ray workers), else the cwd."""
+    return os.environ.get("DOCKET_WORKDIR") or os.getcwd()
+
+
 def resolve_entry(entry: str) -> Any:
     """The callable ``module:function`` names; :class:`UserError` if it cannot be imported."""
     module_name, _, attr = entry.partition(":")
-    if os.getcwd() not in sys.path:  # a study's own modules next to its protocol
-        sys.path.insert(0, os.getcwd())
+    if workdir() not in sys.path:  # a study's own modules next to its protocol
+        sys.path.insert(0, workdir())
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -117,7 +122,7 @@ def command_job(ctx: JobContext) -> JobResult:
     err_path = Path(ctx.artifacts_dir) / "stderr.txt"
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         try:
-            proc = subprocess.run(argv, stdout=out, stderr=err, env=env, check=False)
+            proc = subprocess.run(argv, stdout=out, stderr=err, env=env, cwd=workdir(), check=False)
         except OSError as exc:
             raise RuntimeError(f"command {argv[0]!r} could not start: {exc}") from None
     if proc.returncode != 0:
