@@ -256,9 +256,11 @@ class Run:
             extra_observations=self._observations,
         )
 
-    def _spool(self, path: Path) -> None:
-        """Write everything recorded to ``path`` (child of a command job)."""
+    def _spool(self, path: Path, error: str | None = None) -> None:
+        """Write everything recorded to ``path`` (child of a command job); ``error``: the
+        exception that ended the ``with`` (the parent fails the run with it)."""
         data = {
+            "error": error,
             "observations": [
                 [o["group"], o["item"], o["label"], o["signal"], o["value"]]
                 for o in self._observations
@@ -276,8 +278,11 @@ class Run:
 
 def read_spool(path: Path, knobs: KnobAudit) -> JobResult:
     """The parent's side of a command job: the child's spool as a JobResult; its knob defaults
-    and fire counts are merged into ``knobs``."""
+    and fire counts are merged into ``knobs``. A spool recording an exception raises (the run
+    fails) even when the child exited 0."""
     data = json.loads(path.read_text())
+    if data.get("error"):
+        raise RuntimeError(f"the command's docketml run ended with an exception: {data['error']}")
     knobs.set_defaults(data["knob_defaults"])
     for name, count in data["fired"].items():
         knobs.fired_counts[name] = knobs.fired_counts.get(name, 0) + int(count)
@@ -466,10 +471,14 @@ def _child_run(protocol_id: str | None, job_name: str | None, ledger_arg: Any) -
     token = _CURRENT.set(run)
     try:
         yield run
+    except BaseException as exc:
+        # recorded even if the script catches it and exits 0: the parent then fails the run
+        run._spool(spool, error=f"{type(exc).__name__}: {exc}")
+        raise
     finally:
         run._ended = True
         _CURRENT.reset(token)
-    run._spool(spool)  # only on a normal exit: an exception propagates -> non-zero exit
+    run._spool(spool)
 
 
 @contextmanager

@@ -461,3 +461,45 @@ def test_declared_gpu_that_is_not_there_is_refused(sqlite_ledger: Ledger) -> Non
             raise AssertionError("the body must not run")
     with sqlite_ledger.session() as session:
         assert session.scalars(select(RunRow)).all() == []
+
+
+CAUGHT_CHILD = """
+import docketml
+try:
+    with docketml.start_run() as run:
+        run.observe(group="g1", item="a", signal="s", value=1.0, label=1)
+        raise ValueError("bad batch")
+except ValueError:
+    pass  # exits 0 anyway
+"""
+
+
+def test_command_child_that_swallows_its_exception_still_fails(
+    sqlite_ledger: Ledger, docket_sqlite, tmp_path: Path
+) -> None:
+    (tmp_path / "caught.py").write_text(CAUGHT_CHILD)
+    spec = {"name": "c", "kind": "command", "command": [sys.executable, "caught.py"]}
+    pk = freeze(sqlite_ledger, "api-caught", [spec])
+    result = docket_sqlite("run", "api-caught", "--json")
+    assert result.exit_code == 1, result.output
+    (run,) = runs_of(sqlite_ledger, pk)["c"]
+    assert run.status == "failed" and "ValueError: bad batch" in run.error
+    assert observation_count(sqlite_ledger, run.id) == 0
+
+
+def test_budget_refusal_before_any_run(sqlite_ledger: Ledger) -> None:
+    from docketml.ledger.errors import CheckFailed
+
+    spec = {"name": "p", "kind": "python", "entry": "a:b", "hardware": "a40",
+            "estimate_seconds": 360000}  # fmt: skip
+    text = protocol_yaml("api-budget", [spec]) + "budget: {usd: 0.01}\n"
+    with sqlite_ledger.session() as session:
+        row = store.register(session, load_protocol_text(text, "b.yaml")).row
+        row.status = "frozen"
+    with pytest.raises(CheckFailed) as info:
+        with docket.start_run("api-budget", job="p", ledger=sqlite_ledger):
+            raise AssertionError("the body must not run")
+    assert isinstance(info.value, docket.DocketError) and info.value.exit_code == 1
+    assert "budget" in str(info.value)
+    with sqlite_ledger.session() as session:
+        assert session.scalars(select(RunRow)).all() == []
