@@ -32,14 +32,14 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 if TYPE_CHECKING:
     from docketml.api import Run, load_protocol, start_run, verdict
-    from docketml.protocols.errors import DocketError
+    from docketml.ledger.errors import DocketError
 
 _API = {
     "start_run": "docketml.api",
     "Run": "docketml.api",
     "verdict": "docketml.api",
     "load_protocol": "docketml.api",
-    "DocketError": "docketml.protocols.errors",
+    "DocketError": "docketml.ledger.errors",
 }
 
 

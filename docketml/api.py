@@ -506,13 +506,18 @@ def verdict(protocol: str, *, ledger: Any = None) -> dict[str, Any]:
 
 def load_protocol(source: str | os.PathLike[str], *, ledger: Any = None) -> Protocol:
     """A validated :class:`Protocol`: from a YAML file if ``source`` is an existing path, else
-    the latest version of that protocol id in the ledger. Invalid files raise ``ProtocolErrors``
-    (a :class:`DocketError`) listing every problem with its line."""
+    the latest version of that protocol id in the ledger. An invalid file raises
+    ``InvalidProtocol`` (a :class:`DocketError`) listing every problem with its line."""
+    from docketml.ledger.errors import InvalidProtocol
     from docketml.protocols import load_protocol_file
+    from docketml.protocols.errors import ProtocolErrors
 
     path = Path(source)
     if path.suffix in (".yaml", ".yml") or path.is_file():
-        return load_protocol_file(path).protocol
+        try:
+            return load_protocol_file(path).protocol
+        except ProtocolErrors as exc:
+            raise InvalidProtocol(exc.errors) from None
     from docketml.ledger.store import protocols as store
 
     led = _ledger(ledger)

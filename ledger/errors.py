@@ -7,7 +7,14 @@
 
 from __future__ import annotations
 
-from docketml.protocols.errors import DocketError
+
+class DocketError(Exception):
+    """Base of the errors docket raises on purpose (``docketml.DocketError``): bad input, failed
+    checks, integrity violations, ledger problems. ``exit_code`` is the CLI's exit code for it.
+    (Invalid protocol files raise ``protocols.errors.ProtocolErrors``, which the public API wraps
+    in :class:`InvalidProtocol`.)"""
+
+    exit_code = 2
 
 
 class UserError(DocketError):
@@ -28,4 +35,13 @@ class IntegrityViolation(DocketError):
     exit_code = 3
 
 
-__all__ = ["CheckFailed", "DocketError", "IntegrityViolation", "UserError"]
+class InvalidProtocol(UserError):
+    """A protocol file failed validation (public API): ``errors`` are the ``ProtocolError``s,
+    one line each in the message."""
+
+    def __init__(self, errors: list) -> None:  # list[protocols.errors.ProtocolError]
+        self.errors = errors
+        super().__init__("\n".join(str(e) for e in errors))
+
+
+__all__ = ["CheckFailed", "DocketError", "IntegrityViolation", "InvalidProtocol", "UserError"]

@@ -6,14 +6,6 @@ import difflib
 from dataclasses import dataclass
 
 
-class DocketError(Exception):
-    """Base of every error docket raises on purpose (``docketml.DocketError``): bad protocols
-    (:class:`ProtocolErrors`), bad input, failed checks, integrity violations (ledger/errors.py).
-    ``exit_code`` is the CLI's exit code for it."""
-
-    exit_code = 2
-
-
 @dataclass(frozen=True)
 class ProtocolError:
     """One problem in a protocol file: ``FILE:LINE: field.path: message``."""
@@ -29,7 +21,7 @@ class ProtocolError:
         return f"{where}:{field} {self.message}"
 
 
-class ProtocolErrors(DocketError):
+class ProtocolErrors(Exception):
     """Raised with every problem found at once (never only the first)."""
 
     def __init__(self, errors: list[ProtocolError]) -> None:

@@ -5,7 +5,7 @@ entry-point group ``docketml.jobs`` of every installed distribution (name = kind
 ``"module:function"``, a job function ``fn(ctx: JobContext) -> JobResult``, the same contract as
 the built-in jobs). Modules are imported only when a job of that kind runs, so a model-free job
 (or a Ray worker running one) never pays for importing torch. A plugin may not redefine a
-built-in kind (refused with :class:`UserError` when the kind is looked up).
+built-in kind (:class:`KindError` when the kind is looked up: the job fails saying so).
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ from __future__ import annotations
 import importlib
 from collections.abc import Iterator, Mapping
 from importlib.metadata import EntryPoint, entry_points
-
-from docketml.ledger.errors import UserError
 
 from .context import JobFn
 
@@ -45,6 +43,11 @@ FAMILIES: dict[str, tuple[str, ...]] = {
 }
 
 
+class KindError(LookupError):
+    """A job kind that cannot be used: a plugin redefining a built-in kind, or one whose entry
+    point does not load."""
+
+
 def plugin_kinds() -> dict[str, EntryPoint]:
     """Kinds registered by installed distributions in the ``docketml.jobs`` group (not loaded)."""
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
@@ -61,7 +64,7 @@ class JobKinds(Mapping[str, JobFn]):
         if kind in self._module_of:
             if kind in self._plugins:
                 ep = self._plugins[kind]
-                raise UserError(
+                raise KindError(
                     f"job kind {kind!r} is docket's own; the plugin entry point {ep.value!r} "
                     f"({ENTRY_POINT_GROUP}) may not redefine it"
                 )
@@ -71,11 +74,11 @@ class JobKinds(Mapping[str, JobFn]):
         try:
             fn = ep.load()
         except (ImportError, AttributeError) as exc:
-            raise UserError(
+            raise KindError(
                 f"job kind {kind!r}: cannot load plugin entry point {ep.value!r}: {exc}"
             ) from None
         if not callable(fn):
-            raise UserError(f"job kind {kind!r}: plugin entry point {ep.value!r} is not callable")
+            raise KindError(f"job kind {kind!r}: plugin entry point {ep.value!r} is not callable")
         return fn
 
     def __iter__(self) -> Iterator[str]:

@@ -18,7 +18,6 @@ import pytest
 from distributed_helpers import freeze, observation_count, protocol_yaml, runs_of
 from sqlalchemy import select
 
-import docketml
 import docketml as docket
 from docketml.ledger.store import protocols as store
 from docketml.ledger.store.db import Ledger
@@ -274,7 +273,11 @@ def test_command_job_validation(tmp_path: Path) -> None:
     assert "unknown param" in text and "'missing'" in text
     assert "a 'python' job needs 'entry'" in text
     assert "'entry' is only for kind 'python' jobs" in text
-    assert isinstance(info.value, docket.DocketError)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(protocol_yaml("api-val", jobs))
+    with pytest.raises(docket.DocketError) as wrapped:
+        docket.load_protocol(bad)
+    assert "unknown param" in str(wrapped.value) and len(wrapped.value.errors) == 3
 
 
 @pytest.mark.slow
@@ -350,7 +353,9 @@ def test_plugin_kind_from_an_installed_distribution(
     assert (
         "mylab_eval" in kinds and kinds.source("mylab_eval") == f"plugin {name}: {name}:mylab_eval"
     )
-    with pytest.raises(docketml.DocketError, match="may not redefine it"):
+    from docketml.runners.registry import KindError
+
+    with pytest.raises(KindError, match="may not redefine it"):
         kinds["sleep"]
     pk = freeze(ledger, "api-plugin", [{"name": "eval", "kind": "mylab_eval", "params": {"n": 9}}])
     result = docket("run", "api-plugin", "--json")
@@ -503,3 +508,57 @@ def test_budget_refusal_before_any_run(sqlite_ledger: Ledger) -> None:
     assert "budget" in str(info.value)
     with sqlite_ledger.session() as session:
         assert session.scalars(select(RunRow)).all() == []
+
+
+def test_new_job_fields_leave_old_hashes_alone() -> None:
+    """``entry`` / ``command`` are omitted from the canonical JSON when unset (old sha256 kept)
+    and part of it when set (changing them changes the hash)."""
+    from docketml.protocols.canonical import canonical_json, protocol_sha256
+
+    old = load_protocol_text(protocol_yaml("h", [{"name": "a", "kind": "sleep"}]), "h.yaml")
+    assert '"entry"' not in canonical_json(old.protocol)
+    assert '"command"' not in canonical_json(old.protocol)
+    shas = {
+        protocol_sha256(
+            load_protocol_text(
+                protocol_yaml("h", [{"name": "a", "kind": "python", "entry": e}]), "h.yaml"
+            ).protocol
+        )
+        for e in ("m:f", "m:g")
+    }
+    assert len(shas) == 2
+
+
+OWNED_SCRIPT = """
+import sys, time, docketml
+with docketml.start_run("api-owned-kill", job="p", ledger=sys.argv[1]) as run:
+    run.observe(group="g1", item="a", signal="s", value=1.0, label=1)
+    print(run.id, flush=True)
+    time.sleep(60)
+"""
+
+
+def test_sigkilled_user_script_run_is_abandoned(
+    sqlite_ledger: Ledger, docket_sqlite, sqlite_url: str, tmp_path: Path
+) -> None:
+    """A user's own script holding a run, killed with SIGKILL: abandoned after the lease."""
+    import os
+    import signal
+
+    from distributed_helpers import docket_env, subprocess_group, wait_for
+
+    freeze(sqlite_ledger, "api-owned-kill", [{"name": "p", "kind": "python", "entry": "a:b"}])
+    (tmp_path / "owned.py").write_text(OWNED_SCRIPT)
+    env = docket_env(DOCKET_LEASE_S="1.5")
+    args = [sys.executable, "owned.py", sqlite_url]
+    with subprocess_group(args, env=env, cwd=tmp_path, stdout=subprocess.PIPE) as proc:
+        run_id = int(proc.stdout.readline())
+        assert _run(sqlite_ledger, run_id).status == "running"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+    def reaped() -> list[dict]:
+        return json.loads(docket_sqlite("runs", "list", "--status", "abandoned", "--json").stdout)
+
+    (run,) = wait_for(reaped, 15, "the run to be reaped as abandoned", every=0.3)
+    assert run["id"] == run_id and observation_count(sqlite_ledger, run_id) == 0

@@ -27,7 +27,8 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 import docketml.migrations as migrations
-from docketml.protocols.errors import DocketError
+
+from ..errors import DocketError
 
 
 class LedgerError(DocketError):

@@ -129,12 +129,9 @@ def resolve_device(job: JobSpec, hw: Hardware, requested: str = "cpu") -> str:
     available; else ``cpu``. Imports torch only for GPU jobs."""
     if requested != "cpu" or not (job.num_gpus > 0 or hw.is_gpu):
         return requested
-    try:
-        import torch
+    from ..jobs.device import cuda_available
 
-        available = bool(torch.cuda.is_available())
-    except ImportError:
-        available = False
+    available = cuda_available()
     if job.num_gpus > 0 and not available:
         raise UserError(
             f"job {job.name!r} declares num_gpus={job.num_gpus:g} but no CUDA device is visible "

@@ -22,8 +22,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from docketml.ledger.errors import UserError
-
 from ..context import JobContext, JobResult
 
 STDERR_TAIL = 2000
@@ -52,17 +50,18 @@ def workdir() -> str:
 
 
 def resolve_entry(entry: str) -> Any:
-    """The callable ``module:function`` names; :class:`UserError` if it cannot be imported."""
+    """The callable ``module:function`` names; ``ImportError`` saying why if there is none (the
+    run fails with that message)."""
     module_name, _, attr = entry.partition(":")
     if workdir() not in sys.path:  # a study's own modules next to its protocol
         sys.path.insert(0, workdir())
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise UserError(f"entry {entry!r}: cannot import {module_name!r}: {exc}") from None
+        raise ImportError(f"entry {entry!r}: cannot import {module_name!r}: {exc}") from None
     fn = getattr(module, attr, None)
     if not callable(fn):
-        raise UserError(f"entry {entry!r}: {module_name} has no callable {attr!r}")
+        raise ImportError(f"entry {entry!r}: {module_name} has no callable {attr!r}")
     return fn
 
 
