@@ -4,7 +4,9 @@
 dependencies must already have succeeded), checks the budget before each job, and runs them on
 the local executor (in this process) or on Ray (runners/ray_executor.py). ``execute_job`` is the
 unit both executors share: it records the run (queued -> running with a heartbeat lease ->
-succeeded | failed | silent_noop), meters its cost, and writes its results atomically.
+succeeded | failed | silent_noop), meters its cost, and writes its results atomically. Its two
+halves, :func:`open_job` and :func:`finish_job`, are also what the public API
+(:func:`docketml.start_run`) uses, so a user's own code gets exactly this lifecycle.
 """
 
 from __future__ import annotations
