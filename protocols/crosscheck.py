@@ -11,7 +11,9 @@ and hardware names the runners do not know.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Sequence
+from typing import Any
 
 from .errors import did_you_mean
 from .schema import CombinationRule, NonInferiorityRule, Protocol, RegimeWinsRule, ThresholdRule
@@ -22,6 +24,28 @@ Problem = tuple[tuple[str | int, ...], str]
 def _one_of(name: str, allowed: list[str] | set[str]) -> str:
     shown = ", ".join(sorted(allowed)) if allowed else "(none declared)"
     return f"expected one of: {shown}; found {name!r}{did_you_mean(name, allowed)}"
+
+
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _check_user_job(i: int, job: Any) -> list[Problem]:
+    """``python`` jobs need ``entry``, ``command`` jobs need ``command`` (and every ``{name}`` in
+    it must be a param of the job); neither field is allowed on another kind."""
+    problems: list[Problem] = []
+    for kind, key in (("python", "entry"), ("command", "command")):
+        value = getattr(job, key)
+        if job.kind == kind and value is None:
+            problems.append((("jobs", i, "kind"), f"a {kind!r} job needs {key!r}"))
+        elif job.kind != kind and value is not None:
+            problems.append((("jobs", i, key), f"{key!r} is only for kind {kind!r} jobs"))
+    for j, arg in enumerate(job.command or []):
+        for name in _PLACEHOLDER.findall(arg):
+            if name not in job.params:
+                problems.append(
+                    (("jobs", i, "command", j), "unknown param: " + _one_of(name, set(job.params)))
+                )
+    return problems
 
 
 def _duplicates(base: tuple[str | int, ...], names: Sequence[str]) -> list[Problem]:
@@ -70,6 +94,7 @@ def _check_jobs(protocol: Protocol, admission: bool = True) -> list[Problem]:
             )
         names.setdefault(job.name, i)
     for i, job in enumerate(protocol.jobs):
+        problems += _check_user_job(i, job)
         for j, dep in enumerate(job.after):
             if dep not in names:
                 problems.append(

@@ -18,6 +18,7 @@ Identifier = Annotated[
 ProtocolId = Annotated[
     str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9\-_.]*$", min_length=1, max_length=100)
 ]
+EntryPoint = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")]
 VerdictName = Literal["PROVEN", "PARTIAL", "DISPROVEN"]
 Probability = Annotated[float, Field(gt=0.0, lt=1.0)]
 # A seed every backend can store (BIGINT) and numpy/torch accept: 0 <= seed < 2**63.
@@ -179,6 +180,17 @@ class JobSpec(StrictModel):
     estimate_seconds: Annotated[float, Field(gt=0)] | None = None
     seed: Seed | None = None
     description: str | None = None
+    # kind ``python``: "package.module:function", called with a docketml Run
+    entry: EntryPoint | None = None
+    # kind ``command``: argv; "{param}" in an element is replaced by the job's param of that name
+    command: list[Annotated[str, StringConstraints(min_length=1)]] | None = Field(
+        default=None, min_length=1
+    )
+
+
+OPTIONAL_JOB_FIELDS = ("entry", "command")
+"""JobSpec fields added after protocols were first hashed: omitted from the canonical JSON when
+unset, so every protocol written before them keeps its sha256 (protocols/canonical.py)."""
 
 
 class Budget(StrictModel):
