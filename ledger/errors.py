@@ -8,19 +8,40 @@
 from __future__ import annotations
 
 
-class UserError(Exception):
+class DocketError(Exception):
+    """Base of the errors docket raises on purpose (``docketml.DocketError``): bad input, failed
+    checks, integrity violations, ledger problems. ``exit_code`` is the CLI's exit code for it.
+    (Invalid protocol files raise ``protocols.errors.ProtocolErrors``, which the public API wraps
+    in :class:`InvalidProtocol`.)"""
+
+    exit_code = 2
+
+
+class UserError(DocketError):
     """Bad input or usage: one clear message, exit code 2, nothing written."""
 
     exit_code = 2
 
 
-class CheckFailed(Exception):
+class CheckFailed(DocketError):
     """A check ran and failed (sign-check, budget, reproduce): exit code 1."""
 
     exit_code = 1
 
 
-class IntegrityViolation(Exception):
+class IntegrityViolation(DocketError):
     """The audit found tampering or a missing trigger: exit code 3."""
 
     exit_code = 3
+
+
+class InvalidProtocol(UserError):
+    """A protocol file failed validation (public API): ``errors`` are the ``ProtocolError``s,
+    one line each in the message."""
+
+    def __init__(self, errors: list) -> None:  # list[protocols.errors.ProtocolError]
+        self.errors = errors
+        super().__init__("\n".join(str(e) for e in errors))
+
+
+__all__ = ["CheckFailed", "DocketError", "IntegrityViolation", "InvalidProtocol", "UserError"]

@@ -18,6 +18,14 @@ Signals: every row must carry the signals the rules fed by this job read (for ``
 with ``job: X``, rules without ``job:`` and ``non_inferiority`` rules naming X), plus every
 signal that appears anywhere in the file (a file is rectangular). Values must be finite numbers.
 
+Strictness: a JSONL signal value must be a JSON number (``"0.5"`` and ``"1_000"`` are refused); a
+CSV cell must be a plain decimal number (``0.5``, ``-1e-3``; no ``_``; never ``inf``/``nan``). An
+integer too large for a float, a number of more than ``MAX_NUMBER_DIGITS`` digits, JSON nested
+deeper than Python can parse and a key repeated within one JSON object are problems of their line.
+``group`` is at most ``MAX_GROUP_CHARS`` and ``item`` at most ``MAX_ITEM_CHARS`` characters (the
+ledger's columns) and neither may contain NUL, so SQLite and PostgreSQL accept the same files. The
+file must be a regular file of at most ``MAX_INGEST_BYTES`` bytes.
+
 Validation is complete before anything is written: every problem is reported as
 ``FILE:LINE: message`` (all at once; exit 2) and the ledger is left untouched. A valid file is
 recorded in ONE transaction as a ``succeeded`` run (source ``ingest``, job ``ingest`` or
@@ -32,6 +40,7 @@ import hashlib
 import io
 import json
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +49,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from docketml.protocols.reading import FileRefused, read_bounded
 from docketml.protocols.schema import NonInferiorityRule, Protocol, RegimeWinsRule, ThresholdRule
 
 from .errors import UserError
@@ -51,6 +61,38 @@ from .verdict.rules import rule_sources
 DEFAULT_JOB = "ingest"
 MAX_PROBLEMS_SHOWN = 200
 JSONL_KEYS = ("group", "item", "label", "signals")
+MAX_INGEST_BYTES = 4 << 30
+MAX_GROUP_CHARS = 100  # observations.grp
+MAX_ITEM_CHARS = 200  # observations.item
+MAX_NUMBER_DIGITS = 400  # below Python's 4300-digit int limit; past any float anyway
+# a plain decimal numeral; nan/inf spellings pass here so they are named "not finite" below
+_DECIMAL = re.compile(r"^[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|(?i:nan|inf|infinity))$")
+
+
+class _Huge(str):
+    """A JSON integer literal of more than ``MAX_NUMBER_DIGITS`` digits (kept as text)."""
+
+    def __repr__(self) -> str:
+        return f"an integer of {len(self.lstrip('-'))} digits"
+
+
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _parse_int(text: str) -> int | _Huge:
+    return _Huge(text) if len(text) > MAX_NUMBER_DIGITS else int(text)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
 
 
 @dataclass
@@ -133,27 +175,53 @@ class _Labeler:
         return expected, None
 
 
-def _number(raw: Any) -> tuple[float | None, str | None]:
+def _number(raw: Any, text_ok: bool) -> tuple[float | None, str | None]:
+    """(value, problem) of one signal value: a JSON number, or (``text_ok``: CSV) a plain
+    decimal numeral."""
+    if isinstance(raw, _Huge):
+        return None, f"{raw!r} is too large for a result value"
     if isinstance(raw, bool) or raw is None:
         return None, f"non-numeric value {raw!r}"
     if isinstance(raw, int | float):
-        value = float(raw)
-    elif isinstance(raw, str):
         try:
-            value = float(raw.strip())
-        except ValueError:
-            return None, f"non-numeric value {raw!r}"
+            value = float(raw)
+        except OverflowError:
+            return None, f"integer {_short(raw)} is too large for a result value"
+    elif isinstance(raw, str) and text_ok:
+        text = raw.strip()
+        if len(text) > MAX_NUMBER_DIGITS + 20:
+            return None, f"value of {len(text)} characters is too long for a number"
+        if not _DECIMAL.match(text):
+            return None, f"non-numeric value {_short(raw)} (expected a plain decimal number)"
+        value = float(text)
+    elif isinstance(raw, str):
+        return None, f"non-numeric value {_short(raw)} (a string; expected a JSON number)"
     else:
-        return None, f"non-numeric value {raw!r}"
+        return None, f"non-numeric value {_short(raw)}"
     if not math.isfinite(value):
         return None, f"value {raw!r} is not finite (NaN/inf are not results)"
     return value, None
 
 
+def _short(value: Any) -> str:
+    text = repr(value) if not isinstance(value, int) or abs(value) < 10**60 else "(huge)"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _text_problem(what: str, value: str, limit: int) -> str | None:
+    """Why ``value`` cannot be stored in a ``limit``-character column, or ``None``."""
+    if "\x00" in value:
+        return f"{what} contains a NUL character"
+    if len(value) > limit:
+        return f"{what} is {len(value)} characters long; at most {limit} are allowed"
+    return None
+
+
 class _Validator:
     """Row-level checks shared by the JSONL and CSV readers."""
 
-    def __init__(self, protocol: Protocol, job: str, parsed: Parsed) -> None:
+    def __init__(self, protocol: Protocol, job: str, parsed: Parsed, text_numbers: bool) -> None:
+        self.text_numbers = text_numbers
         self.protocol = protocol
         self.groups = set(protocol.groups)
         self.known = set(protocol.signals)
@@ -170,7 +238,10 @@ class _Validator:
         """Check one row (every problem is recorded) and keep it for :meth:`finish`."""
         keyed = True
         if not isinstance(group, str) or not group.strip():
-            self.problem(line, f"group must be a non-empty string, found {group!r}")
+            self.problem(line, f"group must be a non-empty string, found {_short(group)}")
+            keyed = False
+        elif why := _text_problem("group", group, MAX_GROUP_CHARS):
+            self.problem(line, why)
             keyed = False
         elif self.groups and group not in self.groups:
             self.problem(
@@ -178,8 +249,15 @@ class _Validator:
                 f"unknown group {group!r}; expected one of: {', '.join(self.protocol.groups)}",
             )
             keyed = False
-        if isinstance(item, bool) or not isinstance(item, str | int) or str(item).strip() == "":
-            self.problem(line, f"item must be a non-empty string or integer, found {item!r}")
+        if (
+            isinstance(item, bool | _Huge)
+            or not isinstance(item, str | int)
+            or str(item).strip() == ""
+        ):
+            self.problem(line, f"item must be a non-empty string or integer, found {_short(item)}")
+            keyed = False
+        elif why := _text_problem("item", str(item), MAX_ITEM_CHARS):
+            self.problem(line, why)
             keyed = False
         if keyed:
             key = (group, str(item))
@@ -200,7 +278,7 @@ class _Validator:
                 known = ", ".join(sorted(self.known)) or "(none declared)"
                 self.problem(line, f"unknown signal {name!r}; the protocol declares: {known}")
                 continue
-            value, why = _number(raw)
+            value, why = _number(raw, self.text_numbers)
             if why:
                 self.problem(line, f"signal {name!r}: {why}")
             else:
@@ -258,13 +336,20 @@ def _detect(path: Path, text: str) -> str:
 
 def _parse_jsonl(text: str, v: _Validator) -> set[str]:
     present: set[str] = set()
-    for n, raw in enumerate(text.splitlines(), start=1):
+    # physical lines: only "\n" ends a line (str.splitlines also breaks at U+2028, \x0c, ...)
+    for n, raw in enumerate(text.split("\n"), start=1):
         if not raw.strip():
             continue
         try:
-            obj = json.loads(raw)
+            obj = json.loads(raw, parse_int=_parse_int, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as exc:
             v.problem(n, f"malformed JSON: {exc.msg} at column {exc.colno}")
+            continue
+        except _DuplicateKey as exc:
+            v.problem(n, f"duplicate JSON key {exc.key!r}: each key may appear once per object")
+            continue
+        except RecursionError:
+            v.problem(n, "JSON nested too deeply; expected a flat object")
             continue
         if not isinstance(obj, dict):
             v.problem(n, f"expected a JSON object, found {type(obj).__name__}")
@@ -286,7 +371,8 @@ def _parse_jsonl(text: str, v: _Validator) -> set[str]:
 
 
 def _parse_csv(text: str, v: _Validator) -> set[str]:
-    reader = csv.reader(io.StringIO(text, newline=""))
+    # newline="\n": the reader's line_num counts physical "\n" lines only
+    reader = csv.reader(io.StringIO(text, newline="\n"))
     try:
         header = next(reader)
     except StopIteration:
@@ -340,7 +426,7 @@ def parse_results(protocol: Protocol, path: Path, data: bytes, job: str) -> Pars
         return Parsed("unknown", problems=[(line, f"not valid UTF-8 at byte {exc.start}")])
     fmt = _detect(path, text)
     parsed = Parsed(fmt)
-    v = _Validator(protocol, job, parsed)
+    v = _Validator(protocol, job, parsed, text_numbers=fmt == "csv")
     present = _parse_jsonl(text, v) if fmt == "jsonl" else _parse_csv(text, v)
     if not v.rows and not parsed.problems:
         parsed.problems.append((1, "no result rows in the file"))
@@ -369,13 +455,9 @@ def ingest_file(
             f"(or omit --job to record the run as {DEFAULT_JOB!r})"
         )
     try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise UserError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise UserError(f"{path}: is a directory, expected a JSONL or CSV file") from None
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read: {exc.strerror}") from None
+        data = read_bounded(path, MAX_INGEST_BYTES, "JSONL or CSV file")
+    except FileRefused as exc:
+        raise UserError(f"{path}: {exc}") from None
     parsed = parse_results(protocol, path, data, job)
     if parsed.problems:
         shown = parsed.problems[:MAX_PROBLEMS_SHOWN]

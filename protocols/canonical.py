@@ -6,7 +6,7 @@ floats in Python's shortest round-trip repr; Decimals as strings of their normal
 sorted, no whitespace, UTF-8. Derived-metric expressions are written in one spelling
 (``ast.unparse``: ``a-b``, ``a - b`` and ``(a - b)`` are the same expression). Comments, key order,
 quoting style, omitted defaults and expression spacing therefore do not change the hash; any change
-of a value does.
+of a value does. Job fields added later (``entry``, ``command``) are left out when unset.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import math
 from decimal import Decimal
 from typing import Any
 
-from .schema import Protocol
+from .schema import OPTIONAL_JOB_FIELDS, Protocol
 
 
 def _normalise(value: Any) -> Any:
@@ -43,7 +43,9 @@ def _normalise(value: Any) -> Any:
 def _expression(source: str) -> str:
     try:
         return ast.unparse(ast.parse(source.strip(), mode="eval"))
-    except SyntaxError:  # the loader refuses these; keep the text if called on an unchecked model
+    except (SyntaxError, RecursionError, MemoryError):
+        # the loader refuses these (protocols.expr bounds depth); keep the text if called on an
+        # unchecked model
         return source
 
 
@@ -52,6 +54,10 @@ def canonical_json(protocol: Protocol) -> str:
     data = protocol.model_dump(mode="python")
     for metric in data.get("metrics", {}).values():
         metric["expr"] = _expression(metric["expr"])
+    for job in data.get("jobs", []):
+        for key in OPTIONAL_JOB_FIELDS:  # unset -> absent: older protocols keep their sha256
+            if job.get(key) is None:
+                job.pop(key, None)
     return json.dumps(
         _normalise(data), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
     )

@@ -1,9 +1,19 @@
 """Checks that need more than one section of a protocol: names that must refer to something.
 
 Each problem is ``(path, message)``; the loader turns paths into lines.
+
+Besides references, a protocol that could never run or never decide is refused here (before it
+is frozen): duplicate entries in ``after``/``candidates``/``baselines``/``of``, verdict conditions
+no outcome can meet (``min_wins`` above the number of compared groups, ``min_wins > max_wins``),
+a decision rule no hypothesis uses, and, when the caller passes them (the CLI does), job kinds
+and hardware names the runners do not know.
 """
 
 from __future__ import annotations
+
+import re
+from collections.abc import Collection, Sequence
+from typing import Any
 
 from .errors import did_you_mean
 from .schema import CombinationRule, NonInferiorityRule, Protocol, RegimeWinsRule, ThresholdRule
@@ -16,8 +26,63 @@ def _one_of(name: str, allowed: list[str] | set[str]) -> str:
     return f"expected one of: {shown}; found {name!r}{did_you_mean(name, allowed)}"
 
 
-def _check_jobs(protocol: Protocol) -> list[Problem]:
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _check_user_job(i: int, job: Any) -> list[Problem]:
+    """``python`` jobs need ``entry``, ``command`` jobs need ``command`` (and every ``{name}`` in
+    it must be a param of the job); neither field is allowed on another kind."""
     problems: list[Problem] = []
+    for kind, key in (("python", "entry"), ("command", "command")):
+        value = getattr(job, key)
+        if job.kind == kind and value is None:
+            problems.append((("jobs", i, "kind"), f"a {kind!r} job needs {key!r}"))
+        elif job.kind != kind and value is not None:
+            problems.append((("jobs", i, key), f"{key!r} is only for kind {kind!r} jobs"))
+    for j, arg in enumerate(job.command or []):
+        for name in _PLACEHOLDER.findall(arg):
+            if name not in job.params:
+                problems.append(
+                    (("jobs", i, "command", j), "unknown param: " + _one_of(name, set(job.params)))
+                )
+    return problems
+
+
+def _duplicates(base: tuple[str | int, ...], names: Sequence[str]) -> list[Problem]:
+    """One problem per repeated entry of a list that must hold each name once."""
+    first: dict[str, int] = {}
+    problems: list[Problem] = []
+    for j, name in enumerate(names):
+        if name in first:
+            problems.append(
+                (base + (j,), f"duplicate entry {name!r} (also [{first[name]}]); list each once")
+            )
+        first.setdefault(name, j)
+    return problems
+
+
+def _check_runnable(
+    protocol: Protocol, job_kinds: Collection[str] | None, hardware: Collection[str] | None
+) -> list[Problem]:
+    problems: list[Problem] = []
+    for i, job in enumerate(protocol.jobs):
+        if job_kinds is not None and job.kind not in job_kinds:
+            problems.append(
+                (("jobs", i, "kind"), "unknown job kind: " + _one_of(job.kind, set(job_kinds)))
+            )
+        known_hw = {h.lower() for h in hardware} if hardware is not None else None
+        if known_hw is not None and job.hardware.strip().lower() not in known_hw:
+            problems.append(
+                (("jobs", i, "hardware"), "unknown hardware: " + _one_of(job.hardware, known_hw))
+            )
+    return problems
+
+
+def _check_jobs(protocol: Protocol, admission: bool = True) -> list[Problem]:
+    problems: list[Problem] = []
+    for i, job in enumerate(protocol.jobs):
+        if admission:
+            problems += _duplicates(("jobs", i, "after"), job.after)
     names: dict[str, int] = {}
     for i, job in enumerate(protocol.jobs):
         if job.name in names:
@@ -29,6 +94,7 @@ def _check_jobs(protocol: Protocol) -> list[Problem]:
             )
         names.setdefault(job.name, i)
     for i, job in enumerate(protocol.jobs):
+        problems += _check_user_job(i, job)
         for j, dep in enumerate(job.after):
             if dep not in names:
                 problems.append(
@@ -65,9 +131,21 @@ def _check_jobs(protocol: Protocol) -> list[Problem]:
     return problems
 
 
-def cross_check(protocol: Protocol) -> list[Problem]:
-    """Every cross-reference problem of a schema-valid protocol (empty list = consistent)."""
+def cross_check(
+    protocol: Protocol,
+    *,
+    job_kinds: Collection[str] | None = None,
+    hardware: Collection[str] | None = None,
+    admission: bool = True,
+) -> list[Problem]:
+    """Every cross-reference problem of a schema-valid protocol (empty list = consistent).
+
+    ``job_kinds`` / ``hardware``: the names the runners know; ``None`` skips that check (a stored
+    protocol is re-read without them). ``admission=False`` (re-reading a protocol the ledger
+    already holds) skips the could-never-run-or-decide checks, so a protocol registered by an
+    earlier docket still reads; references are always checked."""
     problems: list[Problem] = []
+    new = admission
     signals = set(protocol.signals)
     groups = set(protocol.groups)
     jobs = {job.name for job in protocol.jobs}
@@ -83,11 +161,31 @@ def cross_check(protocol: Protocol) -> list[Problem]:
             problems.append(
                 (("hypotheses", i, "rule"), "unknown decision rule: " + _one_of(hyp.rule, rules))
             )
+    used = {h.rule for h in protocol.hypotheses}
+    for name in protocol.decision_rules:
+        if (
+            new and name not in used and used <= rules
+        ):  # after a misspelt rule name, that is the news
+            problems.append(
+                (
+                    ("decision_rules", name),
+                    f"rule {name!r} is not used by any hypothesis; use it or remove it",
+                )
+            )
     if protocol.primary is not None and protocol.primary not in seen:
         problems.append((("primary",), "unknown hypothesis: " + _one_of(protocol.primary, seen)))
     if len(set(protocol.groups)) != len(protocol.groups):
         problems.append((("groups",), "groups must be unique"))
 
+    if new and protocol.labels is not None and protocol.labels.source == "judged":
+        if protocol.labels.reference is not None:
+            problems.append(
+                (
+                    ("labels", "reference"),
+                    "source: judged labels each item itself; a reference group is only for "
+                    "source: regime",
+                )
+            )
     if protocol.labels is not None and protocol.labels.source == "regime":
         ref = protocol.labels.reference
         if ref is None:
@@ -110,6 +208,10 @@ def cross_check(protocol: Protocol) -> list[Problem]:
                     problems.append(
                         (base + ("candidates", j), "unknown signal: " + _one_of(cand, signals))
                     )
+            if new:
+                problems += _duplicates(base + ("candidates",), rule.candidates)
+                problems += _duplicates(base + ("baselines",), rule.baselines or [])
+            compared = len(groups - {protocol.labels.reference} if protocol.labels else groups)
             baselines = protocol.baselines_for(rule)
             if not baselines:
                 problems.append(
@@ -136,6 +238,30 @@ def cross_check(protocol: Protocol) -> list[Problem]:
                     problems.append(
                         (base + ("verdicts", verdict), "state min_wins, max_wins or require_any_of")
                     )
+                where = base + ("verdicts", verdict)
+                if new and cond.min_wins is not None and cond.min_wins > compared:
+                    problems.append(
+                        (
+                            where + ("min_wins",),
+                            f"min_wins {cond.min_wins} can never be met: {compared} group(s) are "
+                            "compared",
+                        )
+                    )
+                if (
+                    new
+                    and cond.min_wins is not None
+                    and cond.max_wins is not None
+                    and cond.min_wins > cond.max_wins
+                ):
+                    problems.append(
+                        (
+                            where + ("min_wins",),
+                            f"min_wins {cond.min_wins} > max_wins {cond.max_wins}: no outcome "
+                            "meets both",
+                        )
+                    )
+                if new:
+                    problems += _duplicates(where + ("require_any_of",), cond.require_any_of)
                 for j, g in enumerate(cond.require_any_of):
                     if g not in groups:
                         problems.append(
@@ -170,6 +296,8 @@ def cross_check(protocol: Protocol) -> list[Problem]:
             if rule.statistic == "auroc" and protocol.labels is None:
                 problems.append((base, "statistic auroc needs a top-level labels: section"))
         elif isinstance(rule, CombinationRule):
+            if new:
+                problems += _duplicates(base + ("of",), rule.of)
             for j, h in enumerate(rule.of):
                 if h not in hyp_ids:
                     problems.append(
@@ -217,5 +345,6 @@ def cross_check(protocol: Protocol) -> list[Problem]:
     for name, claim in protocol.claims.items():
         if claim.job not in jobs:
             problems.append((("claims", name, "job"), "unknown job: " + _one_of(claim.job, jobs)))
-    problems.extend(_check_jobs(protocol))
+    problems.extend(_check_jobs(protocol, admission))
+    problems.extend(_check_runnable(protocol, job_kinds, hardware))
     return problems

@@ -2,6 +2,9 @@
 
 Allowed: numbers, names, unary minus/plus, ``+ - * /`` and ``**``, parentheses, and the
 functions ``min``, ``max``, ``abs``, ``log`` (natural), ``exp``, ``sqrt``. Anything else is refused.
+An expression is at most ``MAX_EXPR_CHARS`` characters and ``MAX_EXPR_DEPTH`` nodes deep
+(``a+a+...`` with n terms is n deep), so parsing, checking, evaluating and ``ast.unparse``
+(the canonical spelling) never exhaust Python's recursion limit.
 """
 
 from __future__ import annotations
@@ -26,6 +29,10 @@ _BINOPS = {
     ast.Div: lambda a, b: a / b,
     ast.Pow: lambda a, b: a**b,
 }
+
+
+MAX_EXPR_CHARS = 10_000
+MAX_EXPR_DEPTH = 100
 
 
 class ExprError(ValueError):
@@ -94,12 +101,34 @@ def _eval(node: ast.expr, values: Mapping[str, float]) -> float:
     raise ExprError(f"unexpected node {ast.dump(node)}")  # unreachable after _check
 
 
+def _depth(tree: ast.AST) -> int:
+    """Nesting depth of ``tree`` (iterative: safe on any tree ``ast.parse`` returns)."""
+    deepest, stack = 0, [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
+    return deepest
+
+
 def parse_expr(source: str) -> Expr:
     """Parse and whitelist-check ``source``; raise :class:`ExprError` naming what is refused."""
+    if len(source) > MAX_EXPR_CHARS:
+        raise ExprError(
+            f"expression is {len(source)} characters long; at most {MAX_EXPR_CHARS} are allowed"
+        )
     try:
         tree = ast.parse(source.strip(), mode="eval").body
     except SyntaxError as exc:
-        raise ExprError(f"not a valid expression: {source!r} ({exc.msg})") from None
+        raise ExprError(f"not a valid expression: {source!r:.80} ({exc.msg})") from None
+    except (RecursionError, MemoryError):
+        raise ExprError(f"expression nested more than {MAX_EXPR_DEPTH} levels deep") from None
+    # each level of the tree costs several stack frames in ast.unparse; bound it
+    if _depth(tree) > MAX_EXPR_DEPTH:
+        raise ExprError(
+            f"expression nested more than {MAX_EXPR_DEPTH} levels deep (a chain of n terms is "
+            "n levels); split it into several metrics"
+        )
     names: set[str] = set()
     _check(tree, names)
     return Expr(source, tree, frozenset(names))

@@ -7,6 +7,7 @@ found`` (:class:`protocols.errors.ProtocolErrors`).
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 from .canonical import canonical_json, protocol_sha256
 from .crosscheck import cross_check
 from .errors import ProtocolError, ProtocolErrors, did_you_mean
+from .reading import FileRefused, read_bounded
 from .schema import Protocol
 from .yaml_lines import YamlProblem, line_for, load_with_lines
 
@@ -183,8 +185,20 @@ def _format_validation(
     return errors
 
 
-def load_protocol_text(text: str, source: str = "<protocol>") -> LoadedProtocol:
-    """Validate protocol YAML text; raise :class:`ProtocolErrors` listing every problem."""
+def load_protocol_text(
+    text: str,
+    source: str = "<protocol>",
+    *,
+    job_kinds: Collection[str] | None = None,
+    hardware: Collection[str] | None = None,
+    admission: bool = True,
+) -> LoadedProtocol:
+    """Validate protocol YAML text; raise :class:`ProtocolErrors` listing every problem.
+
+    ``job_kinds`` / ``hardware``: names the runners know, checked when given (see
+    :func:`protocols.crosscheck.cross_check`). ``admission=False`` re-reads text the ledger
+    already holds: numbers are read leniently (a quoted ``"0.02"`` registered by docket 0.1 is
+    still 0.02; NaN/inf stay refused) and the could-never-run checks are skipped."""
     if not text.strip():
         raise ProtocolErrors(
             [ProtocolError(source, 1, "", "the file is empty; expected a protocol mapping")]
@@ -216,14 +230,14 @@ def load_protocol_text(text: str, source: str = "<protocol>") -> LoadedProtocol:
         for path in bad_numbers
     ]
     try:
-        protocol = Protocol.model_validate(data)
+        protocol = Protocol.model_validate(data, strict=None if admission else False)
     except ValidationError as exc:
         shown = {e.path for e in errors}
         errors += [e for e in _format_validation(exc, data, lines, source) if e.path not in shown]
         raise ProtocolErrors(_by_line(errors)) from None
     if errors:
         raise ProtocolErrors(_by_line(errors))
-    problems = cross_check(protocol)
+    problems = cross_check(protocol, job_kinds=job_kinds, hardware=hardware, admission=admission)
     if problems:
         raise ProtocolErrors(
             _by_line(
@@ -238,30 +252,19 @@ def load_protocol_text(text: str, source: str = "<protocol>") -> LoadedProtocol:
     )
 
 
-def load_protocol_file(path: str | Path) -> LoadedProtocol:
+def load_protocol_file(
+    path: str | Path,
+    *,
+    job_kinds: Collection[str] | None = None,
+    hardware: Collection[str] | None = None,
+) -> LoadedProtocol:
     """Read and validate a protocol file; unreadable, binary or huge files are clear errors."""
     path = Path(path)
     source = str(path)
     try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ProtocolErrors([ProtocolError(source, None, "", "file not found")]) from None
-    except IsADirectoryError:
-        raise ProtocolErrors(
-            [ProtocolError(source, None, "", "is a directory, expected a YAML file")]
-        ) from None
-    except OSError as exc:
-        raise ProtocolErrors(
-            [ProtocolError(source, None, "", f"cannot read: {exc.strerror}")]
-        ) from None
-    if len(raw) > MAX_BYTES:
-        raise ProtocolErrors(
-            [
-                ProtocolError(
-                    source, None, "", f"file is {len(raw)} bytes; a protocol is at most {MAX_BYTES}"
-                )
-            ]
-        )
+        raw = read_bounded(path, MAX_BYTES, "protocol YAML file")
+    except FileRefused as exc:
+        raise ProtocolErrors([ProtocolError(source, None, "", str(exc))]) from None
     if b"\x00" in raw:
         raise ProtocolErrors(
             [
@@ -284,4 +287,4 @@ def load_protocol_file(path: str | Path) -> LoadedProtocol:
                 )
             ]
         ) from None
-    return load_protocol_text(text, source)
+    return load_protocol_text(text, source, job_kinds=job_kinds, hardware=hardware)

@@ -18,12 +18,21 @@ Identifier = Annotated[
 ProtocolId = Annotated[
     str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9\-_.]*$", min_length=1, max_length=100)
 ]
+EntryPoint = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")]
 VerdictName = Literal["PROVEN", "PARTIAL", "DISPROVEN"]
 Probability = Annotated[float, Field(gt=0.0, lt=1.0)]
+# A seed every backend can store (BIGINT) and numpy/torch accept: 0 <= seed < 2**63.
+Seed = Annotated[int, Field(ge=0, lt=2**63)]
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=False)
+    """Base of every section. ``strict``: a number field takes only a YAML number (``true``,
+    ``"0.5"`` and ``"inf"`` are refused, not coerced); ``allow_inf_nan=False``: floats are finite.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid", populate_by_name=False, strict=True, allow_inf_nan=False
+    )
 
 
 class Hypothesis(StrictModel):
@@ -68,7 +77,7 @@ class CISpec(StrictModel):
     method: Literal["paired_bootstrap", "delong"] = "paired_bootstrap"
     level: Probability = 0.95
     resamples: Annotated[int, Field(ge=100, le=1_000_000)] = 10_000
-    seed: int = 0
+    seed: Seed = 0
 
 
 class VerdictThreshold(StrictModel):
@@ -169,18 +178,33 @@ class JobSpec(StrictModel):
     num_cpus: Annotated[float, Field(gt=0)] = 1.0
     num_gpus: Annotated[float, Field(ge=0)] = 0.0
     estimate_seconds: Annotated[float, Field(gt=0)] | None = None
-    seed: int | None = None
+    seed: Seed | None = None
     description: str | None = None
+    # kind ``python``: "package.module:function", called with a docketml Run
+    entry: EntryPoint | None = None
+    # kind ``command``: argv; "{param}" in an element is replaced by the job's param of that name
+    command: list[Annotated[str, StringConstraints(min_length=1)]] | None = Field(
+        default=None, min_length=1
+    )
+
+
+OPTIONAL_JOB_FIELDS = ("entry", "command")
+"""JobSpec fields added after protocols were first hashed: omitted from the canonical JSON when
+unset, so every protocol written before them keeps its sha256 (protocols/canonical.py)."""
 
 
 class Budget(StrictModel):
     """Spending cap in US dollars, enforced before each job starts."""
+
+    model_config = ConfigDict(strict=False)  # money may be written "5.00" (exact) or 5.00
 
     usd: Decimal = Field(ge=0, max_digits=12, decimal_places=6)
 
     @field_validator("usd", mode="before")
     @classmethod
     def _exact(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("expected an amount of US dollars, found a boolean")
         # YAML gives 5.00 as a float; str() of it is exact for any amount a human writes.
         return Decimal(str(value)) if isinstance(value, float) else value
 
@@ -200,10 +224,10 @@ class Protocol(StrictModel):
 
     docket: Literal[1]
     id: ProtocolId
-    title: str = Field(min_length=1)
+    title: str = Field(min_length=1, pattern=r"\S")  # not blank
     description: str | None = None
     authors: list[str] = Field(default_factory=list)
-    seed: int = 0
+    seed: Seed = 0
     hypotheses: list[Hypothesis] = Field(min_length=1)
     primary: Identifier | None = None
     signals: dict[Identifier, SignalSpec] = Field(default_factory=dict)
@@ -214,6 +238,13 @@ class Protocol(StrictModel):
     jobs: list[JobSpec] = Field(default_factory=list)
     budget: Budget | None = None
     claims: dict[Identifier, Claim] = Field(default_factory=dict)
+
+    @field_validator("docket", mode="before")
+    @classmethod
+    def _format_version(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # True == 1 in Python; the format version is the number 1
+            raise ValueError(f"expected the format version 1, found {value!r}")
+        return value
 
     def job(self, name: str) -> JobSpec:
         for job in self.jobs:

@@ -3,11 +3,17 @@
 ``load_with_lines(text)`` returns ``(data, lines)`` where ``lines`` maps a path tuple such as
 ``("decision_rules", "regime_wins", "margin")`` or ``("groups", 3)`` to its 1-based line. Only the
 YAML safe subset is constructed: no Python object tags, no other tags on mappings or lists, no
-recursive aliases, at most ``MAX_NODES`` values after alias expansion and ``MAX_DEPTH`` levels.
+recursive aliases, at most ``MAX_NODES`` values and ``MAX_SCALAR_CHARS`` characters of scalar text
+after alias expansion (an alias of one long string must not blow up the canonical JSON), and
+``MAX_DEPTH`` levels.
+
+Lines are physical lines: 1 + the number of ``"\\n"`` before the position. PyYAML's own
+``mark.line`` also breaks at U+0085, U+2028 and U+2029, which editors and ``grep -n`` do not.
 """
 
 from __future__ import annotations
 
+import bisect
 import re
 from typing import Any
 
@@ -40,6 +46,7 @@ class YamlProblem(Exception):
 
 MAX_NODES = 100_000
 MAX_DEPTH = 64
+MAX_SCALAR_CHARS = 4_000_000
 _MAP_TAG = "tag:yaml.org,2002:map"
 _SEQ_TAG = "tag:yaml.org,2002:seq"
 
@@ -47,17 +54,32 @@ _SEQ_TAG = "tag:yaml.org,2002:seq"
 class _Walk:
     """Bookkeeping of one conversion: values produced and the collections being expanded."""
 
-    def __init__(self) -> None:
+    def __init__(self, text: str) -> None:
         self.count = 0
+        self.chars = 0
         self.active: set[int] = set()
+        self.newlines = [m.start() for m in re.finditer("\n", text)]
+
+    def line(self, mark: yaml.Mark) -> int:
+        """Physical 1-based line of ``mark`` (counts only ``"\\n"``)."""
+        return bisect.bisect_left(self.newlines, mark.index) + 1
 
 
 def _convert(
     loader: yaml.SafeLoader, node: yaml.Node, path: Path, lines: dict[Path, int], walk: _Walk
 ) -> Any:
-    line = node.start_mark.line + 1
+    line = walk.line(node.start_mark)
     lines.setdefault(path, line)
     walk.count += 1
+    if isinstance(node, yaml.ScalarNode):
+        walk.chars += len(node.value)
+        if walk.chars > MAX_SCALAR_CHARS:
+            raise YamlProblem(
+                lines.get(path[:1], line),
+                path[:1],
+                f"the document expands to more than {MAX_SCALAR_CHARS} characters of values "
+                "(through aliases?)",
+            )
     if walk.count > MAX_NODES:
         # aliases can expand a small file exponentially ("billion laughs"): name the top-level
         # entry being expanded, the alias's own position is lost by the composer
@@ -92,7 +114,7 @@ def _convert_collection(
     loader.flatten_mapping(node)  # resolves YAML merge keys (<<) like the safe loader does
     result: dict[str, Any] = {}
     for key_node, value_node in node.value:
-        key_line = key_node.start_mark.line + 1
+        key_line = walk.line(key_node.start_mark)
         if not isinstance(key_node, yaml.ScalarNode):
             raise YamlProblem(key_line, path, "mapping keys must be plain scalars")
         key = loader.construct_object(key_node, deep=True)
@@ -130,10 +152,10 @@ def load_with_lines(text: str) -> tuple[Any, dict[Path, int]]:
         if node is None:
             return None, {}
         lines: dict[Path, int] = {}
-        return _convert(loader, node, (), lines, _Walk()), lines
+        return _convert(loader, node, (), lines, _Walk(text)), lines
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else None
+        line = text.count("\n", 0, mark.index) + 1 if mark is not None else None
         problem = exc.problem or str(exc)
         context = f" ({exc.context})" if exc.context else ""
         raise YamlProblem(line, (), f"invalid YAML: {problem}{context}") from None

@@ -75,6 +75,9 @@ class JobResult:
     texts: dict[str, str] = field(default_factory=dict)  # item -> generated text
     checkpoint: Path | None = None  # file written under ctx.artifacts_dir
     extra: dict[str, Any] = field(default_factory=dict)  # JSON-able details kept with the run
+    # already-validated observation dicts (group, item, label, signal, value): the bulk path the
+    # public API (docketml.api.Run.observe_many) fills without building Observation objects
+    extra_observations: list[dict[str, Any]] = field(default_factory=list)
 
 
 ProgressFn = Callable[[int, int, str], None]  # (done, total, description)
@@ -98,6 +101,11 @@ class JobContext:
     progress: ProgressFn = _no_progress
     hardware: str = "cpu"
     device: str = "cpu"
+    run_id: int | None = None  # the ledger run this job records into (set by the executor)
+    protocol_id: str | None = None
+    db_url: str | None = None  # the ledger URL, handed to child processes of command jobs
+    spec: Any = None  # the protocol's JobSpec (entry/command of python and command jobs)
+    protocol: Any = None  # the frozen Protocol the run is bound to
 
 
 def sha256_file(path: Path) -> str:

@@ -39,9 +39,9 @@ SQL = ("sqlalchemy", "alembic", "psycopg")
 
 RULES: tuple[Rule, ...] = (
     Rule(
-        "only the CLI imports runners",
+        "only the CLI and the public API import runners",
         forbid=("docketml.runners",),
-        allow_importers=("docketml.runners", "docketml.ledger.cli"),
+        allow_importers=("docketml.runners", "docketml.ledger.cli", "docketml.api"),
     ),
     Rule(
         "nothing imports the CLI",

@@ -234,3 +234,71 @@ def test_job_asking_for_more_than_any_node_has_is_refused(
     with pytest.raises(UserError, match="num_cpus=64"):
         run_protocol(sqlite_ledger, "ray-huge", executor="ray", show_progress=False)
     assert runs_of(sqlite_ledger, 1) == {}
+
+
+USER_ENTRY = """
+def probe(run):
+    run.fire("n")
+    run.observe_many(
+        {"group": "g1", "item": f"{l}-{i}", "signal": "s", "value": (i * 7 % 5) + l, "label": l}
+        for l in (0, 1) for i in range(run.knob("n", default=1))
+    )
+"""
+
+USER_CHILD = """
+import sys, docketml
+with docketml.start_run() as run:
+    for l in (0, 1):
+        for i in range(int(sys.argv[1])):
+            run.observe(group="g1", item=f"c{l}-{i}", signal="s", value=i / 3 + l, label=l)
+"""
+
+
+def test_python_and_command_jobs_same_observations_local_and_ray(
+    ray_cluster: None, sqlite_url: str, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The user job kinds run on Ray workers too (cwd and entry modules forwarded), and give
+    exactly the observations the local executor records."""
+    import sys
+    import uuid
+
+    from sqlalchemy import select
+
+    from docketml.ledger.store.models import ObservationRow
+
+    module = "ray_entry_" + uuid.uuid4().hex[:8]
+    (tmp_path / f"{module}.py").write_text(USER_ENTRY)
+    (tmp_path / "child.py").write_text(USER_CHILD)
+    monkeypatch.chdir(tmp_path)
+    jobs = [
+        {"name": "py", "kind": "python", "entry": f"{module}:probe", "params": {"n": 5}},
+        {"name": "cmd", "kind": "command", "command": [sys.executable, "child.py", "{n}"],
+         "params": {"n": 4}, "after": ["py"], "num_cpus": 1},
+    ]  # fmt: skip
+    ledger = init_ledger(sqlite_url)
+    seen = {}
+    for executor in ("local", "ray"):
+        pk = freeze(ledger, f"user-{executor}", jobs)
+        outcomes = run_protocol(ledger, f"user-{executor}", executor=executor, show_progress=False)
+        assert [o.status for o in outcomes] == ["succeeded", "succeeded"], outcomes
+        runs = runs_of(ledger, pk)
+        with ledger.session() as session:
+            seen[executor] = {
+                job: sorted(
+                    session.execute(
+                        select(
+                            ObservationRow.group,
+                            ObservationRow.item,
+                            ObservationRow.label,
+                            ObservationRow.signal,
+                            ObservationRow.value,
+                        ).where(ObservationRow.run_id == runs[job][0].id)
+                    ).all()
+                )  # fmt: skip
+                for job in ("py", "cmd")
+            }
+        if executor == "ray":
+            assert all(runs[j][0].worker.startswith("ray:") for j in ("py", "cmd"))
+    ledger.engine.dispose()
+    assert len(seen["local"]["py"]) == 10 and len(seen["local"]["cmd"]) == 8
+    assert seen["local"] == seen["ray"]

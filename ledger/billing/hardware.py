@@ -40,6 +40,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from docketml.protocols.reading import FileRefused, read_bounded
+
+from ..errors import UserError
+
 __all__ = [
     "DEFAULT_HARDWARE",
     "ENV_VAR",
@@ -55,6 +59,7 @@ __all__ = [
 ]
 
 ENV_VAR = "DOCKET_HARDWARE"
+MAX_HARDWARE_BYTES = 1_000_000
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.+-]*$")
 
 
@@ -158,8 +163,9 @@ DEFAULT_HARDWARE: tuple[Hardware, ...] = (
 )
 
 
-class HardwareConfigError(ValueError):
-    """A bad hardware override file; the message names the file (and line, key)."""
+class HardwareConfigError(UserError, ValueError):
+    """A bad hardware override file; the message names the file (and line, key). A
+    :class:`ledger.errors.UserError`: exit 2 with that one line wherever it is raised."""
 
 
 class UnknownHardwareError(KeyError):
@@ -315,9 +321,16 @@ def load_catalog(
     if file is None:
         return HardwareCatalog(items.values())
     try:
-        text = file.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise HardwareConfigError(f"{file}: cannot read hardware file: {exc.strerror}") from None
+        raw = read_bounded(file, MAX_HARDWARE_BYTES, "hardware YAML file")
+    except FileRefused as exc:
+        raise HardwareConfigError(f"{file}: cannot read hardware file: {exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise HardwareConfigError(
+            f"{file}:{line}: not valid UTF-8 at byte {exc.start}; expected a UTF-8 YAML file"
+        ) from None
     allowed = [f for f in Hardware.model_fields if f != "name"]
     for name, fields, keys in _parse_overrides(file, text):
         for key in fields:

@@ -36,6 +36,18 @@ HELP: dict[str, tuple[str, tuple[str, ...]]] = {
         "Re-derive every hash; exit 3 on a finding.",
         ("docket audit", "docket audit --json"),
     ),
+    "log": (
+        "Merkle log: signed tree heads.",
+        ("docket log key --create", "docket log head --out sth-2026-06-01.json"),
+    ),
+    "log head": (
+        "Sign the log's current head (STH).",
+        ("docket log head", "docket log head --json --out sth.json"),
+    ),
+    "log key": (
+        "Show or create the signing key.",
+        ("docket log key --create", "docket log key --json"),
+    ),
     "cost": ("Record spend outside docket run.", ("docket cost add --hardware a40 --usd 0.18",)),
     "cost add": (
         "Record a manual cost entry.",

@@ -13,7 +13,7 @@ import sys
 import click
 from sqlalchemy.exc import OperationalError
 
-from . import audit, costs, db, demo, export, journal, protocol, report, run, verdict
+from . import audit, costs, db, demo, export, journal, log, protocol, report, run, verdict
 from .common import DocketGroup, Env
 from .examples import apply_help
 
@@ -49,6 +49,7 @@ for command in (
     costs.hardware_group,
     journal.journal_group,
     audit.audit_cmd,
+    log.log_group,
     audit.reproduce_cmd,
     report.report_cmd,
     report.trajectory_cmd,

@@ -18,6 +18,16 @@ from ..store import protocols as store
 from .common import Env, emit, json_option, out_option, pass_env, print_json, table
 
 
+def load_runnable(file: Path) -> Any:
+    """Load FILE checking its job kinds and hardware names against the runners' (exit 2 with the
+    line if unknown), so a protocol that cannot run is refused before it is frozen."""
+    from docketml.runners.registry import job_kinds
+
+    from ..billing.hardware import load_catalog
+
+    return load_protocol_file(file, job_kinds=set(job_kinds()), hardware=set(load_catalog()))
+
+
 def signal_registry() -> dict[str, str]:
     """What the runners say a high value of each known signal means (for the sign-check)."""
     from docketml.runners.signals import SIGNALS
@@ -68,7 +78,7 @@ def protocol_group() -> None:
 @json_option
 def validate_cmd(file: Path, as_json: bool) -> None:
     """Check FILE against the protocol schema (exit 2 with FILE:LINE errors)."""
-    loaded = load_protocol_file(file)
+    loaded = load_runnable(file)
     data = {"file": str(file), "id": loaded.protocol.id, "sha256": loaded.sha256, "valid": True}
     emit(
         data,
@@ -83,7 +93,7 @@ def validate_cmd(file: Path, as_json: bool) -> None:
 @pass_env
 def register_cmd(env: Env, file: Path, as_json: bool) -> None:
     """Register FILE as a new protocol (same content again is a no-op)."""
-    loaded = load_protocol_file(file)
+    loaded = load_runnable(file)
     with env.ledger().session() as session:
         outcome = store.register(session, loaded, str(file))
         data = store.describe(session, outcome.row) | {"created": outcome.created}
@@ -200,7 +210,7 @@ def freeze_cmd(env: Env, protocol_id: str, as_json: bool) -> None:
 @pass_env
 def amend_cmd(env: Env, protocol_id: str, file: Path, reason: str, as_json: bool) -> None:
     """Register FILE as a new version of PROTOCOL_ID, linked to the current one."""
-    loaded = load_protocol_file(file)
+    loaded = load_runnable(file)
     with env.ledger().session() as session:
         row = store.amend(session, protocol_id, loaded, reason, str(file))
         data = store.describe(session, row)

@@ -139,7 +139,9 @@ def _audit_protocols(session: Session, findings: list[Finding]) -> int:
                 f"{row.sha256[:12]} (canonical_json or sha256 edited)"
             )
         try:
-            loaded = load_protocol_text(row.yaml_text, f"ledger:{row.protocol_id}@v{row.version}")
+            loaded = load_protocol_text(
+                row.yaml_text, f"ledger:{row.protocol_id}@v{row.version}", admission=False
+            )
         except ProtocolErrors as exc:
             first = str(exc.errors[0]) if exc.errors else str(exc)
             add(f"yaml_text no longer validates: {first}")

@@ -28,8 +28,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 import docketml.migrations as migrations
 
+from ..errors import DocketError
 
-class LedgerError(Exception):
+
+class LedgerError(DocketError):
     """A user-facing ledger problem (bad URL, unreachable server, wrong revision): exit 2."""
 
 

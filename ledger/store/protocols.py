@@ -83,7 +83,9 @@ def chain(session: Session, protocol_id: str) -> list[ProtocolRow]:
 
 def parse_row(row: ProtocolRow) -> Protocol:
     """The validated protocol stored in ``row`` (re-validated from its YAML)."""
-    return load_protocol_text(row.yaml_text, f"ledger:{row.protocol_id}@v{row.version}").protocol
+    return load_protocol_text(
+        row.yaml_text, f"ledger:{row.protocol_id}@v{row.version}", admission=False
+    ).protocol
 
 
 def register(

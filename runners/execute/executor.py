@@ -4,14 +4,15 @@
 dependencies must already have succeeded), checks the budget before each job, and runs them on
 the local executor (in this process) or on Ray (runners/ray_executor.py). ``execute_job`` is the
 unit both executors share: it records the run (queued -> running with a heartbeat lease ->
-succeeded | failed | silent_noop), meters its cost, and writes its results atomically.
+succeeded | failed | silent_noop), meters its cost, and writes its results atomically. Its two
+halves, :func:`open_job` and :func:`finish_job`, are also what the public API
+(:func:`docketml.start_run`) uses, so a user's own code gets exactly this lifecycle.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -54,6 +55,7 @@ from docketml.protocols.schema import JobSpec, Protocol
 from ..context import JobContext, JobResult, KnobAudit
 from ..registry import extra_of, job_kinds
 from .artifacts import artifacts_root, run_dir, store_checkpoint
+from .provenance import git_state, provenance
 
 ProgressFn = Callable[[int, int, str], None]
 
@@ -98,20 +100,50 @@ def topological_order(protocol: Protocol) -> list[JobSpec]:
 
 
 def git_sha() -> str | None:
+    """The commit of the current working directory's git work tree (the user's code), if any."""
+    return git_state()["git_commit"]
+
+
+def _device_for(
+    ledger: Ledger,
+    protocol_pk: int,
+    job_name: str,
+    hardware: str | None,
+    catalog: HardwareCatalog,
+    requested: str,
+) -> str:
+    """:func:`resolve_device` for a job looked up in a short read (unknown names are left to the
+    opening transaction, which reports them)."""
+    with ledger.session() as session:
+        row = session.get(ProtocolRow, protocol_pk)
+        protocol = store.parse_row(row) if row is not None else None
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).parent,
+        job = protocol.job(job_name) if protocol is not None else None
+        hw = catalog[hardware or job.hardware] if job is not None else None
+    except (KeyError, UnknownHardwareError):
+        return requested
+    return requested if job is None or hw is None else resolve_device(job, hw, requested)
+
+
+def resolve_device(job: JobSpec, hw: Hardware, requested: str = "cpu") -> str:
+    """The device a job runs on: ``requested`` if it is not ``cpu``; else ``cuda`` when the job
+    declares GPUs (``num_gpus > 0``: refused with :class:`UserError` when no CUDA device is
+    visible, never a CPU run billed at GPU rates) or its hardware class is a GPU and CUDA is
+    available; else ``cpu``. Imports torch only for GPU jobs."""
+    if requested != "cpu" or not (job.num_gpus > 0 or hw.is_gpu):
+        return requested
+    from ..jobs.device import cuda_available
+
+    available = cuda_available()
+    if job.num_gpus > 0 and not available:
+        raise UserError(
+            f"job {job.name!r} declares num_gpus={job.num_gpus:g} but no CUDA device is visible "
+            "here; refusing to run it on the CPU (set num_gpus: 0 to allow that)"
         )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    return "cuda" if available else "cpu"
 
 
-class _Heartbeat(threading.Thread):
+class Heartbeat(threading.Thread):
     """Extends the run's lease every ``lease_s / 3`` seconds until stopped."""
 
     def __init__(self, ledger: Ledger, run_id: int, lease_s: float) -> None:
@@ -155,50 +187,55 @@ def _inputs(session: Any, row: ProtocolRow, job: JobSpec) -> dict[str, Path]:
 
 
 @dataclass
-class _Opened:
-    """What the run-opening transaction hands to the job (plain values, no ORM objects)."""
+class OpenedRun:
+    """A run opened by :func:`open_job` (plain values, no ORM objects): what the code that
+    computes the job and :func:`finish_job` need."""
 
     run_id: int
+    protocol_pk: int
+    protocol_id: str
+    protocol: Protocol
     job: JobSpec
     hw: Hardware
     inputs: dict[str, Path]
     seed: int
+    lease_s: float
+    device: str  # the device the job runs on (resolve_device)
+    root: Path  # the artifacts root (checkpoints by sha256, run scratch dirs)
+    db_url: str  # the ledger URL with its password, for a child process (command jobs)
 
 
-def execute_job(
+def open_job(
     ledger: Ledger,
     protocol_pk: int,
     job_name: str,
     *,
     hardware: str | None = None,
     catalog: HardwareCatalog | None = None,
-    progress: ProgressFn | None = None,
     worker: str = "local",
     lease_s: float | None = None,
     allow_over_budget: bool = False,
     over_budget_reason: str | None = None,
     device: str = "cpu",
     token: str | None = None,
-) -> JobOutcome:
-    """Run one job of a frozen protocol version and record it (see module docstring).
+) -> OpenedRun:
+    """Open a run of one job of a frozen protocol version: reap abandoned runs, check the kind,
+    hardware, dependencies and budget, create the run bound to the version's sha256 and start its
+    lease (queued -> running), in one retried transaction. Raises :class:`UserError` /
+    :class:`CheckFailed` before any run is recorded. The caller must keep the lease alive
+    (:class:`Heartbeat`) and end the run with :func:`finish_job`.
 
-    The run is stored with ``worker = "<worker>#<token>"`` (``token``: a fresh random id unless
-    given; the Ray executor passes its own so the driver can find the run of a task whose worker
-    died). The two ledger writes (open the run; write its results and cost) are idempotent
-    transaction units retried on a dropped connection (:func:`ledger.retry.transact`): a retry
-    after a committed attempt finds the run by its worker token, and never completes or meters a
-    run twice. Raises :class:`UserError` / :class:`CheckFailed` before any run is recorded (unknown
-    kind or hardware, unmet dependency, budget). A run reaped as abandoned while its job was still
-    computing gets status ``abandoned``: its results are refused, the rest of its cost is kept.
+    Shared by :func:`execute_job` (built-in executors) and :func:`docketml.start_run` (user code).
     """
     catalog = catalog or load_catalog()
     lease_s = lease_seconds() if lease_s is None else lease_s
     kinds = job_kinds()
     worker_id = f"{worker}#{token or uuid.uuid4().hex[:12]}"
-    commit = git_sha()
+    device = _device_for(ledger, protocol_pk, job_name, hardware, catalog, device)
+    where = provenance(device)  # git calls and the torch import stay outside the transaction
     attempts = 0
 
-    def open_run(session: Any) -> _Opened:
+    def open_run(session: Any) -> tuple[Any, ...]:
         nonlocal attempts
         attempts += 1
         reap_abandoned(session, catalog=catalog)
@@ -220,14 +257,19 @@ def execute_job(
         seed = int(job.seed if job.seed is not None else protocol.seed)
         existing = run_by_worker(session, worker_id) if attempts > 1 else None
         if existing is not None:  # an earlier attempt of this unit committed
-            return _Opened(existing.id, job, hw, inputs, seed)
+            return existing.id, row.protocol_id, protocol, job, hw, inputs, seed
         budget = check_budget(session, row.protocol_id, protocol, job, hw)
         if not budget.ok and not allow_over_budget:
             raise CheckFailed(budget.message(job.name))
         if not budget.ok:
             message = budget.message(job.name)
             _journal_over_budget(session, row, job.name, message, over_budget_reason)
-        config = {"job": job.model_dump(mode="json"), "hardware": hw.name, "device": device}
+        config = {
+            "job": job.model_dump(mode="json"),
+            "hardware": hw.name,
+            "device": device,
+            "provenance": where,
+        }
         run = create_run(
             session,
             protocol_pk=row.id,
@@ -237,45 +279,45 @@ def execute_job(
             config=config,
             hardware=hw.name,
             seed=seed,
-            git_sha=commit,
+            git_sha=where["git_commit"],
         )
         start_run(session, run.id, worker=worker_id, lease_s=lease_s)
-        return _Opened(run.id, job, hw, inputs, seed)
+        return run.id, row.protocol_id, protocol, job, hw, inputs, seed
 
-    opened = transact(ledger, open_run)
-    run_id, job, hw = opened.run_id, opened.job, opened.hw
-    root = artifacts_root(str(ledger.engine.url.render_as_string(hide_password=False)))
-    knobs = KnobAudit(job.params)
-    ctx = JobContext(
-        job=job.name,
-        kind=job.kind,
-        params=dict(job.params),
-        seed=opened.seed,
-        artifacts_dir=run_dir(root, run_id),
-        inputs=opened.inputs,
-        knobs=knobs,
-        progress=progress or (lambda done, total, desc: None),
-        hardware=hw.name,
+    run_id, protocol_id, protocol, job, hw, inputs, seed = transact(ledger, open_run)
+    db_url = str(ledger.engine.url.render_as_string(hide_password=False))
+    return OpenedRun(
+        run_id=run_id,
+        protocol_pk=protocol_pk,
+        protocol_id=protocol_id,
+        protocol=protocol,
+        job=job,
+        hw=hw,
+        inputs=inputs,
+        seed=seed,
+        lease_s=lease_s,
         device=device,
+        root=artifacts_root(db_url),
+        db_url=db_url,
     )
-    beat = _Heartbeat(ledger, run_id, lease_s)
-    beat.start()
-    started = time.perf_counter()
-    result: JobResult | None = None
-    error: str | None = None
-    try:
-        job_fn = kinds[job.kind]
-        _limit_torch_threads()
-        result = job_fn(ctx)
-    except Exception as exc:  # the job failed: record it, never lose the cost
-        error = f"{type(exc).__name__}: {exc}\n" + "".join(traceback.format_exc(limit=8))
-    finally:
-        wall_s = time.perf_counter() - started
-        beat.stopped.set()
-        beat.join(timeout=5)
-    silent = (
-        knobs.silent_noops(ignore=kinds.structural_keys(job.kind)) if result is not None else []
-    )
+
+
+def finish_job(
+    ledger: Ledger,
+    opened: OpenedRun,
+    *,
+    result: JobResult | None,
+    knobs: KnobAudit,
+    wall_s: float,
+    error: str | None = None,
+) -> JobOutcome:
+    """End a run opened by :func:`open_job`: ``result`` None -> ``failed`` with ``error``; a
+    non-default knob that never fired -> ``silent_noop``; else ``succeeded``. Results, knob audit,
+    checkpoint (content-addressed) and the metered cost are written in one retried transaction;
+    a run reaped as abandoned meanwhile keeps only its cost (status ``abandoned``)."""
+    run_id, job, hw, root = opened.run_id, opened.job, opened.hw, opened.root
+    structural = job_kinds().structural_keys(job.kind)
+    silent = knobs.silent_noops(ignore=structural) if result is not None else []
     status = "failed" if result is None else ("silent_noop" if silent else "succeeded")
     ckpt_sha = ckpt_path = None
     extra: dict[str, Any] = dict(result.extra) if result is not None else {}
@@ -284,6 +326,7 @@ def execute_job(
         ckpt_path = str(stored)
         extra["checkpoint_file"] = str(Path(result.checkpoint).resolve())
     observations = [o.__dict__ for o in result.observations] if result else []
+    observations += result.extra_observations if result else []
     metrics = [m.__dict__ for m in result.metrics] if result else []
     if silent:
         error = f"knobs set but never took effect: {', '.join(silent)}"
@@ -317,18 +360,100 @@ def execute_job(
         assert written, "the run row is locked: it cannot have been reaped in between"
         # the cost row last: the cost chain's lock is then held only until this commit
         meter_run(
-            session, hw=hw, wall_s=wall_s, run_id=run_id, protocol_pk=protocol_pk, label=job.name
+            session,
+            hw=hw,
+            wall_s=wall_s,
+            run_id=run_id,
+            protocol_pk=opened.protocol_pk,
+            label=job.name,
         )
         return status, usd_micros
 
     final, cost_micros = transact(ledger, finish_run)
     if final == "abandoned":
         error = (
-            f"the run's lease ({lease_s:g} s) expired before it finished (missed heartbeats): it "
-            "was marked abandoned and its results were refused; its cost is kept"
+            f"the run's lease ({opened.lease_s:g} s) expired before it finished (missed "
+            "heartbeats): it was marked abandoned and its results were refused; its cost is kept"
             + (f"\n{error}" if error else "")
         )
     return JobOutcome(job.name, final, run_id, wall_s, cost_micros, error, silent)
+
+
+def execute_job(
+    ledger: Ledger,
+    protocol_pk: int,
+    job_name: str,
+    *,
+    hardware: str | None = None,
+    catalog: HardwareCatalog | None = None,
+    progress: ProgressFn | None = None,
+    worker: str = "local",
+    lease_s: float | None = None,
+    allow_over_budget: bool = False,
+    over_budget_reason: str | None = None,
+    device: str = "cpu",
+    token: str | None = None,
+) -> JobOutcome:
+    """Run one job of a frozen protocol version and record it (see module docstring).
+
+    The run is stored with ``worker = "<worker>#<token>"`` (``token``: a fresh random id unless
+    given; the Ray executor passes its own so the driver can find the run of a task whose worker
+    died). The two ledger writes (open the run; write its results and cost) are idempotent
+    transaction units retried on a dropped connection (:func:`ledger.retry.transact`): a retry
+    after a committed attempt finds the run by its worker token, and never completes or meters a
+    run twice. Raises :class:`UserError` / :class:`CheckFailed` before any run is recorded (unknown
+    kind or hardware, unmet dependency, budget). A run reaped as abandoned while its job was still
+    computing gets status ``abandoned``: its results are refused, the rest of its cost is kept.
+    """
+    catalog = catalog or load_catalog()
+    opened = open_job(
+        ledger,
+        protocol_pk,
+        job_name,
+        hardware=hardware,
+        catalog=catalog,
+        worker=worker,
+        lease_s=lease_s,
+        allow_over_budget=allow_over_budget,
+        over_budget_reason=over_budget_reason,
+        device=device,
+        token=token,
+    )
+    job, hw = opened.job, opened.hw
+    knobs = KnobAudit(job.params)
+    ctx = JobContext(
+        job=job.name,
+        kind=job.kind,
+        params=dict(job.params),
+        seed=opened.seed,
+        artifacts_dir=run_dir(opened.root, opened.run_id),
+        inputs=opened.inputs,
+        knobs=knobs,
+        progress=progress or (lambda done, total, desc: None),
+        hardware=hw.name,
+        device=opened.device,
+        run_id=opened.run_id,
+        protocol_id=opened.protocol_id,
+        db_url=opened.db_url,
+        spec=job,
+        protocol=opened.protocol,
+    )
+    beat = Heartbeat(ledger, opened.run_id, opened.lease_s)
+    beat.start()
+    started = time.perf_counter()
+    result: JobResult | None = None
+    error: str | None = None
+    try:
+        job_fn = job_kinds()[job.kind]
+        _limit_torch_threads()
+        result = job_fn(ctx)
+    except Exception as exc:  # the job failed: record it, never lose the cost
+        error = f"{type(exc).__name__}: {exc}\n" + "".join(traceback.format_exc(limit=8))
+    finally:
+        wall_s = time.perf_counter() - started
+        beat.stopped.set()
+        beat.join(timeout=5)
+    return finish_job(ledger, opened, result=result, knobs=knobs, wall_s=wall_s, error=error)
 
 
 def _journal_over_budget(

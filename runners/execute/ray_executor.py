@@ -26,7 +26,8 @@ Contract of :func:`run_with_ray` (called by :func:`runners.executor.run_protocol
   dashboard) and shut down afterwards; an existing Ray connection is used and left running.
 - Workers get ``DOCKET_ARTIFACTS`` (the driver's artifacts root, made absolute), ``DOCKET_LEASE_S``
   and ``DOCKET_HARDWARE`` when set, and the driver's working directory on ``PYTHONPATH`` (where a
-  user's own job modules import from), via ``runtime_env``.
+  user's own job modules import from) and as ``DOCKET_WORKDIR`` (where ``command`` jobs run), via
+  ``runtime_env``.
 """
 
 from __future__ import annotations
@@ -205,6 +206,7 @@ def _worker_env(url: str) -> dict[str, str]:
     # the driver's working directory: a user's own job code imports from there, as it does locally
     paths = [str(Path.cwd())] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    env["DOCKET_WORKDIR"] = str(Path.cwd())  # where command / python jobs run (runners/jobs/user)
     return env
 
 
