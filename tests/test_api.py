@@ -102,8 +102,11 @@ def test_verdict_is_the_cli_json(sqlite_ledger: Ledger, docket_sqlite, sqlite_ur
     result = docket_sqlite("verdict", "api-v", "--json")
     assert result.exit_code == 0, result.output
     cli = json.loads(result.output)
-    for key in ("verdict_id", "computed_at"):
-        api.pop(key), cli.pop(key)
+    # the second look at the same inputs is logged as a look of the API's verdict row
+    assert (api["recorded"], cli["recorded"]) == ("verdict", "look")
+    assert cli["verdict_id"] == api["verdict_id"] and "look" in cli
+    for key in ("computed_at", "recorded", "look"):
+        api.pop(key, None), cli.pop(key, None)
     assert json.loads(json.dumps(api, default=str)) == cli
 
 
