@@ -405,6 +405,7 @@ def test_sigkilled_command_job_is_abandoned_and_excluded(
         proc.wait(timeout=10)
 
     def abandoned() -> list[dict]:
+        assert docket("runs", "reap").exit_code == 0  # a writer reaps; `runs list` only reads
         result = docket("runs", "list", "--status", "abandoned", "--json")
         return json.loads(result.stdout)
 
@@ -561,6 +562,7 @@ def test_sigkilled_user_script_run_is_abandoned(
         proc.wait(timeout=10)
 
     def reaped() -> list[dict]:
+        assert docket_sqlite("runs", "reap").exit_code == 0  # queries never reap
         return json.loads(docket_sqlite("runs", "list", "--status", "abandoned", "--json").stdout)
 
     (run,) = wait_for(reaped, 15, "the run to be reaped as abandoned", every=0.3)
