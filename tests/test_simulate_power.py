@@ -165,6 +165,7 @@ def test_cli_sizes_and_explicit_cap(docket_sqlite, tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     assert "n = 10 per class, resamples 50" in r.output and "n = 20 per class" in r.output
     assert "capped at 50 (explicit --resamples" in r.output
-    assert "smallest size reaching 80% PROVEN at gap +0.020" in r.output
+    assert "smallest n reaching 80% PROVEN, by gap: " in r.output
+    assert "at gap +0.020 (the declared margin" in r.output
     bad = docket_sqlite("protocol", "simulate", "power-test", "--n", "10,x")
     assert bad.exit_code == 2 and "--n" in bad.output

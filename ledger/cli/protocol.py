@@ -240,20 +240,27 @@ def simulate_cmd(
                         rows,
                     )
                 )
-            if rule["null_proven_rate"] is not None:
+            blocks = rule.get("by_size", [])
+            if rule["null_proven_rate"] is not None and not blocks:
                 c.print(f"PROVEN rate under the null: {rule['null_proven_rate']:.3f}")
+            elif blocks and rule["null_proven_rate"] is not None:
+                nulls = ", ".join(f"n={b['n']}: {b['null_proven_rate']:.3f}" for b in blocks)
+                c.print(f"PROVEN rate under the null: {nulls}")
             if "planning" in rule:
                 pl = rule["planning"]
-                where = "" if pl["gap"] is None else f" at gap {pl['gap']:+.3f}"
-                got = (
-                    f"n = {pl['n']} per class"
-                    if pl["n"] is not None
-                    else "not reached by any size tried"
+                need = ", ".join(
+                    ("pilot" if r["gap"] is None else f"{r['gap']:+.3f}")
+                    + f": {r['n'] if r['n'] is not None else '-'}"
+                    for r in rule["required_n"]
                 )
-                c.print(
-                    f"smallest size reaching {pl['power_target']:.0%} PROVEN{where} "
-                    f"({pl['basis']}): {got}"
-                )
+                c.print(f"smallest n reaching {pl['power_target']:.0%} PROVEN, by gap: {need}")
+                if pl["gap"] is not None:
+                    got = (
+                        f"n = {pl['n']} per class"
+                        if pl["n"] is not None
+                        else "not reached by any size tried"
+                    )
+                    c.print(f"at gap {pl['gap']:+.3f} ({pl['basis']}): {got}")
         for skip in result.get("skipped", []):
             c.print(f"rule {skip['rule']} not simulated: {skip['reason']}")
         for note in result.get("notes", []):
