@@ -169,3 +169,28 @@ def test_cli_sizes_and_explicit_cap(docket_sqlite, tmp_path: Path) -> None:
     assert "at gap +0.020 (the declared margin" in r.output
     bad = docket_sqlite("protocol", "simulate", "power-test", "--n", "10,x")
     assert bad.exit_code == 2 and "--n" in bad.output
+
+
+def test_row_blocks_drawn_once_match_the_per_block_path_bit_for_bit() -> None:
+    from docketml.ledger.verdict import rules, stats
+
+    rng = np.random.default_rng(3)
+    k, n_pos, n_neg, b = 3 * rules._ROW_BLOCK + 7, 23, 31, 2100
+    pos = np.round(rng.standard_normal((k, n_pos)), 1)  # ties included
+    neg = np.round(rng.standard_normal((k, n_neg)), 1)
+    fast_rng, slow_rng = np.random.default_rng(9), np.random.default_rng(9)
+    fast = rules._bootstrap_aurocs(pos, neg, b, fast_rng)
+    saved = stats.ROWS_CACHE_BYTES
+    stats.ROWS_CACHE_BYTES = 0  # type: ignore[misc]  # force the per-block path
+    try:
+        slow = rules._bootstrap_aurocs(pos, neg, b, slow_rng)
+    finally:
+        stats.ROWS_CACHE_BYTES = saved
+    assert np.array_equal(fast, slow)
+    assert fast_rng.bit_generator.state == slow_rng.bit_generator.state
+    # and each row is the public per-signal bootstrap of that row alone
+    labels = np.r_[np.ones(n_pos, np.int8), np.zeros(n_neg, np.int8)]
+    one = stats.stratified_paired_bootstrap(
+        {"s": np.r_[pos[50], neg[50]]}, labels, b, np.random.default_rng(9)
+    )["s"]
+    assert np.array_equal(one, fast[50])
