@@ -110,6 +110,7 @@ from ..data import (
     load_ood_train,
     load_probe,
 )
+from ..models.hf import is_hf_ref
 from ..models.routed import (
     BOS,
     EOS,
@@ -626,7 +627,14 @@ def _batches(order: Sequence[int], size: int) -> Iterable[list[int]]:
 
 
 def probe(ctx: JobContext) -> JobResult:
-    """Run the probe set through a checkpoint (see the module docstring for signals / labels)."""
+    """Run the probe set through a checkpoint (see the module docstring for signals / labels).
+
+    With ``model: "hf:PATH"`` the probe runs on a local Hugging Face mixture-of-experts
+    checkpoint instead (:func:`docketml.runners.jobs.hf_probe.probe_hf`)."""
+    if is_hf_ref(ctx.params.get("model")):
+        from .hf_probe import probe_hf
+
+        return probe_hf(ctx)
     _start(
         ctx,
         {
