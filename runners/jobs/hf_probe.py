@@ -34,11 +34,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from docketml.ledger.errors import UserError
-
 from ..context import JobContext, JobResult, MetricValue, Observation
 from ..data import REFUSAL, chat_prompt, load_chat, load_probe
-from ..models.hf import HFModel, hf_path, load_hf
+from ..models.hf import HFModel, HFModelError, hf_path, load_hf
 
 
 def router_signals(router_logits: Sequence[Tensor], first: int = 0) -> dict[str, float]:
@@ -63,7 +61,7 @@ def router_signals(router_logits: Sequence[Tensor], first: int = 0) -> dict[str,
 def _router_logits(hf: HFModel, out: Any, n_tokens: int) -> list[Tensor]:
     logits = getattr(out, "router_logits", None)
     if not logits:
-        raise UserError(
+        raise HFModelError(
             f"hf:{hf.path}: model_type {hf.config.model_type!r} returns no router logits "
             "(output_router_logits=True gave none); router signals need a mixture-of-experts "
             "causal LM such as Mixtral, Qwen-MoE or OLMoE"
@@ -157,7 +155,7 @@ def probe_hf(ctx: JobContext) -> JobResult:
     max_new = int(_knob(ctx, "max_new_tokens"))
     room = int(getattr(hf.config, "max_position_embeddings", 2048)) - max_new
     if max_new < 1 or room < 2:
-        raise UserError(f"job {ctx.job!r}: max_new_tokens {max_new} outside [1, context - 2]")
+        raise HFModelError(f"job {ctx.job!r}: max_new_tokens {max_new} outside [1, context - 2]")
     observations: list[Observation] = []
     texts: dict[str, str] = {}
     n_loop = n_refused = n_fail = n_labelled = cropped = 0

@@ -15,7 +15,7 @@ Contract of :func:`load_hf`:
   byte-level fallback :class:`ByteTokenizer` (token id = UTF-8 byte value, no BOS, no EOS),
   which needs ``vocab_size >= 256``.
 
-Every refusal is a :class:`~docketml.ledger.errors.UserError` naming the path and what is
+Every refusal is an :class:`HFModelError` naming the path and what is
 missing (exit code 2).
 """
 
@@ -29,9 +29,16 @@ from pathlib import Path
 from typing import Any
 
 from docketml.extras import import_extra
-from docketml.ledger.errors import UserError
 
 PREFIX = "hf:"
+
+
+class HFModelError(ValueError):
+    """An ``hf:`` checkpoint cannot serve the job: the message names the path and what is
+    missing. A job raising it fails before recording any result; the executor's pre-flight
+    (``runners.execute.executor``) turns it into a ``UserError`` (exit code 2)."""
+
+
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
@@ -126,9 +133,9 @@ def check_hf(path: Path, trust_remote_code: bool = False) -> Any:
     Raises :class:`UserError` for a missing directory, no ``config.json``, remote code without
     ``trust_remote_code``, a config that is not a causal LM, or no weight files."""
     if not path.is_dir():
-        raise UserError(f"hf:{path}: no such local directory (hf: loads local paths only)")
+        raise HFModelError(f"hf:{path}: no such local directory (hf: loads local paths only)")
     if not (path / "config.json").is_file():
-        raise UserError(f"hf:{path}: no config.json in the checkpoint directory")
+        raise HFModelError(f"hf:{path}: no config.json in the checkpoint directory")
     tr = _transformers()
     try:
         config = tr.AutoConfig.from_pretrained(
@@ -136,13 +143,13 @@ def check_hf(path: Path, trust_remote_code: bool = False) -> Any:
         )
     except ValueError as exc:  # unknown model_type, or remote code refused
         if "trust_remote_code" in str(exc) or "custom code" in str(exc):
-            raise UserError(
+            raise HFModelError(
                 f"hf:{path}: the checkpoint needs remote code; set trust_remote_code: true "
                 "in the job's params to allow it"
             ) from exc
-        raise UserError(f"hf:{path}: config.json is not a known model config ({exc})") from exc
+        raise HFModelError(f"hf:{path}: config.json is not a known model config ({exc})") from exc
     if getattr(config, "auto_map", None) and not trust_remote_code:
-        raise UserError(
+        raise HFModelError(
             f"hf:{path}: the checkpoint needs remote code (auto_map in config.json); set "
             "trust_remote_code: true in the job's params to allow it"
         )
@@ -150,12 +157,12 @@ def check_hf(path: Path, trust_remote_code: bool = False) -> Any:
     archs = getattr(config, "architectures", None) or []
     causal = type(config) in mapping or any(a.endswith("ForCausalLM") for a in archs)
     if not causal:
-        raise UserError(
+        raise HFModelError(
             f"hf:{path}: config model_type {config.model_type!r} is not a causal LM "
             "(AutoModelForCausalLM has no class for it)"
         )
     if not weight_files(path):
-        raise UserError(f"hf:{path}: no weight files (*.safetensors or *.bin)")
+        raise HFModelError(f"hf:{path}: no weight files (*.safetensors or *.bin)")
     return config
 
 
@@ -179,7 +186,7 @@ def load_hf(path: str | Path, trust_remote_code: bool = False, device: str = "cp
         kind = "checkpoint"
     else:
         if int(config.vocab_size) < 256:
-            raise UserError(
+            raise HFModelError(
                 f"hf:{path}: no tokenizer files and vocab_size {config.vocab_size} < 256, so the "
                 "byte-level fallback tokenizer cannot be used"
             )
