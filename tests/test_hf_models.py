@@ -116,7 +116,7 @@ def test_moe_probe_signals_match_an_independent_computation(
     digest = hashlib.sha256()
     for f in files:
         digest.update(f.name.encode() + b"\0" + f.read_bytes())
-    assert res.extra["input_sha256"] == digest.hexdigest()
+    assert res.extra["hf_checkpoint"]["sha256"] == digest.hexdigest()
     assert res.extra["hf_checkpoint"]["tokenizer"] == "bytes"
     assert {m.name for m in res.metrics} == {
         "coherence_bpb",
@@ -165,3 +165,40 @@ def test_sha256_covers_the_weights(ckpts: dict[str, Path], tmp_path: Path) -> No
         a.model.model.embed_tokens.weight[0, 0] += 1.0
     a.model.save_pretrained(tmp_path / "edited")
     assert load_hf(tmp_path / "edited").sha256 != a.sha256
+
+
+PROBE_PROTOCOL = """\
+docket: 1
+id: hf_probe
+title: Router signals of a local MoE checkpoint
+hypotheses:
+  - {{id: H1, statement: the checkpoint is coherent, rule: r}}
+decision_rules:
+  r: {{kind: threshold, statistic: metric, metric: coherence_bpb, job: probe_moe, op: "<=",
+      bound: 100.0}}
+jobs:
+  - {{name: probe_moe, kind: probe,
+      params: {{model: "hf:{path}", limit_per_group: 1, max_new_tokens: 2}}}}
+"""
+
+
+def test_docket_run_checks_the_path_first_and_records_the_sha256(
+    docket_sqlite, ckpts: dict[str, Path], tmp_path: Path
+) -> None:
+    from test_costs import register_and_freeze
+
+    missing = tmp_path / "gone"
+    pid = register_and_freeze(docket_sqlite, tmp_path, PROBE_PROTOCOL.format(path=missing))
+    refused = docket_sqlite("run", pid, "--no-progress")
+    assert refused.exit_code == 2, refused.output
+    assert str(missing) in refused.output and "Traceback" not in refused.output
+    assert json.loads(docket_sqlite("runs", "list", "--json").output) == []
+    text = PROBE_PROTOCOL.format(path=ckpts["moe"]).replace("id: hf_probe", "id: hf_probe2")
+    pid = register_and_freeze(docket_sqlite, tmp_path, text, name="ok.yaml")
+    ok = docket_sqlite("run", pid, "--no-progress")
+    assert ok.exit_code == 0, ok.output
+    runs = json.loads(docket_sqlite("runs", "list", "--json").output)
+    assert [r["status"] for r in runs] == ["succeeded"], runs
+    shown = json.loads(docket_sqlite("runs", "show", str(runs[0]["id"]), "--json").output)
+    assert shown["extra"]["hf_checkpoint"]["sha256"] == load_hf(ckpts["moe"]).sha256
+    assert shown["extra"]["hf_checkpoint"]["path"] == str(ckpts["moe"])

@@ -20,7 +20,8 @@ Same probe set, labels and signal definitions as the built-in routed probe
 Knobs: ``model`` (structural), ``trust_remote_code`` (False; fires at load), ``max_new_tokens``
 (48; per generation), ``limit_per_group`` (None; fires only if it removed items). Prompts are run
 one at a time (no padding). The checkpoint's weight sha256 is kept in
-``JobResult.extra["hf_checkpoint"]`` (and ``extra["input_sha256"]``).
+``JobResult.extra["hf_checkpoint"]["sha256"]`` (the run's ``extra``, shown by
+``docket runs show``).
 """
 
 from __future__ import annotations
@@ -200,6 +201,5 @@ def probe_hf(ctx: JobContext) -> JobResult:
         "refusal_template": REFUSAL,
         "config": f"hf:{hf.config.model_type}",
         "hf_checkpoint": hf.record(),
-        "input_sha256": hf.sha256,
     }
     return JobResult(metrics=metrics, observations=observations, texts=texts, extra=extra)
