@@ -68,7 +68,8 @@ Losses (token sequences are ``[BOS] + bytes("USER: q\\nASSISTANT:") + bytes(" " 
                ``L_mc`` is in ``[-ln 3, ln 3]``; minimising it lowers router entropy in-domain and
                raises it out of domain (the receipts' metacognition loss).
 
-Probe (per prompt of ``probe_210.jsonl``, batched greedy generation with the KV cache)
+Probe (per prompt of ``probe_210.jsonl``, batched greedy generation with the KV cache; with
+``model: "hf:PATH"`` see ``runners/jobs/hf_probe.py`` and docs/models.md)
     signals  ``max_softmax_mean`` / ``max_softmax_last`` (max softmax probability of each of up to
              ``max_new_tokens`` generated tokens, EOS step included: mean / last),
              ``router_entropy_mean`` / ``router_entropy_var`` (entropy averaged over layers, then
