@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -202,3 +203,13 @@ def test_docket_run_checks_the_path_first_and_records_the_sha256(
     shown = json.loads(docket_sqlite("runs", "show", str(runs[0]["id"]), "--json").output)
     assert shown["extra"]["hf_checkpoint"]["sha256"] == load_hf(ckpts["moe"]).sha256
     assert shown["extra"]["hf_checkpoint"]["path"] == str(ckpts["moe"])
+
+
+def test_without_the_hf_extra_the_error_names_it(
+    ckpts: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from docketml.extras import MissingExtra
+
+    monkeypatch.setitem(sys.modules, "transformers", None)  # what an install without it gives
+    with pytest.raises(MissingExtra, match=r"pip install 'docketml\[hf\]'"):
+        load_hf(ckpts["moe"])
