@@ -22,6 +22,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "ray": ("ray",),
     "plots": ("matplotlib",),
     "parquet": ("pyarrow",),
+    "hf": ("transformers", "safetensors"),
 }
 
 #: top-level module -> the extra that installs it.

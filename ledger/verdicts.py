@@ -281,3 +281,21 @@ def recompute_inputs_sha256(session: Session, verdict_row: VerdictRow) -> str:
     sources = details.get("inputs", {}).get("sources", {})
     payloads = {key: load_payload(session, list(ids)) for key, ids in sources.items()}
     return inputs_sha256(payloads)
+
+
+def load_pilot(session: Session, ref: str) -> SourceData:
+    """The observations of one run, ``run:ID`` (or ``ID``), as a pilot data model for
+    :func:`docketml.ledger.verdict.simulate.simulate_protocol` (effective rows, via
+    :func:`load_payload`). Raises :class:`UserError` naming what is wrong."""
+    from .errors import UserError
+
+    text = ref[4:] if ref.startswith("run:") else ref
+    if not text.isdigit():
+        raise UserError(f"--pilot {ref!r}: expected run:ID, e.g. run:12")
+    run = session.get(RunRow, int(text))
+    if run is None:
+        raise UserError(f"--pilot {ref!r}: no run #{text} in this ledger")
+    payload = load_payload(session, [run.id])
+    if not payload.observations:
+        raise UserError(f"--pilot {ref!r}: run #{run.id} recorded no observations")
+    return _to_source(payload, f"run #{run.id} (job {run.job!r})", [])

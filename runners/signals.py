@@ -30,6 +30,9 @@ SIGNALS: dict[str, SignalInfo] = {
     "router_entropy_var": SignalInfo(
         "positive", "variance of router-gate entropy over prompt positions"
     ),
-    "router_conf": SignalInfo("negative", "1 - router_entropy_mean / log 3 (a confidence)"),
+    "router_conf": SignalInfo(
+        "negative",
+        "1 - router_entropy_mean / log(n_experts) (log 3 for the built-in model; a confidence)",
+    ),
     "abstain_p": SignalInfo("positive", "sigmoid of the abstain head on the final hidden state"),
 }

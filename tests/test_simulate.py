@@ -17,7 +17,7 @@ ROUTER = (
 
 def test_null_proven_rate_is_low_and_power_rises_with_the_gap() -> None:
     protocol = load_protocol_file(ROUTER).protocol
-    result = simulate_protocol(protocol, n_sims=120, gaps=[0.0, 0.1, 0.2])
+    result = simulate_protocol(protocol, n_sims=120, gaps=[0.0, 0.1, 0.2], resamples=1000)
     by_rule = {r["rule"]: r for r in result["rules"]}
     assert set(by_rule) == {"regime_wins", "splice_transfers", "corollary_auroc"}
     rw = by_rule["regime_wins"]
@@ -31,7 +31,8 @@ def test_null_proven_rate_is_low_and_power_rises_with_the_gap() -> None:
     assert by_rule["corollary_auroc"]["null_proven_rate"] <= 0.1
     assert by_rule["splice_transfers"]["null_gap"] == -0.05
     assert by_rule["splice_transfers"]["null_proven_rate"] <= 0.1
-    assert any("capped at 500" in n for n in result["notes"])
+    assert any("capped at 1000 (explicit --resamples" in n for n in result["notes"])
+    assert {r["resamples"] for r in result["rules"]} == {1000}
 
 
 def test_simulation_is_deterministic() -> None:
@@ -39,6 +40,9 @@ def test_simulation_is_deterministic() -> None:
     a = simulate_protocol(protocol, n_sims=20, gaps=[0.0, 0.15])
     b = simulate_protocol(protocol, n_sims=20, gaps=[0.0, 0.15])
     assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+    # by default every rule runs as frozen: its own 10,000 resamples
+    assert {r["resamples"] for r in a["rules"]} == {10_000}
+    assert any("full fidelity" in n for n in a["notes"]) and a["settings"]["resamples_cap"] is None
 
 
 def test_simulate_command_writes_a_png(docket_sqlite, tmp_path: Path) -> None:

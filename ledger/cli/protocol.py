@@ -121,34 +121,114 @@ def signcheck_cmd(env: Env, protocol_id: str, as_json: bool) -> None:
         raise CheckFailed("")
 
 
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise click.BadParameter(
+            f"expected sizes separated by commas, e.g. 15,30,60; got {text!r}", param_hint="--n"
+        ) from None
+    if not sizes or any(x < 2 or x > 100_000 for x in sizes):
+        raise click.BadParameter("every size must be between 2 and 100000", param_hint="--n")
+    return sorted(set(sizes))
+
+
 @protocol_group.command("simulate")
 @click.argument("protocol_id")
 @click.option("--runs", "n_sims", default=200, show_default=True, help="Simulated studies per gap.")
 @click.option(
     "--n",
-    "n_per_class",
-    default=30,
+    "sizes_text",
+    default="30",
     show_default=True,
-    type=click.IntRange(2, 100_000),
-    help="Items per class per group in each simulated study.",
+    help="Items per class per group in each simulated study; several sizes separated by "
+    "commas (15,30,60,120) report power by size and the smallest size reaching 80% power.",
+)
+@click.option(
+    "--resamples",
+    type=click.IntRange(1, 1_000_000),
+    default=None,
+    help="Cap every rule's bootstrap resamples (default: each rule's own count, as frozen).",
+)
+@click.option(
+    "--pilot",
+    "pilot_ref",
+    metavar="run:ID",
+    default=None,
+    help="Draw studies by resampling a run's items per group and class instead of binormal "
+    "signals.",
+)
+@click.option(
+    "--effect",
+    type=float,
+    default=None,
+    help="With several --n: the true gap to plan for (default: the rule's declared margin).",
 )
 @out_option("plot", "Write a PNG power curve.", aliases=("--plot",))
 @json_option
 @pass_env
 def simulate_cmd(
-    env: Env, protocol_id: str, n_sims: int, n_per_class: int, plot: Path | None, as_json: bool
+    env: Env,
+    protocol_id: str,
+    n_sims: int,
+    sizes_text: str,
+    resamples: int | None,
+    pilot_ref: str | None,
+    effect: float | None,
+    plot: Path | None,
+    as_json: bool,
 ) -> None:
     """Power curve: probability of each verdict against the true AUROC gap, and the PROVEN rate
-    when there is no effect."""
-    from ..verdict.simulate import plot_simulation, simulate_protocol
+    when there is no effect; with several --n, power by sample size.
+
+    Example:
+
+        docket protocol simulate router-entropy-metacog
+        docket protocol simulate router-entropy-metacog --n 15,30,60,120 --json
+        docket protocol simulate router-entropy-metacog --pilot run:12
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ..errors import UserError
+    from ..verdict.simulate import PilotError, plot_simulation, simulate_protocol
+    from ..verdicts import load_pilot
 
     if plot is not None:
         require_extra("plots")  # before minutes of simulation, not after
     if n_sims < 1:
         raise click.BadParameter("must be at least 1", param_hint="--runs")
+    sizes = _sizes(sizes_text)
     with env.ledger().session() as session:
         protocol = store.parse_row(store.latest(session, protocol_id))
-    result = simulate_protocol(protocol, n_sims=n_sims, n_per_class=n_per_class)
+        pilot = load_pilot(session, pilot_ref) if pilot_ref is not None else None
+    err = Console(stderr=True)
+    with Progress(
+        TextColumn("simulating"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} points"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=as_json or not err.is_terminal,
+    ) as bar:
+        task = bar.add_task("simulate", total=None)
+
+        def tick(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        try:
+            result = simulate_protocol(
+                protocol,
+                n_sims=n_sims,
+                sizes=sizes,
+                resamples=resamples,
+                pilot=pilot,
+                effect=effect,
+                progress=tick,
+            )
+        except PilotError as exc:
+            raise UserError(f"--pilot {pilot_ref}: {exc}") from None
     if plot is not None:
         plot_simulation(result, plot)
         result["plot"] = str(plot)
@@ -156,19 +236,42 @@ def simulate_cmd(
     def human(c: Any) -> None:
         for rule in result["rules"]:
             verdicts = rule["verdicts"]
-            rows = [
-                [f"{p['gap']:+.3f}"] + [f"{p['rates'].get(v, 0):.2f}" for v in verdicts]
-                for p in rule["points"]
-            ]
-            c.print(
-                table(
-                    f"rule {rule['rule']} ({rule['kind']}): verdict rates by "
-                    f"{rule.get('gap_label', 'true gap')}",
-                    ["gap"] + verdicts,
-                    rows,
+            for block in rule.get("by_size", [{"n": sizes[0], "points": rule["points"]}]):
+                rows = [
+                    ["pilot" if p["gap"] is None else f"{p['gap']:+.3f}"]
+                    + [f"{p['rates'].get(v, 0):.2f}" for v in verdicts]
+                    for p in block["points"]
+                ]
+                c.print(
+                    table(
+                        f"rule {rule['rule']} ({rule['kind']}), n = {block['n']} per class, "
+                        f"resamples {rule['resamples']}: verdict rates by "
+                        f"{rule.get('gap_label', 'true gap')}",
+                        ["gap"] + verdicts,
+                        rows,
+                    )
                 )
-            )
-            c.print(f"PROVEN rate under the null: {rule['null_proven_rate']:.3f}")
+            blocks = rule.get("by_size", [])
+            if rule["null_proven_rate"] is not None and not blocks:
+                c.print(f"PROVEN rate under the null: {rule['null_proven_rate']:.3f}")
+            elif blocks and rule["null_proven_rate"] is not None:
+                nulls = ", ".join(f"n={b['n']}: {b['null_proven_rate']:.3f}" for b in blocks)
+                c.print(f"PROVEN rate under the null: {nulls}")
+            if "planning" in rule:
+                pl = rule["planning"]
+                need = ", ".join(
+                    ("pilot" if r["gap"] is None else f"{r['gap']:+.3f}")
+                    + f": {r['n'] if r['n'] is not None else '-'}"
+                    for r in rule["required_n"]
+                )
+                c.print(f"smallest n reaching {pl['power_target']:.0%} PROVEN, by gap: {need}")
+                if pl["gap"] is not None:
+                    got = (
+                        f"n = {pl['n']} per class"
+                        if pl["n"] is not None
+                        else "not reached by any size tried"
+                    )
+                    c.print(f"at gap {pl['gap']:+.3f} ({pl['basis']}): {got}")
         for skip in result.get("skipped", []):
             c.print(f"rule {skip['rule']} not simulated: {skip['reason']}")
         for note in result.get("notes", []):

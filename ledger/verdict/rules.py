@@ -460,13 +460,18 @@ def _bootstrap_aurocs(
     shared by all rows (``stats.stratified_paired_bootstrap``, which consumes ``rng`` exactly
     so). More than ``_ROW_BLOCK`` rows are processed in blocks, each from a copy of ``rng``'s
     state (so every block sees the same resamples); ``rng`` is then left where one call leaves
-    it."""
+    it. When the comparison matrices of all rows fit in memory,
+    ``stats.stratified_paired_bootstrap_rows`` gives exactly those numbers, drawing and counting
+    the resamples once instead of once per block."""
     k, n_pos = pos.shape
     labels = np.r_[np.ones(n_pos, dtype=np.int8), np.zeros(neg.shape[1], dtype=np.int8)]
     both = np.concatenate([pos, neg], axis=1)
     if k <= _ROW_BLOCK:
         boots = stats.stratified_paired_bootstrap(dict(enumerate(both)), labels, resamples, rng)
         return np.stack(list(boots.values()))
+    cached = stats.stratified_paired_bootstrap_rows(both, n_pos, resamples, rng, _ROW_BLOCK)
+    if cached is not None:
+        return cached
     out = np.empty((k, resamples))
     state = rng.bit_generator.state
     for start in range(0, k, _ROW_BLOCK):

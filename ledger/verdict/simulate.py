@@ -26,16 +26,32 @@ Data model (binormal, per study):
   -margin``.
 * ``all_of`` / ``any_of`` are not simulated (their parts are).
 
-Speed: the studies of one point are simulated at once (a leading study axis); with
-``paired_bootstrap`` they share one stratified resample set per group, and the resamples are
-capped at ``resamples`` (default 500, fewer than a verdict's) -- each study's CI is exactly the
-one the engine would compute with that many resamples, the cap only adds Monte Carlo noise to the
-CI ends.
+Fidelity: by default every rule runs with its own ``ci.resamples``, ``ci.level`` and seed
+scheme (``derive_group_rngs(ci.seed, ...)``), so the rates are those of the rule as frozen. An
+explicit ``resamples`` caps the count (``min(ci.resamples, resamples)``) and the notes say so.
+The studies of one point are simulated at once (a leading study axis); with
+``paired_bootstrap`` they share one stratified resample set per group, so each study's CI is
+exactly the one the engine would compute for it alone.
+
+Sample-size planning (``sizes``): the gap table is run at every size ``n`` (items per class per
+group); each rule gets ``by_size`` (the points at each n) and ``required_n`` (per gap, the
+smallest n whose PROVEN rate reaches ``POWER_TARGET`` = 0.8, ``None`` if no size does), and
+``planning``: that smallest n at the declared margin -- ``regime_wins``: true gap = ``margin``;
+``non_inferiority``: true difference 0 (the margin is the null); ``threshold`` has no margin and
+gets none -- or at ``effect`` when given.
+
+Pilot data model (``pilot``: a :class:`rules.SourceData`, e.g. a run's observations): instead of
+binormal signals, each simulated study draws, per group and per class, ``n`` items with
+replacement from the pilot's items of that group and class, keeping every item's signals
+together (the empirical joint distribution, so the correlation between candidates and
+baselines is the real one). There is one point, the pilot's own effect (``gap`` = ``None``);
+there is no null under this model (``null_proven_rate`` = ``None``). ``non_inferiority`` needs
+two jobs' data and is not simulated from one pilot.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +70,7 @@ from . import rules, stats
 
 DEFAULT_GAPS = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2)
 THRESHOLD_GAPS = (-0.1, -0.05, 0.0, 0.05, 0.1, 0.15)
-SIM_RESAMPLES = 500
+POWER_TARGET = 0.8
 BASE_AUROC = 0.75
 CORRELATION = 0.5
 
@@ -72,6 +88,19 @@ def _draw(
     shared = rng.standard_normal((t, 1, n))
     own = rng.standard_normal((t, s, n))
     return np.sqrt(rho) * shared + np.sqrt(1.0 - rho) * own + np.asarray(mu)[None, :, None]
+
+
+class PilotError(ValueError):
+    """The pilot run lacks what a rule needs (a group, a class, a signal); says what."""
+
+
+def _resample(rng: np.random.Generator, mat: np.ndarray, t: int, n: int) -> np.ndarray:
+    """(t, S, n): ``n`` columns (items) of ``mat`` (S, m) drawn with replacement per study, an
+    item's S signals kept together."""
+    if mat.shape[1] == 0:
+        raise PilotError("the pilot has no items in a class a rule needs")
+    idx = rng.integers(0, mat.shape[1], size=(t, n))
+    return np.ascontiguousarray(mat[:, idx].transpose(1, 0, 2))
 
 
 def _rates(idx: np.ndarray, names: Sequence[str]) -> dict[str, float]:
@@ -97,6 +126,7 @@ def _sim_regime(
     rng: np.random.Generator,
     base_auroc: float,
     rho: float,
+    pilot: rules.SourceData | None = None,
 ) -> np.ndarray:
     baselines = protocol.baselines_for(rule)
     c, k = len(rule.candidates), len(baselines)
@@ -109,15 +139,33 @@ def _sim_regime(
         if rule.ci.method == "paired_bootstrap"
         else {}
     )
-    shared_neg = (
-        _draw(rng, t, c + k, n, np.zeros(c + k), rho) if labels.source == "regime" else None
-    )
     won = np.zeros((t, len(contests)), dtype=bool)
-    for j, g in enumerate(contests):
-        pos = _draw(rng, t, c + k, n, mu, rho)
-        neg = (
-            shared_neg if shared_neg is not None else _draw(rng, t, c + k, n, np.zeros(c + k), rho)
+    if pilot is not None:
+        signals = list(rule.candidates) + list(baselines)
+        shaped = {}
+        for g in contests:
+            got = rules._contest(protocol, pilot, g, signals)
+            if isinstance(got, list):
+                raise PilotError("; ".join(got))
+            shaped[g] = got
+        if labels.source == "regime":
+            ref = shaped[contests[0]].neg
+            shared_neg = _resample(rng, ref, t, n)
+    else:
+        shared_neg = (
+            _draw(rng, t, c + k, n, np.zeros(c + k), rho) if labels.source == "regime" else None
         )
+    for j, g in enumerate(contests):
+        if pilot is not None:
+            pos = _resample(rng, shaped[g].pos, t, n)
+            neg = shared_neg if labels.source == "regime" else _resample(rng, shaped[g].neg, t, n)
+        else:
+            pos = _draw(rng, t, c + k, n, mu, rho)
+            neg = (
+                shared_neg
+                if shared_neg is not None
+                else _draw(rng, t, c + k, n, np.zeros(c + k), rho)
+            )
         cs = rules.contest_stats(pos, neg, c, rule.ci, rule.best_baseline, gen.get(g), b)
         win = (cs.delta >= rule.margin - rules.MARGIN_TOL) & (cs.lo > 0.0)
         won[:, j] = win.any(axis=1)
@@ -141,18 +189,32 @@ def _sim_threshold(
     b: int,
     rng: np.random.Generator,
     rho: float,
+    pilot: rules.SourceData | None = None,
 ) -> np.ndarray:
     upward = rule.op in (">=", ">")
     target = rule.bound + (gap if upward else -gap)
     gen = stats.derive_group_rngs(rule.ci.seed, [rules.POOLED_STREAM])[rules.POOLED_STREAM]
+    n_pos, n_neg = _pooled_sizes(protocol, n)
+    assert rule.signal is not None
     if rule.statistic == "auroc":
-        n_pos, n_neg = _pooled_sizes(protocol, n)
-        pos = rng.standard_normal((t, n_pos)) + _mu(target)
-        neg = rng.standard_normal((t, n_neg))
+        if pilot is not None:
+            got = rules._pooled(protocol, pilot, [rule.signal])
+            if isinstance(got, list):
+                raise PilotError("; ".join(got))
+            pos = _resample(rng, got.pos, t, n_pos)[:, 0]
+            neg = _resample(rng, got.neg, t, n_neg)[:, 0]
+        else:
+            pos = rng.standard_normal((t, n_pos)) + _mu(target)
+            neg = rng.standard_normal((t, n_neg))
         point, lo, hi = rules._auroc_stat(pos, neg, rule.ci, gen, b)
     else:
-        n_pos, n_neg = _pooled_sizes(protocol, n)
-        values = rng.standard_normal((t, n_pos + n_neg)) + target
+        if pilot is not None:
+            got_v = rules._all_values(protocol, pilot, rule.signal)
+            if isinstance(got_v, list):
+                raise PilotError("; ".join(got_v))
+            values = _resample(rng, got_v[0][None, :], t, n_pos + n_neg)[:, 0]
+        else:
+            values = rng.standard_normal((t, n_pos + n_neg)) + target
         point, lo, hi = rules._mean_stat(values, rule.ci, gen, b)
     return rules.decide_threshold(point, lo, hi, rule.op, rule.bound)
 
@@ -188,107 +250,216 @@ def _sim_non_inferiority(
     return rules.decide_non_inferiority(point, lo, rule.margin)
 
 
+def _table(rule: Any, gaps: Sequence[float] | None) -> tuple[list[float], float, str, list[str]]:
+    """(gap table, null gap, gap label, verdict names) of one simulable rule."""
+    if isinstance(rule, RegimeWinsRule):
+        table = list(gaps) if gaps is not None else list(DEFAULT_GAPS)
+        null_gap, label = 0.0, "true AUROC gap, candidate - baseline"
+        names = [v for v in rules.TRIED_ORDER if v in rule.verdicts] + ["INCONCLUSIVE"]
+    elif isinstance(rule, ThresholdRule):
+        table = list(gaps) if gaps is not None else list(THRESHOLD_GAPS)
+        null_gap = 0.0
+        label = (
+            "true AUROC - bound (towards the op)"
+            if rule.statistic == "auroc"
+            else "true mean - bound, in SDs (towards the op)"
+        )
+        names = list(rules.TRIED_ORDER)
+    else:
+        assert isinstance(rule, NonInferiorityRule)
+        m = rule.margin
+        default = sorted({round(x, 6) for x in (-m - 0.05, -m, -m / 2, 0.0, 0.05)})
+        table = list(gaps) if gaps is not None else default
+        null_gap = -m
+        label = "true difference, candidate - reference (positive = better)"
+        names = list(rules.TRIED_ORDER)
+    if null_gap not in table:
+        table = sorted(table + [null_gap])
+    return table, null_gap, label, names
+
+
+def _planning_gap(rule: Any, effect: float | None) -> tuple[float | None, str]:
+    if effect is not None:
+        return float(effect), "the given effect"
+    if isinstance(rule, RegimeWinsRule):
+        return float(rule.margin), "the declared margin (true gap = margin)"
+    if isinstance(rule, NonInferiorityRule):
+        return 0.0, "no true difference (the declared margin is the null)"
+    return None, "a threshold rule declares no margin; see required_n per gap"
+
+
 def simulate_protocol(
     protocol: Protocol,
     n_sims: int = 200,
     *,
     n_per_class: int = 30,
+    sizes: Sequence[int] | None = None,
     gaps: Sequence[float] | None = None,
-    resamples: int = SIM_RESAMPLES,
+    resamples: int | None = None,
     base_auroc: float = BASE_AUROC,
     correlation: float = CORRELATION,
     seed: int | None = None,
+    pilot: rules.SourceData | None = None,
+    effect: float | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Verdict rates per true effect for every simulable rule (see the module docstring)."""
+    """Verdict rates per true effect (and per sample size) for every simulable rule (see the
+    module docstring). ``resamples`` = None runs each rule's own ``ci.resamples``; an int caps
+    it. ``progress(done, total)`` is called after each simulated point."""
     if n_sims < 1:
         raise ValueError("n_sims must be at least 1")
+    if resamples is not None and resamples < 1:
+        raise ValueError("resamples must be at least 1")
+    size_list = [int(x) for x in (sizes if sizes else [n_per_class])]
+    if any(x < 2 for x in size_list):
+        raise ValueError("every size must be at least 2 items per class")
     seed = protocol.seed if seed is None else seed
     out_rules: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
+    plan: list[tuple[int, str, Any]] = []
     for r_index, (name, rule) in enumerate(protocol.decision_rules.items()):
         if isinstance(rule, CombinationRule):
             skipped.append({"rule": name, "reason": f"{rule.kind} combines other hypotheses"})
-            continue
-        if isinstance(rule, ThresholdRule) and rule.statistic == "metric":
+        elif isinstance(rule, ThresholdRule) and rule.statistic == "metric":
             skipped.append({"rule": name, "reason": "a metric's CI is recorded by its job"})
-            continue
-        b = min(rule.ci.resamples, resamples)
-        if isinstance(rule, RegimeWinsRule):
-            table = list(gaps) if gaps is not None else list(DEFAULT_GAPS)
-            null_gap, label = 0.0, "true AUROC gap, candidate - baseline"
-            names = [v for v in rules.TRIED_ORDER if v in rule.verdicts] + ["INCONCLUSIVE"]
-        elif isinstance(rule, ThresholdRule):
-            table = list(gaps) if gaps is not None else list(THRESHOLD_GAPS)
-            null_gap = 0.0
-            label = (
-                "true AUROC - bound (towards the op)"
-                if rule.statistic == "auroc"
-                else "true mean - bound, in SDs (towards the op)"
+        elif pilot is not None and isinstance(rule, NonInferiorityRule):
+            skipped.append(
+                {"rule": name, "reason": "non_inferiority needs two jobs' data, a pilot is one"}
             )
-            names = list(rules.TRIED_ORDER)
         else:
-            assert isinstance(rule, NonInferiorityRule)
-            m = rule.margin
-            default = sorted({round(x, 6) for x in (-m - 0.05, -m, -m / 2, 0.0, 0.05)})
-            table = list(gaps) if gaps is not None else default
-            null_gap = -m
-            if null_gap not in table:
-                table = sorted(table + [null_gap])
-            label = "true difference, candidate - reference (positive = better)"
-            names = list(rules.TRIED_ORDER)
-        if null_gap not in table:
-            table = sorted(table + [null_gap])
-        points = []
-        null_rate = 0.0
-        for g_index, gap in enumerate(table):
-            rng = np.random.Generator(
-                np.random.PCG64(np.random.SeedSequence([seed, r_index, g_index]))
+            plan.append((r_index, name, rule))
+    tables = {}
+    for _r, name, rule in plan:
+        table, null_gap, label, names = _table(rule, gaps)
+        pg, basis = _planning_gap(rule, effect)
+        if pilot is None and len(size_list) > 1 and pg is not None and pg not in table:
+            table = sorted(table + [pg])
+        if pilot is not None:
+            table = [None]  # type: ignore[list-item]
+        tables[name] = (table, null_gap, label, names, pg, basis)
+    total = sum(len(t[0]) for t in tables.values()) * len(size_list)
+    done = 0
+    for r_index, name, rule in plan:
+        table, null_gap, label, names, pg, basis = tables[name]
+        b = rule.ci.resamples if resamples is None else min(rule.ci.resamples, resamples)
+        by_size = []
+        for s_index, n in enumerate(size_list):
+            points = []
+            null_rate: float | None = None
+            for g_index, gap in enumerate(table):
+                key = [seed, r_index, g_index] if s_index == 0 else [seed, r_index, g_index, n]
+                rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(key)))
+                g = 0.0 if gap is None else gap
+                if isinstance(rule, RegimeWinsRule):
+                    idx = _sim_regime(
+                        protocol, rule, n_sims, n, g, b, rng, base_auroc, correlation, pilot
+                    )
+                elif isinstance(rule, ThresholdRule):
+                    idx = _sim_threshold(protocol, rule, n_sims, n, g, b, rng, correlation, pilot)
+                else:
+                    idx = _sim_non_inferiority(
+                        protocol, rule, n_sims, n, g, b, rng, base_auroc, correlation
+                    )
+                rates = _rates(idx, names)
+                points.append({"gap": None if gap is None else float(gap), "rates": rates})
+                if gap is not None and gap == null_gap:
+                    null_rate = rates["PROVEN"]
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+            by_size.append({"n": n, "points": points, "null_proven_rate": null_rate})
+        required = []
+        for j, gap in enumerate(table):
+            hit = [s["n"] for s in by_size if s["points"][j]["rates"]["PROVEN"] >= POWER_TARGET]
+            required.append(
+                {"gap": None if gap is None else float(gap), "n": min(hit) if hit else None}
             )
-            if isinstance(rule, RegimeWinsRule):
-                idx = _sim_regime(
-                    protocol, rule, n_sims, n_per_class, gap, b, rng, base_auroc, correlation
-                )
-            elif isinstance(rule, ThresholdRule):
-                idx = _sim_threshold(protocol, rule, n_sims, n_per_class, gap, b, rng, correlation)
-            else:
-                idx = _sim_non_inferiority(
-                    protocol, rule, n_sims, n_per_class, gap, b, rng, base_auroc, correlation
-                )
-            rates = _rates(idx, names)
-            points.append({"gap": float(gap), "rates": rates})
-            if gap == null_gap:
-                null_rate = rates["PROVEN"]
-        out_rules.append(
-            {
-                "rule": name,
-                "kind": rule.kind,
-                "verdicts": names,
-                "gap_label": label,
-                "null_gap": float(null_gap),
-                "points": points,
-                "null_proven_rate": float(null_rate),
-                "resamples": b if rule.ci.method == "paired_bootstrap" else None,
+        entry: dict[str, Any] = {
+            "rule": name,
+            "kind": rule.kind,
+            "verdicts": names,
+            "gap_label": "the pilot's own effect" if pilot is not None else label,
+            "null_gap": None if pilot is not None else float(null_gap),
+            "points": by_size[0]["points"],
+            "null_proven_rate": by_size[0]["null_proven_rate"],
+            "resamples": b if rule.ci.method == "paired_bootstrap" else None,
+            "level": rule.ci.level,
+            "ci_method": rule.ci.method,
+        }
+        if len(size_list) > 1:
+            entry["by_size"] = by_size
+            entry["required_n"] = required
+            hit_n = (
+                next((r["n"] for r in required if pilot is None and r["gap"] == pg), None)
+                if pg is not None
+                else None
+            )
+            if pilot is not None:
+                hit_n, pg = required[0]["n"], None
+                basis = "the pilot's own effect"
+            entry["planning"] = {
+                "gap": pg,
+                "basis": basis,
+                "power_target": POWER_TARGET,
+                "n": hit_n,
             }
-        )
+        out_rules.append(entry)
+    capped = (
+        f"bootstrap resamples capped at {resamples} (explicit --resamples; a verdict uses the "
+        "rule's own count)"
+        if resamples is not None
+        else "each rule's own resamples, level and seed scheme (full fidelity)"
+    )
+    model = (
+        f"pilot data model: items resampled per group and class from {pilot.name}, "
+        "joint signals per item kept"
+        if pilot is not None
+        else f"binormal signals, baseline/reference true AUROC {base_auroc}, within-item "
+        f"correlation {correlation}"
+    )
+    sizes_txt = ", ".join(str(x) for x in size_list)
     return {
         "rules": out_rules,
         "skipped": skipped,
         "settings": {
             "n_sims": n_sims,
-            "n_per_class": n_per_class,
+            "n_per_class": size_list[0],
+            "sizes": size_list,
             "resamples_cap": resamples,
             "base_auroc": base_auroc,
             "correlation": correlation,
             "seed": seed,
+            "model": "pilot" if pilot is not None else "binormal",
+            "pilot": pilot.name if pilot is not None else None,
         },
         "notes": [
-            f"{n_sims} simulated studies per point; {n_per_class} items per class per group; "
-            f"bootstrap resamples capped at {resamples} for speed (the studies of a point share "
-            "one resample set per group)",
-            f"binormal signals, baseline/reference true AUROC {base_auroc}, within-item "
-            f"correlation {correlation}",
+            f"{n_sims} simulated studies per point; {sizes_txt} items per class per group; "
+            f"{capped}; the studies of a point share one resample set per group",
+            model,
         ],
     }
+
+
+def _plot_sizes(ax: Any, sim: dict[str, Any]) -> None:
+    """PROVEN rate against items per class, one curve per gap, the 80% line dashed."""
+    ns = [b["n"] for b in sim["by_size"]]
+    for j, point in enumerate(sim["by_size"][0]["points"]):
+        gap = point["gap"]
+        ax.plot(
+            ns,
+            [b["points"][j]["rates"]["PROVEN"] for b in sim["by_size"]],
+            marker="o",
+            label="pilot" if gap is None else f"gap {gap:+.3f}",
+        )
+    ax.axhline(POWER_TARGET, color="#999999", linestyle="--", linewidth=1)
+    ax.set_xscale("log")
+    ax.set_xticks(ns, [str(n) for n in ns])
+    ax.set_title(f"{sim['rule']} ({sim['kind']}): power by size", fontsize=10)
+    ax.set_xlabel("items per class per group", fontsize=9)
+    ax.set_ylabel("probability of PROVEN")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
 
 
 def plot_simulation(result: dict[str, Any], path: str | Path) -> None:
@@ -311,7 +482,10 @@ def plot_simulation(result: dict[str, Any], path: str | Path) -> None:
         "INCONCLUSIVE": "#6e7781",
     }
     for ax, sim in zip(axes[0], sims, strict=False):
-        gaps = [p["gap"] for p in sim["points"]]
+        if "by_size" in sim:
+            _plot_sizes(ax, sim)
+            continue
+        gaps = [0.0 if p["gap"] is None else p["gap"] for p in sim["points"]]
         for v in sim["verdicts"]:
             ax.plot(
                 gaps,
@@ -320,9 +494,12 @@ def plot_simulation(result: dict[str, Any], path: str | Path) -> None:
                 label=v,
                 color=colors.get(v),
             )
-        ax.axvline(sim["null_gap"], color="#999999", linestyle=":", linewidth=1)
+        if sim["null_gap"] is not None:
+            ax.axvline(sim["null_gap"], color="#999999", linestyle=":", linewidth=1)
+        null = sim["null_proven_rate"]
         ax.set_title(
-            f"{sim['rule']} ({sim['kind']})\nnull PROVEN rate {sim['null_proven_rate']:.3f}",
+            f"{sim['rule']} ({sim['kind']})\n"
+            + ("pilot data model" if null is None else f"null PROVEN rate {null:.3f}"),
             fontsize=10,
         )
         ax.set_xlabel(sim["gap_label"], fontsize=9)

@@ -484,6 +484,53 @@ def stratified_resample_indices(
     return pos_idx, neg_idx
 
 
+# Above this many bytes of comparison matrices, ``stratified_paired_bootstrap_rows`` is not used
+# (the caller redraws the resamples per row block instead, holding one block's matrices).
+ROWS_CACHE_BYTES = 1 << 28
+
+
+def stratified_paired_bootstrap_rows(
+    matrix: np.ndarray,
+    n_pos: int,
+    resamples: int,
+    rng: np.random.Generator,
+    row_block: int,
+) -> np.ndarray | None:
+    """(K, B) stratified paired bootstrap AUROCs of every row of ``matrix`` (K, n): the first
+    ``n_pos`` columns positives, the rest negatives, oriented. Bit for bit the rows of
+    ``stratified_paired_bootstrap`` called on each block of ``row_block`` rows from the same
+    generator state (the resamples are exactly ``stratified_resample_indices(n_pos, n_neg, B,
+    rng)``, drawn ONCE and counted once for all rows; each row block keeps its own comparison
+    matrices, so the matmuls are those of the per-block calls). ``rng`` is consumed as one call.
+
+    Returns ``None`` (``rng`` untouched) on the rank path or when the comparison matrices of
+    all rows would exceed ``ROWS_CACHE_BYTES``; the caller then processes the blocks one by one.
+    """
+    k, n = matrix.shape
+    n_neg = n - n_pos
+    resamples = _check_resamples(resamples)
+    if _choose_method(n_pos, n_neg) != "pairwise" or k * n_pos * n_neg * 4 > ROWS_CACHE_BYTES:
+        return None
+    pos, neg = matrix[:, :n_pos], matrix[:, n_pos:]
+    comps = [
+        (
+            r0,
+            min(r0 + row_block, k),
+            _PairwiseComparisons(pos[r0 : r0 + row_block], neg[r0 : r0 + row_block], n_pos, n_neg),
+        )
+        for r0 in range(0, k, row_block)
+    ]
+    out = np.empty((k, resamples), dtype=np.float64)
+    for start, pos_block, neg_block in _stratified_blocks(n_pos, n_neg, resamples, rng):
+        stop = start + pos_block.shape[0]
+        w_pos = _resample_counts(pos_block, n_pos, consume=True)
+        w_neg = _resample_counts(neg_block, n_neg, consume=True)
+        for r0, r1, c in comps:
+            c.accumulate(w_pos, w_neg, out[r0:r1, start:stop])
+    out /= 2.0 * n_pos * n_neg
+    return out
+
+
 def stratified_paired_bootstrap(
     scores: Mapping[str, np.ndarray],
     labels: np.ndarray,

@@ -68,7 +68,8 @@ Losses (token sequences are ``[BOS] + bytes("USER: q\\nASSISTANT:") + bytes(" " 
                ``L_mc`` is in ``[-ln 3, ln 3]``; minimising it lowers router entropy in-domain and
                raises it out of domain (the receipts' metacognition loss).
 
-Probe (per prompt of ``probe_210.jsonl``, batched greedy generation with the KV cache)
+Probe (per prompt of ``probe_210.jsonl``, batched greedy generation with the KV cache; with
+``model: "hf:PATH"`` see ``runners/jobs/hf_probe.py`` and docs/models.md)
     signals  ``max_softmax_mean`` / ``max_softmax_last`` (max softmax probability of each of up to
              ``max_new_tokens`` generated tokens, EOS step included: mean / last),
              ``router_entropy_mean`` / ``router_entropy_var`` (entropy averaged over layers, then
@@ -110,6 +111,7 @@ from ..data import (
     load_ood_train,
     load_probe,
 )
+from ..models.hf import is_hf_ref
 from ..models.routed import (
     BOS,
     EOS,
@@ -626,7 +628,14 @@ def _batches(order: Sequence[int], size: int) -> Iterable[list[int]]:
 
 
 def probe(ctx: JobContext) -> JobResult:
-    """Run the probe set through a checkpoint (see the module docstring for signals / labels)."""
+    """Run the probe set through a checkpoint (see the module docstring for signals / labels).
+
+    With ``model: "hf:PATH"`` the probe runs on a local Hugging Face mixture-of-experts
+    checkpoint instead (:func:`docketml.runners.jobs.hf_probe.probe_hf`)."""
+    if is_hf_ref(ctx.params.get("model")):
+        from .hf_probe import probe_hf
+
+        return probe_hf(ctx)
     _start(
         ctx,
         {
