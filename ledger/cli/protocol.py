@@ -181,11 +181,11 @@ def simulate_cmd(
     """Power curve: probability of each verdict against the true AUROC gap, and the PROVEN rate
     when there is no effect; with several --n, power by sample size.
 
+    \b
     Example:
-
-        docket protocol simulate router-entropy-metacog
-        docket protocol simulate router-entropy-metacog --n 15,30,60,120 --json
-        docket protocol simulate router-entropy-metacog --pilot run:12
+      docket protocol simulate router-entropy-metacog
+      docket protocol simulate router-entropy-metacog --n 15,30,60,120 --json
+      docket protocol simulate router-entropy-metacog --pilot run:12
     """
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
