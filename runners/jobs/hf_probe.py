@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from ..context import JobContext, JobResult, MetricValue, Observation
-from ..data import REFUSAL, chat_prompt, load_chat, load_probe
+from ..data import REFUSAL, chat_prompt, load_chat
 from ..models.hf import HFModel, HFModelError, hf_path, load_hf
 
 
@@ -130,7 +130,7 @@ def heldout_bpb_hf(hf: HFModel) -> float:
 
 def probe_hf(ctx: JobContext) -> JobResult:
     """``probe`` with ``model: "hf:PATH"`` (see the module docstring)."""
-    from .routed import _knob, _start, failure_label, is_loop, is_refusal
+    from .routed import _knob, _start, failure_label, is_loop, is_refusal, probe_rows
 
     _start(
         ctx,
@@ -141,18 +141,7 @@ def probe_hf(ctx: JobContext) -> JobResult:
     hf = load_hf(path, trust_remote_code=trust, device=ctx.device)
     ctx.knobs.fire("trust_remote_code")
     t0 = time.perf_counter()
-    rows = load_probe()
-    limit = _knob(ctx, "limit_per_group")
-    if limit is not None:
-        seen: dict[str, int] = {}
-        kept = []
-        for row in rows:
-            seen[row["group"]] = seen.get(row["group"], 0) + 1
-            if seen[row["group"]] <= int(limit):
-                kept.append(row)
-        if len(kept) < len(rows):
-            ctx.knobs.fire("limit_per_group")
-        rows = kept
+    rows = probe_rows(ctx)
     max_new = int(_knob(ctx, "max_new_tokens"))
     room = int(getattr(hf.config, "max_position_embeddings", 2048)) - max_new
     if max_new < 1 or room < 2:

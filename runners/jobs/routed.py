@@ -176,6 +176,26 @@ def failure_label(group: str, refused: bool, looped: bool) -> int | None:
 # ---- knobs, inputs, checkpoints -----------------------------------------------------------
 
 
+def probe_rows(ctx: JobContext) -> list[dict[str, Any]]:
+    """The probe set, keeping at most ``limit_per_group`` rows per group (in file order).
+
+    The knob fires only when it really cut something, so a limit above every group's size is
+    reported by the knob audit as a silent no-op."""
+    rows = load_probe()
+    limit = _knob(ctx, "limit_per_group")
+    if limit is None:
+        return rows
+    seen: dict[str, int] = {}
+    kept = []
+    for row in rows:
+        seen[row["group"]] = seen.get(row["group"], 0) + 1
+        if seen[row["group"]] <= int(limit):
+            kept.append(row)
+    if len(kept) < len(rows):
+        ctx.knobs.fire("limit_per_group")
+    return kept
+
+
 def _knob(ctx: JobContext, name: str) -> Any:
     """A knob's value: the audit's params, else ``ctx.params``, else the declared default."""
     if name in ctx.knobs.params:
@@ -650,18 +670,7 @@ def probe(ctx: JobContext) -> JobResult:
     assert model is not None
     model.eval()
     t0 = time.perf_counter()
-    rows = load_probe()
-    limit = _knob(ctx, "limit_per_group")
-    if limit is not None:
-        seen: dict[str, int] = {}
-        kept = []
-        for row in rows:
-            seen[row["group"]] = seen.get(row["group"], 0) + 1
-            if seen[row["group"]] <= int(limit):
-                kept.append(row)
-        if len(kept) < len(rows):
-            ctx.knobs.fire("limit_per_group")
-        rows = kept
+    rows = probe_rows(ctx)
     max_new = int(_knob(ctx, "max_new_tokens"))
     batch_size = int(_knob(ctx, "batch_size"))
     padding = str(_knob(ctx, "padding"))
