@@ -3,7 +3,6 @@ output paths are ``--out`` everywhere (old option names still work, hidden)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -11,20 +10,10 @@ import pytest
 from click.testing import CliRunner
 from conftest import DocketCli
 
-from docketml.ledger.cli.examples import HELP, SUMMARY_MAX
+from docketml.ledger.cli.examples import HELP, SUMMARY_MAX, walk_commands
 from docketml.ledger.cli.main import cli
 
-
-def _walk(
-    command: click.Command, path: tuple[str, ...] = ()
-) -> Iterator[tuple[tuple[str, ...], click.Command]]:
-    yield path, command
-    if isinstance(command, click.Group):
-        for name in sorted(command.commands):
-            yield from _walk(command.commands[name], (*path, name))
-
-
-COMMANDS = list(_walk(cli))
+COMMANDS = list(walk_commands(cli))
 
 
 def _help(path: tuple[str, ...], width: int) -> str:

@@ -184,18 +184,18 @@ def example_block(lines: tuple[str, ...]) -> str:
     return "\b\nExample:\n" + "\n".join(f"  {line}" for line in lines)
 
 
-def _walk(
+def walk_commands(
     command: click.Command, path: tuple[str, ...] = ()
 ) -> Iterator[tuple[tuple[str, ...], click.Command]]:
     yield path, command
     if isinstance(command, click.Group):
         for name in sorted(command.commands):
-            yield from _walk(command.commands[name], (*path, name))
+            yield from walk_commands(command.commands[name], (*path, name))
 
 
 def apply_help(root: click.Command) -> None:
     """Set every command's summary and append its example (module docstring)."""
-    for path, command in _walk(root):
+    for path, command in walk_commands(root):
         entry = HELP.get(" ".join(path))
         if entry is None:
             continue
