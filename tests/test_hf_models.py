@@ -188,8 +188,13 @@ def test_docket_run_checks_the_path_first_and_records_the_sha256(
 ) -> None:
     from test_costs import register_and_freeze
 
-    missing = tmp_path / "gone"
-    pid = register_and_freeze(docket_sqlite, tmp_path, PROBE_PROTOCOL.format(path=missing))
+    import shutil
+
+    moved = tmp_path / "moved"  # present at freeze, gone when the job starts
+    shutil.copytree(ckpts["moe"], moved)
+    pid = register_and_freeze(docket_sqlite, tmp_path, PROBE_PROTOCOL.format(path=moved))
+    shutil.rmtree(moved)
+    missing = moved
     refused = docket_sqlite("run", pid, "--no-progress")
     assert refused.exit_code == 2, refused.output
     assert str(missing) in refused.output and "Traceback" not in refused.output
@@ -213,3 +218,40 @@ def test_without_the_hf_extra_the_error_names_it(
     monkeypatch.setitem(sys.modules, "transformers", None)  # what an install without it gives
     with pytest.raises(MissingExtra, match=r"pip install 'docketml\[hf\]'"):
         load_hf(ckpts["moe"])
+
+
+def _register(docket: Any, tmp_path: Path, text: str, name: str) -> str:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    result = docket("protocol", "register", str(path), "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)["id"]
+
+
+def test_signcheck_and_freeze_check_the_checkpoint_first(
+    docket_sqlite, ckpts: dict[str, Path], tmp_path: Path
+) -> None:
+    """What can be known before a run is refused at sign-check time, naming the path: a missing
+    directory, and a dense model under a router-signal probe; an MoE checkpoint passes."""
+    cases = {
+        "gone": (tmp_path / "gone", "no such local directory"),
+        "dense": (ckpts["llama"], "has no router logits"),
+    }
+    for name, (path, why) in cases.items():
+        text = PROBE_PROTOCOL.format(path=path).replace("id: hf_probe", f"id: hf_{name}")
+        pid = _register(docket_sqlite, tmp_path, text, f"{name}.yaml")
+        checked = docket_sqlite("protocol", "signcheck", pid, "--json")
+        report = json.loads(checked.output)
+        inputs = [c for c in report["checks"] if c["check"] == "job input"]
+        assert not report["passed"] and len(inputs) == 1 and not inputs[0]["passed"], report
+        assert str(path) in inputs[0]["cause"] and why in inputs[0]["cause"], inputs
+        frozen = docket_sqlite("protocol", "freeze", pid)
+        assert frozen.exit_code == 1, frozen.output
+        assert why in frozen.output and "Traceback" not in frozen.output
+        shown = json.loads(docket_sqlite("protocol", "show", pid, "--json").output)
+        assert shown["status"] != "frozen", shown
+    text = PROBE_PROTOCOL.format(path=ckpts["moe"]).replace("id: hf_probe", "id: hf_ok")
+    pid = _register(docket_sqlite, tmp_path, text, "ok.yaml")
+    report = json.loads(docket_sqlite("protocol", "signcheck", pid, "--json").output)
+    inputs = [c for c in report["checks"] if c["check"] == "job input"]
+    assert report["passed"] and [c["passed"] for c in inputs] == [True], report
