@@ -49,3 +49,31 @@ def db_current(env: Env, as_json: bool) -> None:
     engine = make_engine(env.db_url)
     data = {"current": current_revision(engine), "head": head_revision()}
     emit(data, as_json, lambda c: c.print(f"current {data['current']}, head {data['head']}"))
+
+
+@db_group.command("roles")
+@click.option(
+    "--create", is_flag=True, required=True, help="Create or refresh the three roles (required)."
+)
+@click.option("--prefix", default="docket", show_default=True, help="Role name prefix.")
+@json_option
+@pass_env
+def db_roles(env: Env, create: bool, prefix: str, as_json: bool) -> None:
+    """Create least-privilege PostgreSQL roles.
+
+    An owner (NOLOGIN) owns the tables and trigger functions; a writer can select, insert and
+    update but cannot disable, drop or replace a trigger; a reader can only select. See
+    docs/roles.md.
+    """
+    from ..store.roles import create_roles
+
+    data = create_roles(make_engine(env.db_url), prefix)
+    emit(
+        data,
+        as_json,
+        lambda c: c.print(
+            f"schema {data['schema']}: {data['tables']} tables and {data['sequences']} sequences "
+            f"owned by {data['owner']} (NOLOGIN); writer {data['writer']} (select, insert, "
+            f"update); reader {data['reader']} (select)"
+        ),
+    )

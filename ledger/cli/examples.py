@@ -66,6 +66,10 @@ HELP: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "db": ("Ledger schema management.", ("docket db current", "docket db upgrade")),
     "db current": ("Show the ledger's schema revision.", ("docket db current --json",)),
+    "db roles": (
+        "Create least-privilege PostgreSQL roles.",
+        ("docket --db postgresql+psycopg://admin@db/lab db roles --create --prefix lab",),
+    ),
     "db upgrade": (
         "Migrate the ledger's schema.",
         ("cp .docket/ledger.db ledger.backup.db && docket db upgrade",),
