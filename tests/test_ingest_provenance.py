@@ -114,6 +114,8 @@ def test_ingest_with_usd_records_the_amount_and_unknown_device_without_hardware(
     run = run_json(docket, json.loads(r.output)["run_id"])
     assert run["cost_micros"] == 180_000 and bill_lines(docket)[0]["usd_micros"] == 180_000
     assert run["config"]["provenance"]["git_commit"] is None  # tmp_path is no git work tree
+    r = docket("ingest", pid, str(res), "--hardware", "a40", "--usd", "0.5")
+    assert r.exit_code == 0 and "cost #2: $0.50" in r.output and "not a git work tree" in r.output
     r = docket("ingest", pid, str(res), "--json")
     run = run_json(docket, json.loads(r.output)["run_id"])
     assert run["config"]["provenance"]["device"] is None and run["cost_micros"] == 0

@@ -79,6 +79,8 @@ HELP: dict[str, tuple[str, tuple[str, ...]]] = {
         (
             "docket ingest my-study results.jsonl",
             "docket ingest my-study scores.csv --job probe_base --json",
+            "docket ingest my-study res.jsonl --metrics m.jsonl --texts t.jsonl \\",
+            "    --hardware a40 --seconds 5400",
         ),
     ),
     "init": ("Create or upgrade the ledger.", ("docket init", "docket --db sqlite:///l.db init")),
