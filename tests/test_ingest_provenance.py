@@ -201,3 +201,30 @@ def test_cost_add_run_links_into_the_chain_and_keeps_the_run_cost(docket, tmp_pa
                "--usd", "1")  # fmt: skip
     assert r.exit_code == 2 and "not both" in r.output
     assert counts(docket.url) == before
+
+
+def test_cost_add_refuses_a_run_that_has_not_ended(docket_sqlite, tmp_path: Path) -> None:
+    """A running run's metered cost is written when it finishes (which sets its cost_micros);
+    a cost attached before would be overwritten, so it is refused."""
+    from docketml.ledger.store.db import open_ledger
+    from docketml.ledger.store.models import ProtocolRow
+    from docketml.ledger.store.runs import create_run, start_run
+
+    docket = docket_sqlite
+    pid = frozen(docket, tmp_path)
+    led = open_ledger(docket.url)
+    try:
+        with led.session() as s:
+            proto = s.query(ProtocolRow).filter_by(protocol_id=pid).one()
+            run = create_run(
+                s, protocol_pk=proto.id, protocol_sha256=proto.sha256, job="probe",
+                kind="synthetic", config={},
+            )  # fmt: skip
+            start_run(s, run.id, worker="test")
+            run_id = run.id
+    finally:
+        led.engine.dispose()
+    before = counts(docket.url)
+    r = docket("cost", "add", "--run", str(run_id), "--hardware", "a40", "--usd", "1")
+    assert r.exit_code == 2 and "the run is running" in r.output, r.output
+    assert counts(docket.url) == before
