@@ -62,9 +62,7 @@ def _check_rule_menu(
             if rule.cut is None:
                 problems.append((base + ("cut",), f"statistic {statistic} needs a cut: value"))
             if protocol.labels is None:
-                problems.append(
-                    (base, f"statistic {statistic} needs a top-level labels: section")
-                )
+                problems.append((base, f"statistic {statistic} needs a top-level labels: section"))
             elif protocol.labels.source == "regime" and rule.groups:
                 ref = protocol.labels.reference
                 chosen = set(rule.groups)
@@ -138,9 +136,7 @@ def _check_correction(protocol: Protocol) -> list[Problem]:
             isinstance(rule, ThresholdRule) and rule.statistic != "metric"
         )
         if not ok:
-            what = rule.kind + (
-                " on a recorded metric" if isinstance(rule, ThresholdRule) else ""
-            )
+            what = rule.kind + (" on a recorded metric" if isinstance(rule, ThresholdRule) else "")
             problems.append(
                 (
                     where,

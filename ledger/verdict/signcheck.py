@@ -64,7 +64,15 @@ from docketml.protocols.schema import (
 )
 
 from ..results import MetricValue
-from .rules import Dataset, SourceData, combine, describe_condition, evaluate_rule
+from .rules import (
+    BINARY_STATISTICS,
+    Dataset,
+    SourceData,
+    clopper_pearson,
+    combine,
+    describe_condition,
+    evaluate_rule,
+)
 
 N_PER_CLASS = 30
 RESAMPLES_CAP = 2000
@@ -72,6 +80,7 @@ STRONG = 8.0  # shift giving perfect separation on the grid
 MILD = 1.0  # shift giving AUROC about 0.76
 SCENARIOS = ("true effect", "null", "inverted")
 SYNTH_GROUP = "all"
+MAX_BINARY_N = 1 << 16  # the largest synthetic sample a 0/1 rule's true effect may use
 
 
 def _check(
@@ -286,9 +295,127 @@ def _threshold_plan(protocol: Protocol, rule: ThresholdRule, scenario: str) -> t
     return value, f"{rule.statistic} {value:g}"
 
 
+def _binary_plan(rule: ThresholdRule, scenario: str, n: int) -> tuple[int, int, bool]:
+    """(N counted samples, k of them 1, edge) of a 0/1 rule's scenario.
+
+    true effect: every counted sample on the op's side (k = N for ``>=``/``>``, 0 for
+    ``<=``/``<``), N the smallest of ``2 n``, ``2 n + 1``, ... (doubling, at most
+    ``MAX_BINARY_N``) whose Clopper-Pearson far side passes the bound; ``edge`` = no N does
+    (e.g. ``<= 0``: the upper end of 0 of N is ``1 - a^(1/N) > 0``), and then the best verdict
+    the rule can give is PARTIAL. null: N = 2 n and the k nearest to the bound that is not past
+    it (e.g. ``rate >= 0.9`` of 60: k = 53). inverted: the opposite extreme."""
+    upward = rule.op in (">=", ">")
+    level = rule.ci.level
+
+    def passes(size: int) -> bool:
+        k = size if upward else 0
+        lo, hi = clopper_pearson(k, size, level)
+        far = float(lo) if upward else float(hi)
+        if rule.statistic == "count":
+            far *= size
+        return bool(
+            {">=": far >= rule.bound, ">": far > rule.bound}.get(rule.op)
+            if upward
+            else {"<=": far <= rule.bound, "<": far < rule.bound}[rule.op]
+        )
+
+    if scenario == "true effect":
+        size, edge = 2 * n, True
+        while size <= MAX_BINARY_N:
+            if passes(size):
+                edge = False
+                break
+            size *= 2
+        if not edge:  # refine down to the smallest passing size of this octave
+            low = size // 2 + 1 if size > 2 * n else size
+            for cand in range(low, size + 1):
+                if passes(cand):
+                    size = cand
+                    break
+        else:
+            size = 2 * n
+        return size, (size if upward else 0), edge
+    size = 2 * n
+    if rule.statistic == "count":
+        size = max(size, int(np.ceil(rule.bound)) + 1)
+    if scenario == "null":
+        cmp = {">=": np.greater_equal, ">": np.greater, "<=": np.less_equal, "<": np.less}
+        ks = np.arange(size + 1)
+        stat = ks.astype(np.float64) if rule.statistic == "count" else ks / size
+        short = ks[~cmp[rule.op](stat, rule.bound)]  # the engine's own comparison
+        if short.size == 0:
+            return size, (0 if upward else size), False
+        return size, int(short.max() if upward else short.min()), False
+    return size, (0 if upward else size), False
+
+
+def _binary_source(
+    protocol: Protocol, rule: ThresholdRule, size: int, k: int, name: str
+) -> SourceData:
+    """Synthetic 0/1 data: ``size`` counted samples, ``k`` of them 1 (for fpr_at/tpr_at: flagged
+    at the cut, by the signal's polarity), spread round-robin over the counted groups. A 0/1
+    signal stays 0/1. Samples that are not counted (the other class of fpr_at/tpr_at, and every
+    group the rule's ``groups:`` leaves out, ``size`` samples each) all get the outcome opposite
+    to the op's side, so a rule that counted them would be caught."""
+    assert rule.signal is not None
+    labels = protocol.labels
+    regime = labels is not None and labels.source == "regime"
+    all_groups = list(protocol.groups) or [SYNTH_GROUP]
+    chosen = list(rule.groups) if rule.groups else all_groups
+    upward = rule.op in (">=", ">")
+    want: int | None = None
+    if rule.statistic in ("fpr_at", "tpr_at"):
+        want = 0 if rule.statistic == "fpr_at" else 1
+        cut = rule.cut
+        assert cut is not None
+        sign = _sign(protocol, rule.signal)
+        step = max(abs(cut), 1.0)
+
+        def value(one: bool) -> float:  # flagged = oriented value above the oriented cut
+            return float(cut + (sign * step if one else -sign * step))
+
+    else:
+
+        def value(one: bool) -> float:
+            return 1.0 if one else 0.0
+
+    def group_class(g: str) -> int | None:
+        if regime:
+            assert labels is not None
+            return 0 if g == labels.reference else 1
+        return None if labels is None else -1  # -1: judged, set per item
+
+    counted = [g for g in chosen if want is None or not regime or group_class(g) == want]
+    rows = []
+    for g in all_groups:
+        cls = group_class(g)
+        if g in counted:
+            for j in range(counted.index(g), size, len(counted)):
+                lab = cls if cls != -1 else (want if want is not None else j % 2)
+                rows.append((g, f"{g}-c{j:05d}", lab, rule.signal, value(j < k)))
+        if g not in counted or g not in chosen or (want is not None and not regime):
+            extra = size if g not in chosen else 4
+            other = None if want is None else 1 - want
+            for j in range(extra):
+                if g not in chosen:
+                    lab = cls if cls != -1 else (want if want is not None else j % 2)
+                else:
+                    lab = cls if cls != -1 else other
+                rows.append((g, f"{g}-x{j:05d}", lab, rule.signal, value(not upward)))
+    return SourceData.from_rows(rows, name=name)
+
+
 def _threshold_dataset(
     protocol: Protocol, rule: ThresholdRule, scenario: str, n: int
 ) -> tuple[Dataset, str]:
+    if rule.statistic in BINARY_STATISTICS:
+        size, k, edge = _binary_plan(rule, scenario, n)
+        src = _binary_source(protocol, rule, size, k, f"synthetic {scenario}")
+        unit = "" if rule.statistic == "count" else f" ({k / size:.4g})"
+        desc = f"{rule.statistic} {k} of {size}{unit}"
+        if edge:
+            desc += "; no sample size lets a CI pass this bound, so PARTIAL is the best verdict"
+        return Dataset({rule.job: src}), desc
     value, desc = _threshold_plan(protocol, rule, scenario)
     name = f"synthetic {scenario}"
     if rule.statistic == "auroc":
@@ -520,12 +647,22 @@ def check_rules(
                 )
                 continue
             ok = _ok(scenario, verdict)
+            expected = _expected(scenario)
+            rule = protocol.decision_rules[name]
+            if (
+                scenario == "true effect"
+                and isinstance(rule, ThresholdRule)
+                and rule.statistic in BINARY_STATISTICS
+                and _binary_plan(rule, scenario, n_per_class)[2]
+            ):
+                # no sample size lets the CI pass the bound (e.g. rate <= 0): PARTIAL is the best
+                ok, expected = verdict == "PARTIAL", "PARTIAL (the best a CI allows at this bound)"
             out.append(
                 _check(
                     f"rule: {scenario}",
                     name,
                     ok,
-                    _expected(scenario),
+                    expected,
                     f"{verdict} ({desc})",
                     None if ok else cause(),
                 )
