@@ -38,6 +38,13 @@ def _check_rule_menu(
     if new and rule.groups:
         problems += _duplicates(base + ("groups",), rule.groups)
     statistic = rule.statistic
+    if statistic == "metric" and rule.groups:
+        problems.append(
+            (
+                base + ("groups",),
+                "statistic metric reads a recorded number; groups: selects samples",
+            )
+        )
     binary = isinstance(rule, ThresholdRule) and statistic in BINARY_STATISTICS
     explicit_method = "method" in rule.ci.model_fields_set
     if binary and explicit_method and rule.ci.method != "clopper_pearson":

@@ -66,6 +66,20 @@ protocol evaluated on the recorded metrics (no CI). With ``>=``/``>``: CI low pa
 PROVEN, else the point past it -> PARTIAL, else DISPROVEN; ``<=``/``<`` use the CI high. Without a
 CI the best verdict is PARTIAL (a point alone cannot prove).
 
+``groups:`` (threshold and non_inferiority): only the listed groups' samples enter the
+statistic (default: the protocol's groups); under ``regime`` labels a pooled AUROC still takes
+its negatives from the reference group.
+
+0/1 statistics (``threshold``; :func:`_binary_outcomes`, :func:`clopper_pearson`): ``rate`` =
+k / n over the selected samples of a 0/1 signal (any other value -> INCONCLUSIVE); ``count`` = k
+with the rate's interval scaled by n; ``fpr_at`` / ``tpr_at`` = the fraction of label-0 / label-1
+samples flagged at ``cut`` (``value >= cut`` for ``higher_means: positive``, ``value <= cut`` for
+``negative``). Interval: exact Clopper-Pearson at ``ci.level``; decided as every threshold.
+
+``correction`` (top level): the family's rules are decided at the CI levels of
+:func:`family_alphas` (bonferroni: ``1 - alpha / m``; holm: the step-down sequence) and their
+results carry ``correction``.
+
 ``non_inferiority``: ``d = s(candidate) - s(reference)`` (negated when ``higher_is_better`` is
 false), s = pooled AUROC or mean of the signal. CI low of d > -margin -> PROVEN; else
 d > -margin -> PARTIAL; else DISPROVEN. When both jobs hold exactly the same items (same

@@ -26,6 +26,12 @@ protocol unless it passes. Three families of checks:
      ``3 d`` short (inverted), ``d = |bound| / 2`` (1 for a zero bound); for a derived metric with a
      direction, "true" means on the metric's better side, so an op that rewards the worse side
      is refused.
+   * ``threshold`` on ``rate`` / ``count`` / ``fpr_at`` / ``tpr_at``: 0/1 data
+     (:func:`_binary_plan`, :func:`_binary_source`): true = every counted sample on the op's
+     side with the smallest size whose Clopper-Pearson far side passes the bound (PARTIAL is
+     expected when no size up to ``MAX_BINARY_N`` can, e.g. ``<= 0``); null = the count nearest
+     the bound not past it; inverted = the opposite extreme. Unselected groups and the
+     uncounted class get the opposite outcome.
    * ``non_inferiority``: true = the candidate beats the reference (AUROC 1 vs about 0.76, or
      mean ``+d`` in the better direction); null = the candidate at chance against a perfect
      reference (mean: worse by ``margin + d``); inverted = the candidate perfectly wrong (mean:
