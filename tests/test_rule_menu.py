@@ -136,7 +136,7 @@ def test_rate_over_selected_group_with_exact_ci() -> None:
     assert res["ci_high"] == pytest.approx(ref.high, abs=1e-12)
     assert res["verdict"] == "PARTIAL"  # the point is >= 0.9, the CI low (0.555) is not
     assert res["ci"] == {"method": "clopper_pearson", "level": 0.95}
-    assert "over groups [held_out_idk]" in res["why"] and "9 of 10 samples" in res["why"]
+    assert "over groups (held_out_idk)" in res["why"] and "9 of 10 samples" in res["why"]
 
 
 def test_rate_proven_and_disproven() -> None:
@@ -243,7 +243,7 @@ decision_rules:
     assert m["value"] == pytest.approx(0.9) and m["n"] == 4 and m["verdict"] == "PROVEN"
     ni = evaluate_rule(p, "ni", ds)  # in_domain differs by 5.0 but is not selected
     assert ni["difference"] == 0.0 and ni["paired"] is True and ni["verdict"] == "PROVEN"
-    assert "over groups [gibberish]" in ni["why"]
+    assert "over groups (gibberish)" in ni["why"]
 
 
 def test_validation_errors_name_the_field() -> None:
@@ -441,3 +441,62 @@ def test_new_fields_absent_from_canonical_json_when_unset() -> None:
     assert canon.count('"groups"') == 1 + 2  # the protocol's, r2's and r3's
     with_corr = canonical_json(load(CORRECTED.replace("METHOD", "holm")))
     assert '"correction":{"family":["H1","H2","H3"],"method":"holm"}' in with_corr
+
+
+# ------------------------------------------------------------------------------------------
+# Through the CLI: the correction is shown in the verdict text and --json
+# ------------------------------------------------------------------------------------------
+
+CLI_PROTOCOL = """docket: 1
+id: menu-cli
+title: Rule menu through the CLI
+signals:
+  refused: {higher_means: positive}
+labels: {source: regime, reference: in_domain}
+groups: [in_domain, held_out_idk, gibberish]
+jobs:
+  - {name: probe, kind: probe}
+hypotheses:
+  - {id: H1, statement: held-out refusals, rule: r1}
+  - {id: H2, statement: gibberish refusals, rule: r2}
+decision_rules:
+  r1: {kind: threshold, statistic: rate, signal: refused, groups: [held_out_idk], bound: 0.5,
+       job: probe}
+  r2: {kind: threshold, statistic: rate, signal: refused, groups: [gibberish], bound: 0.5,
+       job: probe}
+correction: {method: bonferroni, family: [H1, H2]}
+"""
+
+
+def test_verdict_cli_shows_the_correction(docket_sqlite, tmp_path: Path) -> None:
+    import json
+
+    proto = tmp_path / "menu.yaml"
+    proto.write_text(CLI_PROTOCOL)
+    for args in (("protocol", "register", str(proto)), ("protocol", "freeze", "menu-cli")):
+        r = docket_sqlite(*args)
+        assert r.exit_code == 0, r.output
+    rows = []
+    for g, k in (("in_domain", 0), ("held_out_idk", 27), ("gibberish", 40)):
+        for i in range(40):
+            rows.append(
+                {
+                    "group": g,
+                    "item": f"{g}-{i:02d}",
+                    "label": 0 if g == "in_domain" else 1,
+                    "signals": {"refused": 1.0 if i < k else 0.0},
+                }
+            )
+    data = tmp_path / "probe.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    r = docket_sqlite("ingest", "menu-cli", str(data), "--job", "probe")
+    assert r.exit_code == 0, r.output
+    r = docket_sqlite("verdict", "menu-cli", "--json")
+    assert r.exit_code == 0, r.output
+    h1, h2 = json.loads(r.output)["hypotheses"]
+    # 27 of 40: PROVEN at 0.95 (p = 0.038) but not at the Bonferroni level 1 - 0.05/2
+    assert h1["verdict"] == "PARTIAL" and h2["verdict"] == "PROVEN"
+    assert h1["correction"]["level"] == pytest.approx(0.975) and h1["correction"]["m"] == 2
+    text = " ".join(docket_sqlite("verdict", "menu-cli").output.split())
+    assert "bonferroni correction over H1, H2: CI level 0.975 instead of 0.95" in text
+    assert "rate(refused) over groups (held_out_idk) = 27 of 40 samples" in text

@@ -511,7 +511,7 @@ def _binary_outcomes(
     cut, i.e. ``value >= cut`` for ``higher_means: positive`` and ``value <= cut`` for
     ``negative`` (the oriented score ``+/-value`` is ``>=`` the oriented cut)."""
     assert rule.signal is not None
-    where = f"in groups [{', '.join(rule.groups)}]" if rule.groups else "in the protocol's groups"
+    where = f"in groups ({', '.join(rule.groups)})" if rule.groups else "in the protocol's groups"
     if rule.statistic in ("rate", "count"):
         got = _all_values(protocol, src, rule.signal, rule.groups)
         if isinstance(got, list):
@@ -1154,7 +1154,7 @@ def _eval_threshold(
     if rule.cut is not None:
         what = f"{rule.statistic}({rule.signal}, cut {rule.cut:g})"
     if rule.groups:
-        what += f" over groups [{', '.join(rule.groups)}]"
+        what += f" over groups ({', '.join(rule.groups)})"
     if "k" in out:
         what += f" = {out['k']} of {out['n']} {out['counted']}"
     ci_txt = f"CI [{lo:.4g}, {hi:.4g}]" if has_ci else "no CI recorded"
@@ -1251,7 +1251,7 @@ def _eval_non_inferiority(
         "PARTIAL": f"the point is above -{rule.margin:g} but the CI's low end is not",
         "DISPROVEN": f"the point is not above -{rule.margin:g}",
     }[verdict]
-    over = f" over groups [{', '.join(rule.groups)}]" if rule.groups else ""
+    over = f" over groups ({', '.join(rule.groups)})" if rule.groups else ""
     out["why"] = (
         f"{rule.statistic}({rule.signal}){over}: {rule.candidate_job} {float(cv[0]):.4g} vs "
         f"{rule.reference_job} {float(rv[0]):.4g}, difference{orient} {diff:+.4g} CI "
@@ -1431,8 +1431,8 @@ def _corrected(
         }
         res["correction"] = info
         res["why"] = (
-            f"{res['why']} [{correction.method} correction over {', '.join(family)}: CI level "
-            f"{info['level']:.6g} instead of {level0:g}]"
+            f"{res['why']} ({correction.method} correction over {', '.join(family)}: CI level "
+            f"{info['level']:.6g} instead of {level0:g})"
         )
         out[hid] = res
     return out
