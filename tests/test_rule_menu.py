@@ -256,6 +256,11 @@ def test_validation_errors_name_the_field() -> None:
     assert "in [0, 1]" in errors(MENU.replace('op: ">=", bound: 0.5}', 'op: ">=", bound: 50}'))
     assert "can never hold" in errors(MENU.replace('"<=", bound: 0.0}', '"<", bound: 0.0}'))
     assert "label-0 samples" in errors(MENU.replace("groups: [in_domain]", "groups: [gibberish]"))
+    on_metric = MENU.replace(
+        "gib_mean: {kind: threshold, statistic: mean, signal: abstain_p,",
+        "gib_mean: {kind: threshold, statistic: metric, metric: acc,",
+    )
+    assert "decision_rules.gib_mean.groups" in errors(on_metric)
 
 
 def test_sign_check_passes_with_0_1_synthetic_data() -> None:
@@ -276,11 +281,42 @@ def test_sign_check_passes_with_0_1_synthetic_data() -> None:
             assert set(np.unique(values)) <= {0.0, 1.0}  # a 0/1 signal stays 0/1
 
 
-def test_sign_check_fails_a_rate_rule_that_rewards_the_wrong_side() -> None:
-    # "rate of refusals <= 0.9" where a proving synthetic effect needs <= side: still PROVEN;
-    # but a bound no data can pass from the op's side is refused before sign-check
+JUDGED = """
+docket: 1
+id: judged
+title: judged labels
+signals:
+  fail: {higher_means: positive}
+  conf: {higher_means: negative}
+labels: {source: judged}
+groups: [a, b, c]
+hypotheses:
+  - {id: H1, statement: x, rule: r1}
+  - {id: H2, statement: x, rule: r2}
+  - {id: H3, statement: x, rule: r3}
+  - {id: H4, statement: x, rule: r4}
+decision_rules:
+  r1: {kind: threshold, statistic: fpr_at, signal: conf, cut: 0.3, groups: [a, b], op: "<=",
+       bound: 0.1}
+  r2: {kind: threshold, statistic: tpr_at, signal: conf, cut: 0.3, groups: [c], op: ">",
+       bound: 0.8}
+  r3: {kind: threshold, statistic: rate, signal: fail, op: "<", bound: 0.2}
+  r4: {kind: threshold, statistic: count, signal: fail, groups: [b], op: "<=", bound: 3}
+"""
+
+
+def test_sign_check_judged_labels_and_small_counts() -> None:
+    report = sign_check(load(JUDGED))
+    assert report["passed"], [c for c in report["checks"] if not c["passed"]]
+    found = {(c["target"], c["check"]): c["found"] for c in report["checks"]}
+    # "at most 3 failures" is provable: 0 of 1 has a CP upper end of 0.975
+    assert found[("r4", "rule: true effect")] == "PROVEN (count 0 of 1)"
+    assert found[("r1", "rule: null")] == "DISPROVEN (fpr_at 7 of 60 (0.1167))"
+
+
+def test_a_rate_bound_no_data_can_meet_is_refused() -> None:
     text = MENU.replace('op: ">=", bound: 0.9, ci:', 'op: ">", bound: 1.0, ci:')
-    assert "can never hold" in errors(text)
+    assert "decision_rules.idk_gate.op" in errors(text) and "can never hold" in errors(text)
 
 
 def test_simulation_of_a_rate_rule() -> None:

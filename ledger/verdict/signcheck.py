@@ -301,46 +301,34 @@ def _threshold_plan(protocol: Protocol, rule: ThresholdRule, scenario: str) -> t
     return value, f"{rule.statistic} {value:g}"
 
 
-def _binary_plan(rule: ThresholdRule, scenario: str, n: int) -> tuple[int, int, bool]:
-    """(N counted samples, k of them 1, edge) of a 0/1 rule's scenario.
+def _binary_plan(
+    rule: ThresholdRule, scenario: str, n: int, groups: int = 1
+) -> tuple[int, int, bool]:
+    """(N counted samples, k of them 1, edge) of a 0/1 rule's scenario; ``groups`` = how many
+    groups the counted samples are spread over (each needs one).
 
     true effect: every counted sample on the op's side (k = N for ``>=``/``>``, 0 for
-    ``<=``/``<``), N the smallest of ``2 n``, ``2 n + 1``, ... (doubling, at most
-    ``MAX_BINARY_N``) whose Clopper-Pearson far side passes the bound; ``edge`` = no N does
-    (e.g. ``<= 0``: the upper end of 0 of N is ``1 - a^(1/N) > 0``), and then the best verdict
-    the rule can give is PARTIAL. null: N = 2 n and the k nearest to the bound that is not past
-    it (e.g. ``rate >= 0.9`` of 60: k = 53). inverted: the opposite extreme."""
+    ``<=``/``<``), N the smallest size from ``2 n`` (``count``: from ``groups``, a count's
+    interval depending on N) up to ``MAX_BINARY_N`` whose Clopper-Pearson far side passes the
+    bound; ``edge`` = no N does (e.g. ``rate <= 0``: the upper end of 0 of N is
+    ``1 - a^(1/N) > 0``), and then the best verdict the rule can give is PARTIAL. null: N = 2 n
+    and the k nearest to the bound that is not past it (e.g. ``rate >= 0.9`` of 60: k = 53).
+    inverted: the opposite extreme."""
     upward = rule.op in (">=", ">")
-    level = rule.ci.level
-
-    def passes(size: int) -> bool:
-        k = size if upward else 0
-        lo, hi = clopper_pearson(k, size, level)
-        far = float(lo) if upward else float(hi)
-        if rule.statistic == "count":
-            far *= size
-        return bool(
-            {">=": far >= rule.bound, ">": far > rule.bound}.get(rule.op)
-            if upward
-            else {"<=": far <= rule.bound, "<": far < rule.bound}[rule.op]
-        )
-
     if scenario == "true effect":
-        size, edge = 2 * n, True
-        while size <= MAX_BINARY_N:
-            if passes(size):
-                edge = False
-                break
-            size *= 2
-        if not edge:  # refine down to the smallest passing size of this octave
-            low = size // 2 + 1 if size > 2 * n else size
-            for cand in range(low, size + 1):
-                if passes(cand):
-                    size = cand
-                    break
-        else:
-            size = 2 * n
-        return size, (size if upward else 0), edge
+        start = max(1, groups) if rule.statistic == "count" else 2 * n
+        sizes = np.arange(start, MAX_BINARY_N + 1)
+        k = sizes if upward else np.zeros_like(sizes)
+        lo, hi = clopper_pearson(k, sizes, rule.ci.level)
+        far = lo if upward else hi
+        if rule.statistic == "count":
+            far = far * sizes
+        cmp = {">=": np.greater_equal, ">": np.greater, "<=": np.less_equal, "<": np.less}
+        hits = np.flatnonzero(cmp[rule.op](far, rule.bound))
+        if hits.size == 0:
+            return 2 * n, (2 * n if upward else 0), True
+        size = int(sizes[hits[0]])
+        return size, (size if upward else 0), False
     size = 2 * n
     if rule.statistic == "count":
         size = max(size, int(np.ceil(rule.bound)) + 1)
@@ -353,6 +341,17 @@ def _binary_plan(rule: ThresholdRule, scenario: str, n: int) -> tuple[int, int, 
             return size, (0 if upward else size), False
         return size, int(short.max() if upward else short.min()), False
     return size, (0 if upward else size), False
+
+
+def _counted_groups(protocol: Protocol, rule: ThresholdRule) -> int:
+    """How many groups supply the samples a 0/1 rule counts (regime fpr_at: the reference;
+    regime tpr_at: the others)."""
+    chosen = list(rule.groups) if rule.groups else (list(protocol.groups) or [SYNTH_GROUP])
+    labels = protocol.labels
+    if rule.statistic in ("fpr_at", "tpr_at") and labels is not None and labels.source == "regime":
+        want_ref = rule.statistic == "fpr_at"
+        return max(1, sum(1 for g in chosen if (g == labels.reference) == want_ref))
+    return len(chosen)
 
 
 def _binary_source(
@@ -415,7 +414,7 @@ def _threshold_dataset(
     protocol: Protocol, rule: ThresholdRule, scenario: str, n: int
 ) -> tuple[Dataset, str]:
     if rule.statistic in BINARY_STATISTICS:
-        size, k, edge = _binary_plan(rule, scenario, n)
+        size, k, edge = _binary_plan(rule, scenario, n, _counted_groups(protocol, rule))
         src = _binary_source(protocol, rule, size, k, f"synthetic {scenario}")
         unit = "" if rule.statistic == "count" else f" ({k / size:.4g})"
         desc = f"{rule.statistic} {k} of {size}{unit}"
@@ -659,7 +658,7 @@ def check_rules(
                 scenario == "true effect"
                 and isinstance(rule, ThresholdRule)
                 and rule.statistic in BINARY_STATISTICS
-                and _binary_plan(rule, scenario, n_per_class)[2]
+                and _binary_plan(rule, scenario, n_per_class, _counted_groups(protocol, rule))[2]
             ):
                 # no sample size lets the CI pass the bound (e.g. rate <= 0): PARTIAL is the best
                 ok, expected = verdict == "PARTIAL", "PARTIAL (the best a CI allows at this bound)"
