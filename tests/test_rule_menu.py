@@ -536,3 +536,35 @@ def test_verdict_cli_shows_the_correction(docket_sqlite, tmp_path: Path) -> None
     text = " ".join(docket_sqlite("verdict", "menu-cli").output.split())
     assert "bonferroni correction over H1, H2: CI level 0.975 instead of 0.95" in text
     assert "rate(refused) over groups (held_out_idk) = 27 of 40 samples" in text
+
+
+def test_pilot_simulation_of_a_rate_rule_resamples_the_counted_outcomes() -> None:
+    p = load(MENU)
+    pilot = standard_data([1.0] * 10, [0.1] * 10).sources[None]  # held_out_idk: 10 of 10
+    sim = simulate_protocol(p, n_sims=50, n_per_class=200, resamples=100, pilot=pilot)
+    rule = next(r for r in sim["rules"] if r["rule"] == "idk_gate")
+    # every resampled study is 200 of 200 ones: CI low 0.982 >= 0.9
+    assert rule["points"][0]["rates"]["PROVEN"] == 1.0
+    fp = next(r for r in sim["rules"] if r["rule"] == "fp_at_cut")
+    assert fp["points"][0]["rates"]["PARTIAL"] == 1.0  # 0 flagged, but <= 0.0 is never PROVEN
+
+
+def test_auroc_over_selected_groups_keeps_the_reference_negatives() -> None:
+    text = MENU.replace(
+        "gib_mean: {kind: threshold, statistic: mean, signal: abstain_p, groups: [gibberish],",
+        "gib_mean: {kind: threshold, statistic: auroc, signal: abstain_p, groups: [gibberish],",
+    )
+    p = load(text)
+    ds = Dataset(
+        {
+            None: source(
+                {
+                    "in_domain": {"abstain_p": [0.1, 0.2, 0.3, 0.4]},
+                    "held_out_idk": {"abstain_p": [0.0, 0.0, 0.0, 0.0]},  # not selected
+                    "gibberish": {"abstain_p": [0.9, 0.8, 0.7, 0.6]},
+                }
+            )
+        }
+    )
+    res = evaluate_rule(p, "gib_mean", ds)
+    assert res["value"] == 1.0 and (res["n_pos"], res["n_neg"]) == (4, 4)
