@@ -6,7 +6,9 @@ floats in Python's shortest round-trip repr; Decimals as strings of their normal
 sorted, no whitespace, UTF-8. Derived-metric expressions are written in one spelling
 (``ast.unparse``: ``a-b``, ``a - b`` and ``(a - b)`` are the same expression). Comments, key order,
 quoting style, omitted defaults and expression spacing therefore do not change the hash; any change
-of a value does. Job fields added later (``entry``, ``command``) are left out when unset.
+of a value does. Fields added later are left out when unset: job ``entry``, ``command``
+(``OPTIONAL_JOB_FIELDS``), rule ``groups``, ``cut`` (``OPTIONAL_RULE_FIELDS``) and the top-level
+``correction`` (``OPTIONAL_PROTOCOL_FIELDS``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import math
 from decimal import Decimal
 from typing import Any
 
-from .schema import OPTIONAL_JOB_FIELDS, Protocol
+from .schema import OPTIONAL_JOB_FIELDS, OPTIONAL_PROTOCOL_FIELDS, OPTIONAL_RULE_FIELDS, Protocol
 
 
 def _normalise(value: Any) -> Any:
@@ -58,6 +60,13 @@ def canonical_json(protocol: Protocol) -> str:
         for key in OPTIONAL_JOB_FIELDS:  # unset -> absent: older protocols keep their sha256
             if job.get(key) is None:
                 job.pop(key, None)
+    for rule in data.get("decision_rules", {}).values():
+        for key in OPTIONAL_RULE_FIELDS:
+            if rule.get(key, 0) is None:
+                rule.pop(key)
+    for key in OPTIONAL_PROTOCOL_FIELDS:
+        if data.get(key, 0) is None:
+            data.pop(key)
     return json.dumps(
         _normalise(data), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
     )

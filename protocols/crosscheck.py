@@ -20,6 +20,161 @@ from .schema import CombinationRule, NonInferiorityRule, Protocol, RegimeWinsRul
 
 Problem = tuple[tuple[str | int, ...], str]
 
+BINARY_STATISTICS = ("rate", "count", "fpr_at", "tpr_at")
+"""Threshold statistics of 0/1 outcomes; their CI is always Clopper-Pearson."""
+PROPORTIONS = ("rate", "fpr_at", "tpr_at")
+
+
+def _check_rule_menu(
+    protocol: Protocol, base: tuple[str | int, ...], rule: Any, new: bool
+) -> list[Problem]:
+    """``groups:``, ``cut:``, the CI method and the bound of a threshold / non-inferiority
+    rule (see docs/protocol.md, "Decision rules")."""
+    problems: list[Problem] = []
+    groups = set(protocol.groups)
+    for j, g in enumerate(rule.groups or []):
+        if g not in groups:
+            problems.append((base + ("groups", j), "unknown group: " + _one_of(g, groups)))
+    if new and rule.groups:
+        problems += _duplicates(base + ("groups",), rule.groups)
+    statistic = rule.statistic
+    if statistic == "metric" and rule.groups:
+        problems.append(
+            (
+                base + ("groups",),
+                "statistic metric reads a recorded number; groups: selects samples",
+            )
+        )
+    binary = isinstance(rule, ThresholdRule) and statistic in BINARY_STATISTICS
+    explicit_method = "method" in rule.ci.model_fields_set
+    if binary and explicit_method and rule.ci.method != "clopper_pearson":
+        problems.append(
+            (
+                base + ("ci", "method"),
+                f"statistic {statistic} uses the exact Clopper-Pearson interval; expected "
+                f"method: clopper_pearson (or no method), found {rule.ci.method!r}",
+            )
+        )
+    if not binary and rule.ci.method == "clopper_pearson":
+        problems.append(
+            (
+                base + ("ci", "method"),
+                "method clopper_pearson is the interval of the 0/1 statistics "
+                f"({', '.join(BINARY_STATISTICS)}); statistic {statistic} expects "
+                "paired_bootstrap or delong",
+            )
+        )
+    if isinstance(rule, ThresholdRule):
+        if statistic in ("fpr_at", "tpr_at"):
+            if rule.cut is None:
+                problems.append((base + ("cut",), f"statistic {statistic} needs a cut: value"))
+            if protocol.labels is None:
+                problems.append((base, f"statistic {statistic} needs a top-level labels: section"))
+            elif protocol.labels.source == "regime" and rule.groups:
+                ref = protocol.labels.reference
+                chosen = set(rule.groups)
+                if statistic == "fpr_at" and ref not in chosen:
+                    problems.append(
+                        (
+                            base + ("groups",),
+                            f"fpr_at counts label-0 samples, which under regime labels are the "
+                            f"reference group {ref!r}; list it in groups:",
+                        )
+                    )
+                if statistic == "tpr_at" and not (chosen - {ref}):
+                    problems.append(
+                        (
+                            base + ("groups",),
+                            "tpr_at counts label-1 samples, which under regime labels are the "
+                            f"groups other than the reference {ref!r}; list one in groups:",
+                        )
+                    )
+        elif rule.cut is not None:
+            problems.append(
+                (base + ("cut",), f"cut: is for statistics fpr_at and tpr_at, not {statistic}")
+            )
+        if new and statistic in PROPORTIONS and not 0.0 <= rule.bound <= 1.0:
+            problems.append(
+                (base + ("bound",), f"a {statistic} is in [0, 1]; found bound {rule.bound:g}")
+            )
+        if new and statistic == "count" and rule.bound < 0:
+            problems.append((base + ("bound",), f"a count is >= 0; found bound {rule.bound:g}"))
+        if new and statistic in BINARY_STATISTICS:
+            top = 1.0 if statistic in PROPORTIONS else None
+            vacuous = (rule.op == ">=" and rule.bound <= 0) or (
+                top is not None and rule.op == "<=" and rule.bound >= top
+            )
+            never = (rule.op == "<" and rule.bound <= 0) or (
+                top is not None and rule.op == ">" and rule.bound >= top
+            )
+            if vacuous or never:
+                problems.append(
+                    (
+                        base + ("op",),
+                        f"{statistic} {rule.op} {rule.bound:g} "
+                        + ("holds for any data" if vacuous else "can never hold")
+                        + "; state a bound the data can pass or fail",
+                    )
+                )
+    return problems
+
+
+def _check_correction(protocol: Protocol) -> list[Problem]:
+    """``correction.family``: existing, distinct hypotheses whose rules are CI-decided
+    (``threshold`` on a statistic the engine computes, or ``non_inferiority``), on distinct
+    rules, with one CI level."""
+    corr = protocol.correction
+    if corr is None:
+        return []
+    problems: list[Problem] = []
+    hyps = {h.id: h for h in protocol.hypotheses}
+    problems += _duplicates(("correction", "family"), corr.family)
+    levels: dict[float, str] = {}
+    rules_seen: dict[str, str] = {}
+    for j, hid in enumerate(corr.family):
+        where = ("correction", "family", j)
+        if hid not in hyps:
+            problems.append((where, "unknown hypothesis: " + _one_of(hid, set(hyps))))
+            continue
+        rule = protocol.decision_rules.get(hyps[hid].rule)
+        if rule is None:
+            continue
+        ok = isinstance(rule, NonInferiorityRule) or (
+            isinstance(rule, ThresholdRule) and rule.statistic != "metric"
+        )
+        if not ok:
+            what = rule.kind + (" on a recorded metric" if isinstance(rule, ThresholdRule) else "")
+            problems.append(
+                (
+                    where,
+                    f"hypothesis {hid!r} is decided by a {what} rule; a correction adjusts CI "
+                    "levels, so expected a threshold (not statistic metric) or "
+                    "non_inferiority rule",
+                )
+            )
+            continue
+        other = rules_seen.get(hyps[hid].rule)
+        if other is not None and other != hid:
+            problems.append(
+                (
+                    where,
+                    f"hypotheses {other!r} and {hid!r} share rule {hyps[hid].rule!r}; a family "
+                    "counts distinct tests",
+                )
+            )
+        rules_seen[hyps[hid].rule] = hid
+        levels.setdefault(rule.ci.level, hid)  # type: ignore[union-attr]
+    if len(levels) > 1:
+        shown = ", ".join(f"{h} {lv:g}" for lv, h in levels.items())
+        problems.append(
+            (
+                ("correction", "family"),
+                f"the family's rules declare different ci.level ({shown}); a family-wise "
+                "correction needs one alpha",
+            )
+        )
+    return problems
+
 
 def _one_of(name: str, allowed: list[str] | set[str]) -> str:
     shown = ", ".join(sorted(allowed)) if allowed else "(none declared)"
@@ -270,8 +425,10 @@ def cross_check(
                                 "unknown group: " + _one_of(g, groups),
                             )
                         )
-        elif isinstance(rule, ThresholdRule):
-            if rule.statistic in ("mean", "auroc"):
+        if isinstance(rule, ThresholdRule | NonInferiorityRule):
+            problems += _check_rule_menu(protocol, base, rule, new)
+        if isinstance(rule, ThresholdRule):
+            if rule.statistic in ("mean", "auroc", *BINARY_STATISTICS):
                 if rule.signal is None:
                     problems.append(
                         (base + ("signal",), f"statistic {rule.statistic} needs a signal")
@@ -303,6 +460,8 @@ def cross_check(
                     problems.append(
                         (base + ("of", j), "unknown hypothesis: " + _one_of(h, set(hyp_ids)))
                     )
+
+    problems += _check_correction(protocol)
 
     # combination rules must not refer to themselves through their hypotheses
     rule_of_hyp = {h.id: h.rule for h in protocol.hypotheses}

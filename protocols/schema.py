@@ -72,9 +72,11 @@ class LabelSpec(StrictModel):
 
 
 class CISpec(StrictModel):
-    """How a confidence interval is computed. ``seed`` makes every resample reproducible."""
+    """How a confidence interval is computed. ``seed`` makes every resample reproducible.
+    ``clopper_pearson`` (the exact binomial interval) is the interval of the 0/1 statistics
+    ``rate``, ``count``, ``fpr_at`` and ``tpr_at``, which always use it."""
 
-    method: Literal["paired_bootstrap", "delong"] = "paired_bootstrap"
+    method: Literal["paired_bootstrap", "delong", "clopper_pearson"] = "paired_bootstrap"
     level: Probability = 0.95
     resamples: Annotated[int, Field(ge=100, le=1_000_000)] = 10_000
     seed: Seed = 0
@@ -110,22 +112,30 @@ class ThresholdRule(StrictModel):
 
     ``statistic: mean`` = mean of ``signal`` over samples (bootstrap CI over samples);
     ``auroc`` = pooled AUROC of ``signal`` (stratified bootstrap CI);
-    ``metric`` = a scalar metric a job recorded (its recorded CI if any, else point only)."""
+    ``metric`` = a scalar metric a job recorded (its recorded CI if any, else point only);
+    ``rate`` = fraction of a 0/1 ``signal`` equal to 1; ``count`` = number of 1s (the bound is a
+    count); ``fpr_at`` / ``tpr_at`` = fraction of label-0 / label-1 samples flagged at ``cut``
+    (Clopper-Pearson CI for these four). ``groups``: only these groups' samples count (default:
+    every protocol group). ``groups`` and ``cut`` are omitted from the canonical JSON when
+    unset (:data:`OPTIONAL_RULE_FIELDS`)."""
 
     kind: Literal["threshold"]
-    statistic: Literal["mean", "auroc", "metric"]
+    statistic: Literal["mean", "auroc", "metric", "rate", "count", "fpr_at", "tpr_at"]
     signal: Identifier | None = None
     metric: Identifier | None = None
     job: Identifier | None = None
     op: Literal[">=", ">", "<=", "<"] = ">="
     bound: float
     ci: CISpec = Field(default_factory=CISpec)
+    groups: list[Identifier] | None = Field(default=None, min_length=1)
+    cut: float | None = None
 
 
 class NonInferiorityRule(StrictModel):
     """Candidate job's statistic is no worse than the reference job's by more than ``margin``:
     CI of (candidate - reference), oriented so higher is better, entirely above -margin -> PROVEN;
-    point estimate only -> PARTIAL; else DISPROVEN."""
+    point estimate only -> PARTIAL; else DISPROVEN. ``groups``: only these groups' samples count
+    in both jobs (default: every protocol group; omitted from the canonical JSON when unset)."""
 
     kind: Literal["non_inferiority"]
     statistic: Literal["mean", "auroc"]
@@ -135,6 +145,7 @@ class NonInferiorityRule(StrictModel):
     margin: float = Field(ge=0.0)
     higher_is_better: bool = True
     ci: CISpec = Field(default_factory=CISpec)
+    groups: list[Identifier] | None = Field(default=None, min_length=1)
 
 
 class CombinationRule(StrictModel):
@@ -150,6 +161,22 @@ DecisionRule = Annotated[
     RegimeWinsRule | ThresholdRule | NonInferiorityRule | CombinationRule,
     Field(discriminator="kind"),
 ]
+
+
+OPTIONAL_RULE_FIELDS = ("groups", "cut")
+"""Decision-rule fields added after protocols were first hashed: omitted from the canonical JSON
+when unset (None), so every protocol written before them keeps its sha256."""
+
+
+class Correction(StrictModel):
+    """A family-wise error correction over named hypotheses (``docs/protocol.md``, "Multiple
+    hypotheses"). ``bonferroni``: each member's rule is decided with CI level ``1 - alpha / m``
+    (``alpha = 1 - ci.level``, ``m`` = family size). ``holm``: the step-down sequence of levels
+    ``1 - alpha / m, 1 - alpha / (m - r), ...`` (r = members PROVEN so far), which equals Holm's
+    procedure on the p-values ``p_i = inf{a : rule i is PROVEN with CI level 1 - a}``."""
+
+    method: Literal["holm", "bonferroni"]
+    family: list[Identifier] = Field(min_length=2)
 
 
 class SignCheckExample(StrictModel):
@@ -191,6 +218,10 @@ class JobSpec(StrictModel):
 OPTIONAL_JOB_FIELDS = ("entry", "command")
 """JobSpec fields added after protocols were first hashed: omitted from the canonical JSON when
 unset, so every protocol written before them keeps its sha256 (protocols/canonical.py)."""
+
+OPTIONAL_PROTOCOL_FIELDS = ("correction",)
+"""Top-level protocol fields added after protocols were first hashed: omitted from the canonical
+JSON when unset (None)."""
 
 
 class Budget(StrictModel):
@@ -238,6 +269,7 @@ class Protocol(StrictModel):
     jobs: list[JobSpec] = Field(default_factory=list)
     budget: Budget | None = None
     claims: dict[Identifier, Claim] = Field(default_factory=dict)
+    correction: Correction | None = None
 
     @field_validator("docket", mode="before")
     @classmethod

@@ -66,6 +66,20 @@ protocol evaluated on the recorded metrics (no CI). With ``>=``/``>``: CI low pa
 PROVEN, else the point past it -> PARTIAL, else DISPROVEN; ``<=``/``<`` use the CI high. Without a
 CI the best verdict is PARTIAL (a point alone cannot prove).
 
+``groups:`` (threshold and non_inferiority): only the listed groups' samples enter the
+statistic (default: the protocol's groups); under ``regime`` labels a pooled AUROC still takes
+its negatives from the reference group.
+
+0/1 statistics (``threshold``; :func:`_binary_outcomes`, :func:`clopper_pearson`): ``rate`` =
+k / n over the selected samples of a 0/1 signal (any other value -> INCONCLUSIVE); ``count`` = k
+with the rate's interval scaled by n; ``fpr_at`` / ``tpr_at`` = the fraction of label-0 / label-1
+samples flagged at ``cut`` (``value >= cut`` for ``higher_means: positive``, ``value <= cut`` for
+``negative``). Interval: exact Clopper-Pearson at ``ci.level``; decided as every threshold.
+
+``correction`` (top level): the family's rules are decided at the CI levels of
+:func:`family_alphas` (bonferroni: ``1 - alpha / m``; holm: the step-down sequence) and their
+results carry ``correction``.
+
 ``non_inferiority``: ``d = s(candidate) - s(reference)`` (negated when ``higher_is_better`` is
 false), s = pooled AUROC or mean of the signal. CI low of d > -margin -> PROVEN; else
 d > -margin -> PARTIAL; else DISPROVEN. When both jobs hold exactly the same items (same
@@ -86,17 +100,19 @@ still reported.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+import scipy.special
 import scipy.stats
 
 from docketml.protocols.expr import ExprError, parse_expr
 from docketml.protocols.schema import (
     CISpec,
     CombinationRule,
+    Correction,
     NonInferiorityRule,
     Protocol,
     RegimeWinsRule,
@@ -112,6 +128,7 @@ VERDICTS: tuple[Verdict, ...] = ("PROVEN", "PARTIAL", "DISPROVEN", "INCONCLUSIVE
 TRIED_ORDER: tuple[Verdict, ...] = ("PROVEN", "PARTIAL", "DISPROVEN")
 MARGIN_TOL = 1e-12
 POOLED_STREAM = "pooled"
+BINARY_STATISTICS = ("rate", "count", "fpr_at", "tpr_at")
 NI_STREAMS = ("candidate", "reference")
 
 __all__ = [
@@ -335,17 +352,30 @@ def _contest(
     return _Contest(mat[:, pmask], mat[:, nmask], keys)
 
 
-def _protocol_groups(protocol: Protocol, src: SourceData) -> list[str]:
+def _protocol_groups(
+    protocol: Protocol, src: SourceData, selected: Sequence[str] | None = None
+) -> list[str]:
+    """The groups whose samples a statistic reads: a rule's ``groups:`` when given, else the
+    protocol's groups, else every group the source holds."""
+    if selected:
+        return list(selected)
     return list(protocol.groups) if protocol.groups else sorted(src.groups)
 
 
-def _pooled(protocol: Protocol, src: SourceData, signals: Sequence[str]) -> _Contest | list[str]:
-    """Pooled (cross-group) positives/negatives of the protocol's groups; every group must be
-    present (a missing group is named, never dropped)."""
+def _pooled(
+    protocol: Protocol,
+    src: SourceData,
+    signals: Sequence[str],
+    selected: Sequence[str] | None = None,
+) -> _Contest | list[str]:
+    """Pooled (cross-group) positives/negatives of the protocol's groups (or the ``selected``
+    ones); every group must be present (a missing group is named, never dropped). Under
+    ``regime`` labels the reference group always supplies the negatives; ``selected`` chooses
+    which other groups supply positives."""
     labels = protocol.labels
     if labels is None:
         return ["the protocol has no labels: section, so there are no classes to separate"]
-    groups = _protocol_groups(protocol, src)
+    groups = _protocol_groups(protocol, src, selected)
     if not groups:
         return [f"no observations ({src.name})"]
     problems: list[str] = []
@@ -406,10 +436,11 @@ def _pooled(protocol: Protocol, src: SourceData, signals: Sequence[str]) -> _Con
 
 
 def _all_values(
-    protocol: Protocol, src: SourceData, signal: str
+    protocol: Protocol, src: SourceData, signal: str, selected: Sequence[str] | None = None
 ) -> tuple[np.ndarray, tuple[tuple[str, str], ...]] | list[str]:
-    """Raw (not oriented) values of ``signal`` over every item of the protocol's groups."""
-    groups = _protocol_groups(protocol, src)
+    """Raw (not oriented) values of ``signal`` over every item of the protocol's groups (or of
+    the ``selected`` groups)."""
+    groups = _protocol_groups(protocol, src, selected)
     problems: list[str] = []
     vals, keys = [], []
     for g in groups:
@@ -428,6 +459,115 @@ def _all_values(
     if not vals:
         return [f"no observations ({src.name})"]
     return np.concatenate(vals), tuple(keys)
+
+
+def _labelled_values(
+    protocol: Protocol, src: SourceData, signal: str, selected: Sequence[str] | None
+) -> tuple[np.ndarray, np.ndarray] | list[str]:
+    """Raw values of ``signal`` and 0/1 labels over the items of the selected groups: judged
+    labels as recorded (an unlabelled item is a problem); regime labels by group (the reference
+    = 0, every other group = 1)."""
+    labels = protocol.labels
+    if labels is None:
+        return ["the protocol has no labels: section, so no sample is label 0 or 1"]
+    problems: list[str] = []
+    vals, labs = [], []
+    for g in _protocol_groups(protocol, src, selected):
+        gs = src.groups.get(g)
+        if gs is None or not gs.items:
+            problems.append(f"group {g!r} has no observations ({src.name})")
+            continue
+        gaps = _signal_gaps(src, g, gs, np.ones(len(gs.items), bool), [signal])
+        if gaps:
+            problems += gaps
+            continue
+        if labels.source == "regime":
+            lab = np.full(len(gs.items), 0 if g == labels.reference else 1, dtype=np.int8)
+        else:
+            unlabelled = int((gs.labels < 0).sum())
+            if unlabelled:
+                problems.append(
+                    f"group {g!r} has {_count(unlabelled, 'item')} without a label ({src.name})"
+                )
+                continue
+            lab = gs.labels
+        vals.append(gs.values[signal])
+        labs.append(lab)
+    if problems:
+        return problems
+    if not vals:
+        return [f"no observations ({src.name})"]
+    return np.concatenate(vals), np.concatenate(labs)
+
+
+def _binary_outcomes(
+    protocol: Protocol, src: SourceData, rule: ThresholdRule
+) -> tuple[np.ndarray, str] | list[str]:
+    """The 0/1 outcomes a ``rate`` / ``count`` / ``fpr_at`` / ``tpr_at`` rule counts, and what
+    they are ("samples", "label-0 samples", ...); or the sentences naming what is missing.
+
+    ``rate``/``count``: the signal's raw values, each of which must be exactly 0 or 1.
+    ``fpr_at``/``tpr_at``: over the label-0 (fpr) / label-1 (tpr) samples, 1 = flagged at the
+    cut, i.e. ``value >= cut`` for ``higher_means: positive`` and ``value <= cut`` for
+    ``negative`` (the oriented score ``+/-value`` is ``>=`` the oriented cut)."""
+    assert rule.signal is not None
+    where = f"in groups ({', '.join(rule.groups)})" if rule.groups else "in the protocol's groups"
+    if rule.statistic in ("rate", "count"):
+        got = _all_values(protocol, src, rule.signal, rule.groups)
+        if isinstance(got, list):
+            return got
+        values, keys = got
+        bad = np.flatnonzero((values != 0.0) & (values != 1.0))
+        if bad.size:
+            g, item = keys[int(bad[0])]
+            return [
+                f"statistic {rule.statistic} counts a 0/1 signal, but {rule.signal!r} has "
+                f"{_count(int(bad.size), 'value')} that are neither 0 nor 1 {where} (first: "
+                f"{values[bad[0]]:g} for item {item!r} of group {g!r}; {src.name})"
+            ]
+        return values.astype(np.int64), "samples"
+    assert rule.cut is not None
+    got_l = _labelled_values(protocol, src, rule.signal, rule.groups)
+    if isinstance(got_l, list):
+        return got_l
+    values, labs = got_l
+    want = 0 if rule.statistic == "fpr_at" else 1
+    chosen = values[labs == want]
+    if chosen.size == 0:
+        return [f"no label-{want} samples {where} for {rule.statistic} ({src.name})"]
+    sign = _orient(protocol, rule.signal)
+    flagged = (sign * chosen >= sign * rule.cut).astype(np.int64)
+    return flagged, f"label-{want} samples"
+
+
+def clopper_pearson(
+    k: np.ndarray | int, n: np.ndarray | int, level: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact (Clopper-Pearson) two-sided interval of a binomial proportion, elementwise:
+    ``a = (1 - level) / 2``, low = the ``a`` quantile of Beta(k, n - k + 1) (0 when k = 0),
+    high = the ``1 - a`` quantile of Beta(k + 1, n - k) (1 when k = n). Equals
+    ``scipy.stats.binomtest(k, n).proportion_ci(level, method="exact")`` (tests/test_rule_menu.py
+    checks 1e-12), computed with the regularised incomplete beta inverse instead of a root
+    search, and batched."""
+    kk = np.asarray(k, dtype=np.float64)
+    nn = np.asarray(n, dtype=np.float64)
+    a = _alpha(level)
+    lo = scipy.special.betaincinv(np.where(kk > 0, kk, 1.0), nn - kk + 1.0, a)
+    hi = scipy.special.betaincinv(kk + 1.0, np.where(kk < nn, nn - kk, 1.0), 1.0 - a)
+    return np.where(kk > 0, lo, 0.0), np.where(kk < nn, hi, 1.0)
+
+
+def _binary_stat(
+    statistic: str, k: np.ndarray, n: np.ndarray, level: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Point and Clopper-Pearson CI of a 0/1 statistic for T studies: a proportion ``k / n``
+    (rate, fpr_at, tpr_at), or for ``count`` the count ``k`` with the proportion's interval
+    scaled by ``n`` (so ``count >= c`` of n decides as ``rate >= c / n``)."""
+    lo, hi = clopper_pearson(k, n, level)
+    if statistic == "count":
+        nn = np.asarray(n, dtype=np.float64)
+        return np.asarray(k, dtype=np.float64), lo * nn, hi * nn
+    return np.asarray(k, dtype=np.float64) / n, lo, hi
 
 
 # --------------------------------------------------------------------------------------------
@@ -927,6 +1067,7 @@ def _eval_threshold(
         "statistic": rule.statistic,
         "signal": rule.signal,
         "metric": rule.metric,
+        "selected_groups": list(rule.groups) if rule.groups else None,
         "op": rule.op,
         "bound": rule.bound,
         "value": None,
@@ -952,6 +1093,22 @@ def _eval_threshold(
                 out, missing + [f"metric {rule.metric!r} has a non-finite value or CI ({src.name})"]
             )
         out["ci"] = {"method": "recorded" if lo is not None and hi is not None else "none"}
+    elif rule.statistic in BINARY_STATISTICS:
+        assert rule.signal is not None
+        out["ci"] = {"method": "clopper_pearson", "level": rule.ci.level}
+        if rule.cut is not None:
+            out["cut"] = rule.cut
+        if rule.signal not in src.signals():
+            missing.append(f"signal {rule.signal!r} was never recorded ({src.name})")
+            return _inconclusive(out, missing)
+        got_b = _binary_outcomes(protocol, src, rule)
+        if isinstance(got_b, list):
+            return _inconclusive(out, missing + got_b)
+        outcomes, counted = got_b
+        k, n = int(outcomes.sum()), int(outcomes.size)
+        p, lo_a, hi_a = _binary_stat(rule.statistic, np.array([k]), np.array([n]), rule.ci.level)
+        out["k"], out["n"], out["counted"] = k, n, counted
+        point, lo, hi = float(p[0]), float(lo_a[0]), float(hi_a[0])
     else:
         assert rule.signal is not None
         out["ci"] = _ci_info(rule.ci, b)
@@ -964,7 +1121,7 @@ def _eval_threshold(
             else None
         )
         if rule.statistic == "auroc":
-            got_c = _pooled(protocol, src, [rule.signal])
+            got_c = _pooled(protocol, src, [rule.signal], rule.groups)
             if isinstance(got_c, list):
                 return _inconclusive(out, missing + got_c)
             if rule.ci.method == "delong" and min(got_c.pos.shape[1], got_c.neg.shape[1]) < 2:
@@ -972,7 +1129,7 @@ def _eval_threshold(
             p, lo_a, hi_a = _auroc_stat(got_c.pos, got_c.neg, rule.ci, rng, b)
             out["n_pos"], out["n_neg"] = int(got_c.pos.shape[1]), int(got_c.neg.shape[1])
         else:
-            got_v = _all_values(protocol, src, rule.signal)
+            got_v = _all_values(protocol, src, rule.signal, rule.groups)
             if isinstance(got_v, list):
                 return _inconclusive(out, missing + got_v)
             p, lo_a, hi_a = _mean_stat(got_v[0][None, :], rule.ci, rng, b)
@@ -994,7 +1151,15 @@ def _eval_threshold(
     verdict = VERDICTS[idx]
     out["verdict"] = verdict
     what = rule.metric if rule.statistic == "metric" else f"{rule.statistic}({rule.signal})"
+    if rule.cut is not None:
+        what = f"{rule.statistic}({rule.signal}, cut {rule.cut:g})"
+    if rule.groups:
+        what += f" over groups ({', '.join(rule.groups)})"
+    if "k" in out:
+        what += f" = {out['k']} of {out['n']} {out['counted']}"
     ci_txt = f"CI [{lo:.4g}, {hi:.4g}]" if has_ci else "no CI recorded"
+    if out["ci"].get("method") == "clopper_pearson":
+        ci_txt = f"Clopper-Pearson {rule.ci.level:g} CI [{lo:.4g}, {hi:.4g}]"
     side = "low" if rule.op in (">=", ">") else "high"
     reason = {
         "PROVEN": f"the CI's {side} end is {rule.op} {rule.bound:g}",
@@ -1017,6 +1182,7 @@ def _eval_non_inferiority(
         "reference_job": rule.reference_job,
         "margin": rule.margin,
         "higher_is_better": rule.higher_is_better,
+        "selected_groups": list(rule.groups) if rule.groups else None,
         "ci": _ci_info(rule.ci, b),
         "candidate_value": None,
         "reference_value": None,
@@ -1041,9 +1207,9 @@ def _eval_non_inferiority(
             shaped.append(None)
             continue
         got: Any = (
-            _pooled(protocol, src, [rule.signal])
+            _pooled(protocol, src, [rule.signal], rule.groups)
             if rule.statistic == "auroc"
-            else _all_values(protocol, src, rule.signal)
+            else _all_values(protocol, src, rule.signal, rule.groups)
         )
         if isinstance(got, list):
             missing += got
@@ -1085,8 +1251,9 @@ def _eval_non_inferiority(
         "PARTIAL": f"the point is above -{rule.margin:g} but the CI's low end is not",
         "DISPROVEN": f"the point is not above -{rule.margin:g}",
     }[verdict]
+    over = f" over groups ({', '.join(rule.groups)})" if rule.groups else ""
     out["why"] = (
-        f"{rule.statistic}({rule.signal}): {rule.candidate_job} {float(cv[0]):.4g} vs "
+        f"{rule.statistic}({rule.signal}){over}: {rule.candidate_job} {float(cv[0]):.4g} vs "
         f"{rule.reference_job} {float(rv[0]):.4g}, difference{orient} {diff:+.4g} CI "
         f"[{float(lo[0]):+.4g}, {float(hi[0]):+.4g}] ({'paired' if paired else 'independent'}): "
         f"{reason}"
@@ -1171,12 +1338,20 @@ def _ni_mean(
 
 
 def evaluate_rule(
-    protocol: Protocol, rule_name: str, dataset: Dataset, *, resamples_cap: int | None = None
+    protocol: Protocol,
+    rule_name: str,
+    dataset: Dataset,
+    *,
+    resamples_cap: int | None = None,
+    level: float | None = None,
 ) -> dict[str, Any]:
     """Evaluate one non-combination decision rule; the dict has ``verdict``, ``why``, ``missing``
     and the rule's numbers. ``resamples_cap`` lowers ``ci.resamples`` (sign-check, simulation);
-    a verdict never sets it."""
+    a verdict never sets it. ``level`` replaces ``ci.level`` (the family-wise correction of
+    :func:`evaluate`; the bootstrap seed scheme is unchanged, so only the interval moves)."""
     rule = protocol.decision_rules[rule_name]
+    if level is not None and not isinstance(rule, CombinationRule):
+        rule = rule.model_copy(update={"ci": rule.ci.model_copy(update={"level": level})})
     if isinstance(rule, RegimeWinsRule):
         out = _eval_regime(protocol, rule, dataset, resamples_cap)
     elif isinstance(rule, ThresholdRule):
@@ -1188,6 +1363,81 @@ def evaluate_rule(
     return {"rule": rule_name, "kind": rule.kind, **out}
 
 
+def family_alphas(
+    method: str, alpha: float, m: int, proven_at: Callable[[int, float], bool]
+) -> tuple[list[float], list[bool]]:
+    """The family-wise correction: per member i of m, the alpha its CI is finally decided at and
+    whether it is PROVEN there. ``proven_at(i, a)`` = member i is PROVEN with CI level ``1 - a``
+    (monotone: a larger a gives a narrower interval).
+
+    ``bonferroni``: every member at ``alpha / m``. ``holm`` (step-down): every member not yet
+    PROVEN is tried at ``alpha / (m - r)``, r = members PROVEN at earlier steps (r = 0 first);
+    when a step proves none, the rest stay decided at that step's alpha. With
+    ``p_i = inf{a : proven_at(i, a)}`` this rejects exactly the hypotheses Holm's procedure on the
+    p-values rejects (sorted p_(j) <= alpha / (m - j + 1) up to the first failure)."""
+    if method == "bonferroni":
+        a = alpha / m
+        return [a] * m, [bool(proven_at(i, a)) for i in range(m)]
+    used = [alpha / m] * m
+    proven = [False] * m
+    remaining = list(range(m))
+    r = 0
+    while remaining:
+        a = alpha / (m - r)
+        newly = [i for i in remaining if proven_at(i, a)]
+        for i in remaining:
+            used[i] = a
+        if not newly:
+            break
+        for i in newly:
+            proven[i] = True
+        remaining = [i for i in remaining if i not in newly]
+        r += len(newly)
+    return used, proven
+
+
+def _corrected(
+    protocol: Protocol, correction: Correction, dataset: Dataset, cap: int | None
+) -> dict[str, dict[str, Any]]:
+    """Results of the correction family's hypotheses (by id), each decided at its corrected CI
+    level (:func:`family_alphas`) and carrying a ``correction`` entry."""
+    rule_of = {h.id: h.rule for h in protocol.hypotheses}
+    family = list(correction.family)
+    m = len(family)
+    level0 = protocol.decision_rules[rule_of[family[0]]].ci.level  # type: ignore[union-attr]
+    alpha = 1.0 - level0
+    cache: dict[tuple[int, float], dict[str, Any]] = {}
+
+    def run(i: int, a: float) -> dict[str, Any]:
+        key = (i, a)
+        if key not in cache:
+            cache[key] = evaluate_rule(
+                protocol, rule_of[family[i]], dataset, resamples_cap=cap, level=1.0 - a
+            )
+        return cache[key]
+
+    used, _ = family_alphas(
+        correction.method, alpha, m, lambda i, a: run(i, a)["verdict"] == "PROVEN"
+    )
+    out = {}
+    for i, hid in enumerate(family):
+        res = dict(run(i, used[i]))
+        info = {
+            "method": correction.method,
+            "family": family,
+            "m": m,
+            "declared_level": level0,
+            "level": 1.0 - used[i],
+        }
+        res["correction"] = info
+        res["why"] = (
+            f"{res['why']} ({correction.method} correction over {', '.join(family)}: CI level "
+            f"{info['level']:.6g} instead of {level0:g})"
+        )
+        out[hid] = res
+    return out
+
+
 def evaluate(
     protocol: Protocol, dataset: Dataset, *, resamples_cap: int | None = None
 ) -> dict[str, Any]:
@@ -1196,10 +1446,17 @@ def evaluate(
     Returns ``{"verdict": <the primary hypothesis's verdict>, "primary": id, "hypotheses":
     [{"id", "statement", "rule", "kind", "verdict", "why", "missing", "wins", "groups", ...}]}``
     in the protocol's hypothesis order. Each rule is evaluated once even if several hypotheses
-    name it. Deterministic: the same inputs give bit-for-bit the same output.
+    name it. Deterministic: the same inputs give bit-for-bit the same output. The hypotheses of
+    ``protocol.correction.family`` are decided at their corrected CI levels and carry
+    ``correction: {method, family, m, declared_level, level}`` (also stated in ``why``).
     """
     by_rule: dict[str, dict[str, Any]] = {}
     by_hyp: dict[str, dict[str, Any]] = {}
+    corrected = (
+        _corrected(protocol, protocol.correction, dataset, resamples_cap)
+        if protocol.correction is not None
+        else {}
+    )
     hyps = {h.id: h for h in protocol.hypotheses}
 
     def hyp_result(hid: str) -> dict[str, Any]:
@@ -1221,6 +1478,8 @@ def evaluate(
                 "wins": None,
                 "groups": [],
             }
+        elif hid in corrected:
+            res = corrected[hid]
         else:
             if h.rule not in by_rule:
                 by_rule[h.rule] = evaluate_rule(

@@ -26,6 +26,12 @@ protocol unless it passes. Three families of checks:
      ``3 d`` short (inverted), ``d = |bound| / 2`` (1 for a zero bound); for a derived metric with a
      direction, "true" means on the metric's better side, so an op that rewards the worse side
      is refused.
+   * ``threshold`` on ``rate`` / ``count`` / ``fpr_at`` / ``tpr_at``: 0/1 data
+     (:func:`_binary_plan`, :func:`_binary_source`): true = every counted sample on the op's
+     side with the smallest size whose Clopper-Pearson far side passes the bound (PARTIAL is
+     expected when no size up to ``MAX_BINARY_N`` can, e.g. ``<= 0``); null = the count nearest
+     the bound not past it; inverted = the opposite extreme. Unselected groups and the
+     uncounted class get the opposite outcome.
    * ``non_inferiority``: true = the candidate beats the reference (AUROC 1 vs about 0.76, or
      mean ``+d`` in the better direction); null = the candidate at chance against a perfect
      reference (mean: worse by ``margin + d``); inverted = the candidate perfectly wrong (mean:
@@ -64,7 +70,15 @@ from docketml.protocols.schema import (
 )
 
 from ..results import MetricValue
-from .rules import Dataset, SourceData, combine, describe_condition, evaluate_rule
+from .rules import (
+    BINARY_STATISTICS,
+    Dataset,
+    SourceData,
+    clopper_pearson,
+    combine,
+    describe_condition,
+    evaluate_rule,
+)
 
 N_PER_CLASS = 30
 RESAMPLES_CAP = 2000
@@ -72,6 +86,7 @@ STRONG = 8.0  # shift giving perfect separation on the grid
 MILD = 1.0  # shift giving AUROC about 0.76
 SCENARIOS = ("true effect", "null", "inverted")
 SYNTH_GROUP = "all"
+MAX_BINARY_N = 1 << 16  # the largest synthetic sample a 0/1 rule's true effect may use
 
 
 def _check(
@@ -286,9 +301,126 @@ def _threshold_plan(protocol: Protocol, rule: ThresholdRule, scenario: str) -> t
     return value, f"{rule.statistic} {value:g}"
 
 
+def _binary_plan(
+    rule: ThresholdRule, scenario: str, n: int, groups: int = 1
+) -> tuple[int, int, bool]:
+    """(N counted samples, k of them 1, edge) of a 0/1 rule's scenario; ``groups`` = how many
+    groups the counted samples are spread over (each needs one).
+
+    true effect: every counted sample on the op's side (k = N for ``>=``/``>``, 0 for
+    ``<=``/``<``), N the smallest size from ``2 n`` (``count``: from ``groups``, a count's
+    interval depending on N) up to ``MAX_BINARY_N`` whose Clopper-Pearson far side passes the
+    bound; ``edge`` = no N does (e.g. ``rate <= 0``: the upper end of 0 of N is
+    ``1 - a^(1/N) > 0``), and then the best verdict the rule can give is PARTIAL. null: N = 2 n
+    and the k nearest to the bound that is not past it (e.g. ``rate >= 0.9`` of 60: k = 53).
+    inverted: the opposite extreme."""
+    upward = rule.op in (">=", ">")
+    if scenario == "true effect":
+        start = max(1, groups) if rule.statistic == "count" else 2 * n
+        sizes = np.arange(start, MAX_BINARY_N + 1)
+        k = sizes if upward else np.zeros_like(sizes)
+        lo, hi = clopper_pearson(k, sizes, rule.ci.level)
+        far = lo if upward else hi
+        if rule.statistic == "count":
+            far = far * sizes
+        cmp = {">=": np.greater_equal, ">": np.greater, "<=": np.less_equal, "<": np.less}
+        hits = np.flatnonzero(cmp[rule.op](far, rule.bound))
+        if hits.size == 0:
+            return 2 * n, (2 * n if upward else 0), True
+        size = int(sizes[hits[0]])
+        return size, (size if upward else 0), False
+    size = 2 * n
+    if rule.statistic == "count":
+        size = max(size, int(np.ceil(rule.bound)) + 1)
+    if scenario == "null":
+        cmp = {">=": np.greater_equal, ">": np.greater, "<=": np.less_equal, "<": np.less}
+        ks = np.arange(size + 1)
+        stat = ks.astype(np.float64) if rule.statistic == "count" else ks / size
+        short = ks[~cmp[rule.op](stat, rule.bound)]  # the engine's own comparison
+        if short.size == 0:
+            return size, (0 if upward else size), False
+        return size, int(short.max() if upward else short.min()), False
+    return size, (0 if upward else size), False
+
+
+def _counted_groups(protocol: Protocol, rule: ThresholdRule) -> int:
+    """How many groups supply the samples a 0/1 rule counts (regime fpr_at: the reference;
+    regime tpr_at: the others)."""
+    chosen = list(rule.groups) if rule.groups else (list(protocol.groups) or [SYNTH_GROUP])
+    labels = protocol.labels
+    if rule.statistic in ("fpr_at", "tpr_at") and labels is not None and labels.source == "regime":
+        want_ref = rule.statistic == "fpr_at"
+        return max(1, sum(1 for g in chosen if (g == labels.reference) == want_ref))
+    return len(chosen)
+
+
+def _binary_source(
+    protocol: Protocol, rule: ThresholdRule, size: int, k: int, name: str
+) -> SourceData:
+    """Synthetic 0/1 data: ``size`` counted samples, ``k`` of them 1 (for fpr_at/tpr_at: flagged
+    at the cut, by the signal's polarity), spread round-robin over the counted groups. A 0/1
+    signal stays 0/1. Samples that are not counted (the other class of fpr_at/tpr_at, and every
+    group the rule's ``groups:`` leaves out, ``size`` samples each) all get the outcome opposite
+    to the op's side, so a rule that counted them would be caught."""
+    assert rule.signal is not None
+    labels = protocol.labels
+    regime = labels is not None and labels.source == "regime"
+    all_groups = list(protocol.groups) or [SYNTH_GROUP]
+    chosen = list(rule.groups) if rule.groups else all_groups
+    upward = rule.op in (">=", ">")
+    want: int | None = None
+    if rule.statistic in ("fpr_at", "tpr_at"):
+        want = 0 if rule.statistic == "fpr_at" else 1
+        cut = rule.cut
+        assert cut is not None
+        sign = _sign(protocol, rule.signal)
+        step = max(abs(cut), 1.0)
+
+        def value(one: bool) -> float:  # flagged = oriented value above the oriented cut
+            return float(cut + (sign * step if one else -sign * step))
+
+    else:
+
+        def value(one: bool) -> float:
+            return 1.0 if one else 0.0
+
+    def group_class(g: str) -> int | None:
+        if regime:
+            assert labels is not None
+            return 0 if g == labels.reference else 1
+        return None if labels is None else -1  # -1: judged, set per item
+
+    counted = [g for g in chosen if want is None or not regime or group_class(g) == want]
+    rows = []
+    for g in all_groups:
+        cls = group_class(g)
+        if g in counted:
+            for j in range(counted.index(g), size, len(counted)):
+                lab = cls if cls != -1 else (want if want is not None else j % 2)
+                rows.append((g, f"{g}-c{j:05d}", lab, rule.signal, value(j < k)))
+        if g not in counted or g not in chosen or (want is not None and not regime):
+            extra = size if g not in chosen else 4
+            other = None if want is None else 1 - want
+            for j in range(extra):
+                if g not in chosen:
+                    lab = cls if cls != -1 else (want if want is not None else j % 2)
+                else:
+                    lab = cls if cls != -1 else other
+                rows.append((g, f"{g}-x{j:05d}", lab, rule.signal, value(not upward)))
+    return SourceData.from_rows(rows, name=name)
+
+
 def _threshold_dataset(
     protocol: Protocol, rule: ThresholdRule, scenario: str, n: int
 ) -> tuple[Dataset, str]:
+    if rule.statistic in BINARY_STATISTICS:
+        size, k, edge = _binary_plan(rule, scenario, n, _counted_groups(protocol, rule))
+        src = _binary_source(protocol, rule, size, k, f"synthetic {scenario}")
+        unit = "" if rule.statistic == "count" else f" ({k / size:.4g})"
+        desc = f"{rule.statistic} {k} of {size}{unit}"
+        if edge:
+            desc += "; no sample size lets a CI pass this bound, so PARTIAL is the best verdict"
+        return Dataset({rule.job: src}), desc
     value, desc = _threshold_plan(protocol, rule, scenario)
     name = f"synthetic {scenario}"
     if rule.statistic == "auroc":
@@ -520,12 +652,22 @@ def check_rules(
                 )
                 continue
             ok = _ok(scenario, verdict)
+            expected = _expected(scenario)
+            rule = protocol.decision_rules[name]
+            if (
+                scenario == "true effect"
+                and isinstance(rule, ThresholdRule)
+                and rule.statistic in BINARY_STATISTICS
+                and _binary_plan(rule, scenario, n_per_class, _counted_groups(protocol, rule))[2]
+            ):
+                # no sample size lets the CI pass the bound (e.g. rate <= 0): PARTIAL is the best
+                ok, expected = verdict == "PARTIAL", "PARTIAL (the best a CI allows at this bound)"
             out.append(
                 _check(
                     f"rule: {scenario}",
                     name,
                     ok,
-                    _expected(scenario),
+                    expected,
                     f"{verdict} ({desc})",
                     None if ok else cause(),
                 )

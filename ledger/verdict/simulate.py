@@ -18,9 +18,12 @@ Data model (binormal, per study):
   negatives (``regime`` labels: one reference group of negatives shared by every contest, as in
   a real verdict). The null is ``gap = 0``.
 * ``threshold`` on ``auroc``: the pooled AUROC is ``bound + gap`` (gap measured towards the op's
-  side); on ``mean``: unit-variance values with mean ``bound + gap``. Null: ``gap = 0`` (the
-  statistic exactly at the bound). ``metric`` thresholds read a CI recorded by a job and are not
-  simulated.
+  side); on ``mean``: unit-variance values with mean ``bound + gap``; on ``rate`` / ``fpr_at`` /
+  ``tpr_at``: binomial counts of the N counted samples (the rule's groups; label-0 / label-1
+  for fpr / tpr) with true proportion ``bound + gap`` clipped to [0, 1]; on ``count``: the same
+  with ``bound / N + gap``; all decided with the engine's Clopper-Pearson core. Only the
+  rule's ``groups:`` count towards N. Null: ``gap = 0`` (the statistic exactly at the bound).
+  ``metric`` thresholds read a CI recorded by a job and are not simulated.
 * ``non_inferiority``: the reference has true AUROC ``base_auroc`` (mean: 0, unit variance), the
   candidate ``reference + gap`` (gap oriented so positive is better), paired items. Null: ``gap =
   -margin``.
@@ -172,12 +175,62 @@ def _sim_regime(
     return rules.decide_regime(won, contests, rule.verdicts)
 
 
-def _pooled_sizes(protocol: Protocol, n: int) -> tuple[int, int]:
+def _pooled_sizes(
+    protocol: Protocol, n: int, selected: Sequence[str] | None = None
+) -> tuple[int, int]:
+    """(positives, negatives) of the pooled data at ``n`` items per class per group, over the
+    rule's ``groups:`` when given (regime labels: the reference always supplies the
+    negatives)."""
     labels = protocol.labels
-    groups = max(1, len(protocol.groups))
+    chosen = list(selected) if selected else list(protocol.groups)
+    groups = max(1, len(chosen))
     if labels is not None and labels.source == "regime":
-        return n * (groups - 1), n
+        others = [g for g in chosen if g != labels.reference] if selected else chosen[1:]
+        return n * max(1, len(others)), n
     return n * groups, n * groups
+
+
+def _binary_size(protocol: Protocol, rule: ThresholdRule, n: int) -> int:
+    """How many samples a 0/1 rule counts at ``n`` items per class per group: every selected
+    item (rate, count), the label-0 (fpr_at) or label-1 (tpr_at) items."""
+    n_pos, n_neg = _pooled_sizes(protocol, n, rule.groups)
+    labels = protocol.labels
+    if rule.statistic in ("rate", "count"):
+        if labels is not None and labels.source == "regime" and rule.groups:
+            return n * len(rule.groups)
+        return n_pos + n_neg
+    return n_neg if rule.statistic == "fpr_at" else n_pos
+
+
+def _sim_binary(
+    protocol: Protocol,
+    rule: ThresholdRule,
+    t: int,
+    n: int,
+    gap: float,
+    rng: np.random.Generator,
+    pilot: rules.SourceData | None,
+) -> np.ndarray:
+    """A 0/1 statistic: binomial counts ``k ~ Bin(N, p)`` with the true proportion ``p = bound
+    + gap`` towards the op (``bound / N + gap`` for ``count``), clipped to [0, 1]; or, with a
+    pilot, N outcomes resampled from the pilot's own counted outcomes. Decided by the engine's
+    Clopper-Pearson core."""
+    size = _binary_size(protocol, rule, n)
+    upward = rule.op in (">=", ">")
+    if pilot is not None:
+        got = rules._binary_outcomes(protocol, pilot, rule)
+        if isinstance(got, list):
+            raise PilotError("; ".join(got))
+        outcomes = got[0]
+        if outcomes.size == 0:
+            raise PilotError("the pilot has no samples this rule counts")
+        k = outcomes[rng.integers(0, outcomes.size, size=(t, size))].sum(axis=1)
+    else:
+        base = rule.bound / size if rule.statistic == "count" else rule.bound
+        p = min(max(base + (gap if upward else -gap), 0.0), 1.0)
+        k = rng.binomial(size, p, size=t)
+    point, lo, hi = rules._binary_stat(rule.statistic, k, np.full(t, size), rule.ci.level)
+    return rules.decide_threshold(point, lo, hi, rule.op, rule.bound)
 
 
 def _sim_threshold(
@@ -191,14 +244,16 @@ def _sim_threshold(
     rho: float,
     pilot: rules.SourceData | None = None,
 ) -> np.ndarray:
+    if rule.statistic in rules.BINARY_STATISTICS:
+        return _sim_binary(protocol, rule, t, n, gap, rng, pilot)
     upward = rule.op in (">=", ">")
     target = rule.bound + (gap if upward else -gap)
     gen = stats.derive_group_rngs(rule.ci.seed, [rules.POOLED_STREAM])[rules.POOLED_STREAM]
-    n_pos, n_neg = _pooled_sizes(protocol, n)
+    n_pos, n_neg = _pooled_sizes(protocol, n, rule.groups)
     assert rule.signal is not None
     if rule.statistic == "auroc":
         if pilot is not None:
-            got = rules._pooled(protocol, pilot, [rule.signal])
+            got = rules._pooled(protocol, pilot, [rule.signal], rule.groups)
             if isinstance(got, list):
                 raise PilotError("; ".join(got))
             pos = _resample(rng, got.pos, t, n_pos)[:, 0]
@@ -209,7 +264,7 @@ def _sim_threshold(
         point, lo, hi = rules._auroc_stat(pos, neg, rule.ci, gen, b)
     else:
         if pilot is not None:
-            got_v = rules._all_values(protocol, pilot, rule.signal)
+            got_v = rules._all_values(protocol, pilot, rule.signal, rule.groups)
             if isinstance(got_v, list):
                 raise PilotError("; ".join(got_v))
             values = _resample(rng, got_v[0][None, :], t, n_pos + n_neg)[:, 0]
@@ -232,7 +287,7 @@ def _sim_non_inferiority(
 ) -> np.ndarray:
     sign = 1.0 if rule.higher_is_better else -1.0
     gens = stats.derive_group_rngs(rule.ci.seed, list(rules.NI_STREAMS))
-    n_pos, n_neg = _pooled_sizes(protocol, n)
+    n_pos, n_neg = _pooled_sizes(protocol, n, rule.groups)
     if rule.statistic == "auroc":
         mu = np.array([_mu(base_auroc + sign * gap), _mu(base_auroc)])
         pos = _draw(rng, t, 2, n_pos, mu, rho)
@@ -259,11 +314,11 @@ def _table(rule: Any, gaps: Sequence[float] | None) -> tuple[list[float], float,
     elif isinstance(rule, ThresholdRule):
         table = list(gaps) if gaps is not None else list(THRESHOLD_GAPS)
         null_gap = 0.0
-        label = (
-            "true AUROC - bound (towards the op)"
-            if rule.statistic == "auroc"
-            else "true mean - bound, in SDs (towards the op)"
-        )
+        label = {
+            "auroc": "true AUROC - bound (towards the op)",
+            "mean": "true mean - bound, in SDs (towards the op)",
+            "count": "true rate - bound / N (towards the op)",
+        }.get(rule.statistic, f"true {rule.statistic} - bound (towards the op)")
         names = list(rules.TRIED_ORDER)
     else:
         assert isinstance(rule, NonInferiorityRule)
