@@ -28,9 +28,10 @@ file must be a regular file of at most ``MAX_INGEST_BYTES`` bytes.
 
 Validation is complete before anything is written: every problem is reported as
 ``FILE:LINE: message`` (all at once; exit 2) and the ledger is left untouched. A valid file is
-recorded in ONE transaction as a ``succeeded`` run (source ``ingest``, job ``ingest`` or
-``--job``) bound to the latest frozen version, with the file's sha256 as ``input_sha256``.
-Ingesting into a protocol that was never frozen is refused (exit 1).
+recorded in ONE short transaction (parsing happens before it, outside any transaction, so a long
+file never holds the ledger's write lock) as a ``succeeded`` run (source ``ingest``, job
+``ingest`` or ``--job``) bound to the latest frozen version, with the file's sha256 as
+``input_sha256``. Ingesting into a protocol that was never frozen is refused (exit 1).
 """
 
 from __future__ import annotations
@@ -54,12 +55,14 @@ from docketml.protocols.schema import NonInferiorityRule, Protocol, RegimeWinsRu
 
 from .errors import UserError
 from .store import protocols as store
-from .store.models import RunRow
+from .store.db import Ledger
+from .store.models import ProtocolRow, RunRow
 from .store.runs import complete_run, create_run, reap_abandoned, start_run
 from .verdict.rules import rule_sources
 
 DEFAULT_JOB = "ingest"
 MAX_PROBLEMS_SHOWN = 200
+MAX_REVALIDATIONS = 3  # a version frozen between validation and write: validate again
 JSONL_KEYS = ("group", "item", "label", "signals")
 MAX_INGEST_BYTES = 4 << 30
 MAX_GROUP_CHARS = 100  # observations.grp
@@ -436,46 +439,117 @@ def parse_results(protocol: Protocol, path: Path, data: bytes, job: str) -> Pars
 
 
 def ingest_file(
-    session: Session, protocol_id: str, path: Path, job: str | None = None
+    ledger: Ledger, protocol_id: str, path: Path, job: str | None = None
 ) -> dict[str, Any]:
     """Validate ``path`` and record it as a run of ``protocol_id``'s latest frozen version.
 
     Raises :class:`ledger.errors.CheckFailed` (not frozen), :class:`ledger.errors.UserError`
     (bad file: every problem with its line; nothing written).
+
+    Concurrency: the protocol is read in a deferred read-only transaction and the file is read,
+    parsed and validated outside any transaction; only the write (the run and its observations, in
+    batches of ``store.runs.OBS_CHUNK``) takes the ledger's write lock, in one short transaction.
+    If another version was frozen in between, the file is validated again against it.
     """
     started = time.perf_counter()
-    reap_abandoned(session)
-    row = store.latest_frozen(session, protocol_id)
-    protocol = store.parse_row(row)
     job = job or DEFAULT_JOB
-    names = [j.name for j in protocol.jobs]
-    if job != DEFAULT_JOB and job not in names:
-        raise UserError(
-            f"--job {job!r} is not a job of {protocol_id}; jobs: {', '.join(names) or '(none)'} "
-            f"(or omit --job to record the run as {DEFAULT_JOB!r})"
-        )
     try:
-        data = read_bounded(path, MAX_INGEST_BYTES, "JSONL or CSV file")
+        data: bytes | None = None
+        for _ in range(MAX_REVALIDATIONS):
+            with ledger.read_session() as session:
+                row = store.latest_frozen(session, protocol_id)
+                sha256, version = row.sha256, row.version
+                protocol = store.parse_row(row)
+            names = [j.name for j in protocol.jobs]
+            if job != DEFAULT_JOB and job not in names:
+                raise UserError(
+                    f"--job {job!r} is not a job of {protocol_id}; jobs: "
+                    f"{', '.join(names) or '(none)'} (or omit --job to record the run as "
+                    f"{DEFAULT_JOB!r})"
+                )
+            if data is None:
+                data = read_bounded(path, MAX_INGEST_BYTES, "JSONL or CSV file")
+            parsed = parse_results(protocol, path, data, job)
+            _refuse_problems(path, parsed)
+            digest = hashlib.sha256(data).hexdigest()
+            with ledger.session() as session:
+                reap_abandoned(session)
+                row = store.latest_frozen(session, protocol_id)
+                if row.sha256 != sha256:  # frozen meanwhile: validate against the new version
+                    continue
+                run_id, earlier, latest = _record(session, row, job, path, parsed, digest, started)
+            break
+        else:  # pragma: no cover - needs MAX_REVALIDATIONS freezes during one ingest
+            raise UserError(f"{protocol_id} kept changing while {path} was ingested; try again")
     except FileRefused as exc:
         raise UserError(f"{path}: {exc}") from None
-    parsed = parse_results(protocol, path, data, job)
-    if parsed.problems:
-        shown = parsed.problems[:MAX_PROBLEMS_SHOWN]
-        lines = [f"{path}:{line}: {msg}" for line, msg in shown]
-        more = len(parsed.problems) - len(shown)
-        if more > 0:
-            lines.append(f"... and {more} more problem(s)")
-        raise UserError(
-            f"{path}: {len(parsed.problems)} problem(s); nothing was recorded\n" + "\n".join(lines)
+    notes = []
+    if latest != (version, "frozen"):
+        notes.append(
+            f"bound to v{version} (the latest frozen version); v{latest[0]} is "
+            f"{latest[1]} and not used until frozen"
         )
-    digest = hashlib.sha256(data).hexdigest()
-    earlier = session.scalars(
-        select(RunRow.id).where(
-            RunRow.protocol_sha256 == row.sha256,
-            RunRow.input_sha256 == digest,
-            RunRow.source == "ingest",
+    fed = [n for n, r in protocol.decision_rules.items() if {job, None} & set(rule_sources(r))]
+    if not fed:
+        read = sorted({j for r in protocol.decision_rules.values() for j in rule_sources(r) if j})
+        notes.append(
+            f"no decision rule reads job {job!r}; the rules read "
+            + (", ".join(read) if read else "no job")
+            + " (use --job NAME)"
         )
-    ).all()
+    return {
+        "run_id": run_id,
+        "protocol": protocol_id,
+        "version": version,
+        "protocol_sha256": sha256,
+        "job": job,
+        "file": str(path),
+        "format": parsed.format,
+        "file_sha256": digest,
+        "items": parsed.items,
+        "signals": parsed.signals,
+        "observations": len(parsed.observations),
+        "previously_ingested_as": list(earlier),
+        "feeds_rules": fed,
+        "notes": notes,
+    }
+
+
+def _refuse_problems(path: Path, parsed: Parsed) -> None:
+    """Raise the :class:`UserError` listing ``parsed``'s problems (at most
+    ``MAX_PROBLEMS_SHOWN``, each ``FILE:LINE: message``), if it has any."""
+    if not parsed.problems:
+        return
+    shown = parsed.problems[:MAX_PROBLEMS_SHOWN]
+    lines = [f"{path}:{line}: {msg}" for line, msg in shown]
+    more = len(parsed.problems) - len(shown)
+    if more > 0:
+        lines.append(f"... and {more} more problem(s)")
+    raise UserError(
+        f"{path}: {len(parsed.problems)} problem(s); nothing was recorded\n" + "\n".join(lines)
+    )
+
+
+def _record(
+    session: Session,
+    row: ProtocolRow,
+    job: str,
+    path: Path,
+    parsed: Parsed,
+    digest: str,
+    started: float,
+) -> tuple[int, list[int], tuple[int, str]]:
+    """Write the validated file as a succeeded run of ``row`` in the caller's (write)
+    transaction; return (run id, earlier ingests of the same file, (latest version, status))."""
+    earlier = list(
+        session.scalars(
+            select(RunRow.id).where(
+                RunRow.protocol_sha256 == row.sha256,
+                RunRow.input_sha256 == digest,
+                RunRow.source == "ingest",
+            )
+        ).all()
+    )
     run = create_run(
         session,
         protocol_pk=row.id,
@@ -499,34 +573,5 @@ def ingest_file(
         observations=parsed.observations,
         wall_s=time.perf_counter() - started,
     )
-    latest = store.latest(session, protocol_id)
-    notes = []
-    if latest.id != row.id:
-        notes.append(
-            f"bound to v{row.version} (the latest frozen version); v{latest.version} is "
-            f"{latest.status} and not used until frozen"
-        )
-    fed = [n for n, r in protocol.decision_rules.items() if {job, None} & set(rule_sources(r))]
-    if not fed:
-        read = sorted({j for r in protocol.decision_rules.values() for j in rule_sources(r) if j})
-        notes.append(
-            f"no decision rule reads job {job!r}; the rules read "
-            + (", ".join(read) if read else "no job")
-            + " (use --job NAME)"
-        )
-    return {
-        "run_id": run.id,
-        "protocol": protocol_id,
-        "version": row.version,
-        "protocol_sha256": row.sha256,
-        "job": job,
-        "file": str(path),
-        "format": parsed.format,
-        "file_sha256": digest,
-        "items": parsed.items,
-        "signals": parsed.signals,
-        "observations": len(parsed.observations),
-        "previously_ingested_as": list(earlier),
-        "feeds_rules": fed,
-        "notes": notes,
-    }
+    latest = store.latest(session, row.protocol_id)
+    return run.id, earlier, (latest.version, latest.status)

@@ -201,8 +201,7 @@ def ingest_cmd(env: Env, protocol_id: str, file: Path, job: str | None, as_json:
     frozen version; every bad row is reported with its line and nothing is written."""
     from ..ingest import ingest_file
 
-    with env.ledger().session() as session:
-        data = ingest_file(session, protocol_id, file, job)
+    data = ingest_file(env.ledger(), protocol_id, file, job)
 
     def human(c: Any) -> None:
         c.print(

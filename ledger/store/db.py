@@ -130,8 +130,8 @@ def all_revisions() -> list[str]:
 
 
 def current_revision(engine: Engine) -> str | None:
-    try:
-        with engine.connect() as conn:
+    try:  # a deferred (read-only) transaction: a revision check never waits for a writer
+        with engine.connect().execution_options(**{READ_ONLY_OPTION: True}) as conn:
             return MigrationContext.configure(conn).get_current_revision()
     except OperationalError as exc:
         raise LedgerError(
