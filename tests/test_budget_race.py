@@ -29,7 +29,7 @@ from docketml.runners.context import KnobAudit
 from docketml.runners.execute.executor import finish_job, open_job
 
 # a40: $0.40/h, 300 s setup, per-minute billing: 60 s estimated = 360 s billed = $0.04 per run
-# (a 3 s run costs the same); under a $0.05 budget exactly one fits
+# (a 5 s run costs the same); under a $0.05 budget exactly one fits
 RACE_PROTOCOL = """\
 docket: 1
 id: race
@@ -72,7 +72,7 @@ def _racer(url: str, cwd: str, pid: str, barrier: Any, results: Any) -> None:
 
 @pytest.mark.slow
 def test_concurrent_runs_never_exceed_the_budget(docket: Any, tmp_path: Path) -> None:
-    pid = _freeze(docket, tmp_path, seconds=3.0)
+    pid = _freeze(docket, tmp_path, seconds=5.0)
     ctx = mp.get_context("spawn")
     barrier, results = ctx.Barrier(RACERS), ctx.Queue()
     procs = [
@@ -90,7 +90,10 @@ def test_concurrent_runs_never_exceed_the_budget(docket: Any, tmp_path: Path) ->
     for code, output in outcomes:
         if code == 1:
             assert "budget exceeded for job 'nap'" in output, output
-            assert "reserved $0.04 by 1 running run(s)" in output, output
+            # refused while the one run holds its reservation (or, on a machine slow enough
+            # that it already finished, by its real cost): never a second run
+            reserved = "reserved $0.04 by 1 running run(s)" in output
+            assert reserved or "spent $0.04 +" in output, output
             assert "Traceback" not in output
     runs = json.loads(docket("runs", "list", "--json").output)
     assert [r["status"] for r in runs] == ["succeeded"]
