@@ -4,7 +4,7 @@ URL: ``DOCKET_DB`` or ``sqlite:///<cwd>/.docket/ledger.db``. SQLite runs in WAL 
 keys on, a busy timeout of :func:`lock_timeout_seconds` (``DOCKET_LOCK_TIMEOUT_S``, default 60 s),
 and every writing transaction opened with ``BEGIN IMMEDIATE`` so that two writers queue on the
 lock instead of failing with "database is locked" when a reader upgrades to a writer; read-only
-transaction (:meth:`Ledger.read_session`, the revision check) open a deferred ``BEGIN`` and never
+transactions (:meth:`Ledger.read_session`, the revision check) open a deferred ``BEGIN`` and never
 wait for a writer (WAL). A writer that waited the whole timeout fails with "database is locked",
 which :func:`is_lock_timeout` recognises (the CLI: exit 75). PostgreSQL goes through psycopg 3
 with pre-ping.
