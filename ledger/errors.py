@@ -2,7 +2,8 @@
 
 0 success; 1 a check ran and failed (:class:`CheckFailed`); 2 bad input or usage
 (:class:`UserError`, ``ProtocolErrors``, ``LedgerError``); 3 integrity violation
-(:class:`IntegrityViolation`).
+(:class:`IntegrityViolation`); 75 the ledger stayed locked by another writer for the whole lock
+timeout (:class:`LedgerBusy`, ``EX_TEMPFAIL``: nothing was written, try again).
 """
 
 from __future__ import annotations
@@ -35,6 +36,14 @@ class IntegrityViolation(DocketError):
     exit_code = 3
 
 
+class LedgerBusy(DocketError):
+    """Another writer held the ledger's write lock for the whole lock timeout (SQLite "database
+    is locked"): nothing was written; the same command may succeed later. Exit code 75
+    (``EX_TEMPFAIL``), never 2, which means bad input."""
+
+    exit_code = 75
+
+
 class InvalidProtocol(UserError):
     """A protocol file failed validation (public API): ``errors`` are the ``ProtocolError``s,
     one line each in the message."""
@@ -44,4 +53,11 @@ class InvalidProtocol(UserError):
         super().__init__("\n".join(str(e) for e in errors))
 
 
-__all__ = ["CheckFailed", "DocketError", "IntegrityViolation", "InvalidProtocol", "UserError"]
+__all__ = [
+    "CheckFailed",
+    "DocketError",
+    "IntegrityViolation",
+    "InvalidProtocol",
+    "LedgerBusy",
+    "UserError",
+]

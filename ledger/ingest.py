@@ -47,9 +47,10 @@ cost row attached to the run (``billing.bill.add_manual_cost``), ``runs.cost_mic
 
 Validation is complete before anything is written: every problem of every file is reported as
 ``FILE:LINE: message`` (all at once; exit 2) and the ledger is left untouched. A valid file is
-recorded in ONE transaction as a ``succeeded`` run (source ``ingest``, job ``ingest`` or
-``--job``) bound to the latest frozen version, with the file's sha256 as ``input_sha256``.
-Ingesting into a protocol that was never frozen is refused (exit 1).
+recorded in ONE short transaction (parsing happens before it, outside any transaction, so a long
+file never holds the ledger's write lock) as a ``succeeded`` run (source ``ingest``, job
+``ingest`` or ``--job``) bound to the latest frozen version, with the file's sha256 as
+``input_sha256``. Ingesting into a protocol that was never frozen is refused (exit 1).
 """
 
 from __future__ import annotations
@@ -76,12 +77,14 @@ from .billing.bill import add_manual_cost, user_catalog
 from .billing.hardware import UnknownHardwareError
 from .errors import UserError
 from .store import protocols as store
-from .store.models import RunRow
+from .store.db import Ledger
+from .store.models import ProtocolRow, RunRow
 from .store.runs import complete_run, create_run, reap_abandoned, start_run
 from .verdict.rules import rule_sources
 
 DEFAULT_JOB = "ingest"
 MAX_PROBLEMS_SHOWN = 200
+MAX_REVALIDATIONS = 3  # a version frozen between validation and write: validate again
 JSONL_KEYS = ("group", "item", "label", "signals")
 MAX_INGEST_BYTES = 4 << 30
 MAX_GROUP_CHARS = 100  # observations.grp
@@ -590,7 +593,7 @@ def _read(path: Path, what: str) -> bytes:
 
 
 def ingest_file(
-    session: Session,
+    ledger: Ledger,
     protocol_id: str,
     path: Path,
     job: str | None = None,
@@ -606,18 +609,15 @@ def ingest_file(
 
     Raises :class:`ledger.errors.CheckFailed` (not frozen), :class:`ledger.errors.UserError`
     (bad file: every problem of every file with its line; unknown hardware; nothing written).
+
+    Concurrency: the protocol is read in a deferred read-only transaction and the files are read,
+    parsed and validated outside any transaction; only the write (the run, its observations in
+    batches of ``store.runs.OBS_CHUNK``, metrics, texts and cost line) takes the ledger's write
+    lock, in one short transaction. If another version was frozen in between, the file is
+    validated again against it.
     """
     started = time.perf_counter()
-    reap_abandoned(session)
-    row = store.latest_frozen(session, protocol_id)
-    protocol = store.parse_row(row)
     job = job or DEFAULT_JOB
-    names = [j.name for j in protocol.jobs]
-    if job != DEFAULT_JOB and job not in names:
-        raise UserError(
-            f"--job {job!r} is not a job of {protocol_id}; jobs: {', '.join(names) or '(none)'} "
-            f"(or omit --job to record the run as {DEFAULT_JOB!r})"
-        )
     hardware = "cpu"
     if cost is not None:
         if cost.seconds is None and cost.usd_micros is None:
@@ -627,85 +627,47 @@ def ingest_file(
         except UnknownHardwareError as exc:
             raise UserError(f"--hardware: {exc.args[0]}") from None
     data = _read(path, "JSONL or CSV file")
-    parsed = parse_results(protocol, path, data, job)
-    problems = [(path, line, msg) for line, msg in parsed.problems]
+    side_problems: list[tuple[Path, int, str]] = []
     metric_rows: list[dict[str, Any]] = []
     text_rows: dict[str, str] = {}
     if metrics is not None:
         metric_rows, found = parse_metrics(_read(metrics, "metrics JSONL file"))
-        problems += [(metrics, line, msg) for line, msg in sorted(found, key=lambda p: p[0])]
+        side_problems += [(metrics, line, msg) for line, msg in sorted(found, key=lambda p: p[0])]
     if texts is not None:
         text_rows, found = parse_texts(_read(texts, "texts JSONL file"))
-        problems += [(texts, line, msg) for line, msg in sorted(found, key=lambda p: p[0])]
-    if problems:
-        shown = problems[:MAX_PROBLEMS_SHOWN]
-        lines = [f"{where}:{line}: {msg}" for where, line, msg in shown]
-        more = len(problems) - len(shown)
-        if more > 0:
-            lines.append(f"... and {more} more problem(s)")
-        files = sorted({str(where) for where, _, _ in problems})
-        raise UserError(
-            f"{', '.join(files)}: {len(problems)} problem(s); nothing was recorded\n"
-            + "\n".join(lines)
-        )
-    digest = hashlib.sha256(data).hexdigest()
-    earlier = session.scalars(
-        select(RunRow.id).where(
-            RunRow.protocol_sha256 == row.sha256,
-            RunRow.input_sha256 == digest,
-            RunRow.source == "ingest",
-        )
-    ).all()
-    run = create_run(
-        session,
-        protocol_pk=row.id,
-        protocol_sha256=row.sha256,
-        job=job,
-        kind="ingest",
-        config={
-            "file": str(path),
-            "format": parsed.format,
-            "items": parsed.items,
-            "signals": parsed.signals,
-            "metrics_file": None if metrics is None else str(metrics),
-            "texts_file": None if texts is None else str(texts),
-            "hardware": hardware,
-            "device": (provenance or {}).get("device"),
-            "provenance": provenance,
-        },
-        hardware=hardware,
-        source="ingest",
-        input_sha256=digest,
-        git_sha=(provenance or {}).get("git_commit"),
-    )
-    start_run(session, run.id, worker="ingest")
-    complete_run(
-        session,
-        run.id,
-        status="succeeded",
-        observations=parsed.observations,
-        metrics=metric_rows,
-        texts=text_rows or None,
-        wall_s=float(cost.seconds)
-        if cost is not None and cost.seconds is not None
-        else time.perf_counter() - started,
-    )
-    cost_row = None
-    if cost is not None:
-        cost_row = add_manual_cost(
-            session,
-            hardware=hardware,
-            seconds=cost.seconds,
-            usd_micros=cost.usd_micros,
-            run_id=run.id,
-            note=f"ingested from {path.name}",
-        )
-    latest = store.latest(session, protocol_id)
+        side_problems += [(texts, line, msg) for line, msg in sorted(found, key=lambda p: p[0])]
+    extras = _Extras(metrics, texts, metric_rows, text_rows, hardware, cost, provenance)
+    for _ in range(MAX_REVALIDATIONS):
+        with ledger.read_session() as session:
+            row = store.latest_frozen(session, protocol_id)
+            sha256, version = row.sha256, row.version
+            protocol = store.parse_row(row)
+        names = [j.name for j in protocol.jobs]
+        if job != DEFAULT_JOB and job not in names:
+            raise UserError(
+                f"--job {job!r} is not a job of {protocol_id}; jobs: "
+                f"{', '.join(names) or '(none)'} (or omit --job to record the run as "
+                f"{DEFAULT_JOB!r})"
+            )
+        parsed = parse_results(protocol, path, data, job)
+        _refuse_problems([(path, line, msg) for line, msg in parsed.problems] + side_problems)
+        digest = hashlib.sha256(data).hexdigest()
+        with ledger.session() as session:
+            reap_abandoned(session)
+            row = store.latest_frozen(session, protocol_id)
+            if row.sha256 != sha256:  # frozen meanwhile: validate against the new version
+                continue
+            run_id, earlier, latest, cost_row = _record(
+                session, row, job, path, parsed, digest, started, extras
+            )
+        break
+    else:  # pragma: no cover - needs MAX_REVALIDATIONS freezes during one ingest
+        raise UserError(f"{protocol_id} kept changing while {path} was ingested; try again")
     notes = []
-    if latest.id != row.id:
+    if latest != (version, "frozen"):
         notes.append(
-            f"bound to v{row.version} (the latest frozen version); v{latest.version} is "
-            f"{latest.status} and not used until frozen"
+            f"bound to v{version} (the latest frozen version); v{latest[0]} is "
+            f"{latest[1]} and not used until frozen"
         )
     fed = [n for n, r in protocol.decision_rules.items() if {job, None} & set(rule_sources(r))]
     if not fed:
@@ -716,10 +678,10 @@ def ingest_file(
             + " (use --job NAME)"
         )
     return {
-        "run_id": run.id,
+        "run_id": run_id,
         "protocol": protocol_id,
-        "version": row.version,
-        "protocol_sha256": row.sha256,
+        "version": version,
+        "protocol_sha256": sha256,
         "job": job,
         "file": str(path),
         "format": parsed.format,
@@ -737,3 +699,104 @@ def ingest_file(
         "feeds_rules": fed,
         "notes": notes,
     }
+
+
+def _refuse_problems(problems: list[tuple[Path, int, str]]) -> None:
+    """Raise the :class:`UserError` listing ``problems`` (at most ``MAX_PROBLEMS_SHOWN``, each
+    ``FILE:LINE: message``), if there are any."""
+    if not problems:
+        return
+    shown = problems[:MAX_PROBLEMS_SHOWN]
+    lines = [f"{where}:{line}: {msg}" for where, line, msg in shown]
+    more = len(problems) - len(shown)
+    if more > 0:
+        lines.append(f"... and {more} more problem(s)")
+    files = sorted({str(where) for where, _, _ in problems})
+    raise UserError(
+        f"{', '.join(files)}: {len(problems)} problem(s); nothing was recorded\n" + "\n".join(lines)
+    )
+
+
+@dataclass(frozen=True)
+class _Extras:
+    """What an ingest records beside the observations (validated before the write)."""
+
+    metrics_file: Path | None
+    texts_file: Path | None
+    metric_rows: list[dict[str, Any]]
+    text_rows: dict[str, str]
+    hardware: str
+    cost: IngestCost | None
+    provenance: dict[str, Any] | None
+
+
+def _record(
+    session: Session,
+    row: ProtocolRow,
+    job: str,
+    path: Path,
+    parsed: Parsed,
+    digest: str,
+    started: float,
+    extras: _Extras,
+) -> tuple[int, list[int], tuple[int, str], Any]:
+    """Write the validated files as a succeeded run of ``row`` in the caller's (write)
+    transaction; return (run id, earlier ingests of the same file, (latest version, status),
+    the cost row or None)."""
+    earlier = list(
+        session.scalars(
+            select(RunRow.id).where(
+                RunRow.protocol_sha256 == row.sha256,
+                RunRow.input_sha256 == digest,
+                RunRow.source == "ingest",
+            )
+        ).all()
+    )
+    provenance = extras.provenance or {}
+    cost = extras.cost
+    run = create_run(
+        session,
+        protocol_pk=row.id,
+        protocol_sha256=row.sha256,
+        job=job,
+        kind="ingest",
+        config={
+            "file": str(path),
+            "format": parsed.format,
+            "items": parsed.items,
+            "signals": parsed.signals,
+            "metrics_file": None if extras.metrics_file is None else str(extras.metrics_file),
+            "texts_file": None if extras.texts_file is None else str(extras.texts_file),
+            "hardware": extras.hardware,
+            "device": provenance.get("device"),
+            "provenance": extras.provenance,
+        },
+        hardware=extras.hardware,
+        source="ingest",
+        input_sha256=digest,
+        git_sha=provenance.get("git_commit"),
+    )
+    start_run(session, run.id, worker="ingest")
+    complete_run(
+        session,
+        run.id,
+        status="succeeded",
+        observations=parsed.observations,
+        metrics=extras.metric_rows,
+        texts=extras.text_rows or None,
+        wall_s=float(cost.seconds)
+        if cost is not None and cost.seconds is not None
+        else time.perf_counter() - started,
+    )
+    cost_row = None
+    if cost is not None:
+        cost_row = add_manual_cost(
+            session,
+            hardware=extras.hardware,
+            seconds=cost.seconds,
+            usd_micros=cost.usd_micros,
+            run_id=run.id,
+            note=f"ingested from {path.name}",
+        )
+    latest = store.latest(session, row.protocol_id)
+    return run.id, earlier, (latest.version, latest.status), cost_row

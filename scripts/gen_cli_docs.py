@@ -41,6 +41,7 @@ Every command runs against one ledger: `--db URL`, else the `DOCKET_DB` environm
 | 1 | a check ran and failed (sign-check, budget refusal, reproduction outside tolerance, ...) |
 | 2 | bad input or usage (the message names the file and line, or the field) |
 | 3 | integrity violation found by `docket audit` |
+| 75 | ledger locked by another writer past `DOCKET_LOCK_TIMEOUT_S` (default 60 s): try again |
 """
 
 

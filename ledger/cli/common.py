@@ -16,8 +16,16 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from docketml.protocols.errors import ProtocolErrors
 
-from ..errors import CheckFailed, IntegrityViolation, UserError
-from ..store.db import Ledger, LedgerError, describe_url, open_ledger, resolve_url
+from ..errors import CheckFailed, IntegrityViolation, LedgerBusy, UserError
+from ..store.db import (
+    Ledger,
+    LedgerError,
+    describe_url,
+    is_lock_timeout,
+    lock_timeout_error,
+    open_ledger,
+    resolve_url,
+)
 
 
 def _fail(messages: Sequence[str], code: int) -> None:
@@ -40,9 +48,14 @@ class DocketGroup(click.Group):
             _fail([f"docket: {exc}"] if str(exc) else [], 1)
         except IntegrityViolation as exc:
             _fail([f"docket: {exc}"] if str(exc) else [], 3)
+        except LedgerBusy as exc:
+            _fail([f"docket: {exc}"], LedgerBusy.exit_code)
         except (OperationalError, DBAPIError) as exc:
             env = ctx.find_object(Env)
-            where = describe_url(resolve_url(env.db_url if env else None))
+            url = resolve_url(env.db_url if env else None)
+            if is_lock_timeout(exc):
+                _fail([f"docket: {lock_timeout_error(url)}"], LedgerBusy.exit_code)
+            where = describe_url(url)
             orig = getattr(exc, "orig", exc)
             first = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
             _fail([f"docket: database error at {where}: {first}"], 2)

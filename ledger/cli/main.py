@@ -13,6 +13,8 @@ import sys
 import click
 from sqlalchemy.exc import OperationalError
 
+from ..errors import LedgerBusy
+from ..store.db import is_lock_timeout, lock_timeout_error, resolve_url
 from . import audit, costs, db, demo, export, journal, log, protocol, report, run, verdict
 from .common import DocketGroup, Env
 from .examples import apply_help
@@ -65,6 +67,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="docket")
     except OperationalError as exc:  # pragma: no cover - safety net; commands map this themselves
+        if is_lock_timeout(exc):
+            click.echo(f"docket: {lock_timeout_error(resolve_url())}", err=True)
+            sys.exit(LedgerBusy.exit_code)
         click.echo(f"docket: database error: {exc.orig}", err=True)
         sys.exit(2)
 

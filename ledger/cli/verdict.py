@@ -262,17 +262,16 @@ def ingest_cmd(
             except UnknownHardwareError:
                 pass  # ingest_file names the known hardware
     where = provenance(device)  # git calls outside the transaction, as for executed runs
-    with env.ledger().session() as session:
-        data = ingest_file(
-            session,
-            protocol_id,
-            file,
-            job,
-            metrics=metrics,
-            texts=texts,
-            cost=cost,
-            provenance=where,
-        )
+    data = ingest_file(
+        env.ledger(),
+        protocol_id,
+        file,
+        job,
+        metrics=metrics,
+        texts=texts,
+        cost=cost,
+        provenance=where,
+    )
 
     def human(c: Any) -> None:
         c.print(

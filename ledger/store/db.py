@@ -1,9 +1,13 @@
 """Engine, sessions and schema revision checks for the ledger.
 
 URL: ``DOCKET_DB`` or ``sqlite:///<cwd>/.docket/ledger.db``. SQLite runs in WAL mode with foreign
-keys on, a 60 s busy timeout, and every transaction opened with ``BEGIN IMMEDIATE`` so that two
-writers queue on the lock instead of failing with "database is locked" when a reader upgrades to
-a writer. PostgreSQL goes through psycopg 3 with pre-ping.
+keys on, a busy timeout of :func:`lock_timeout_seconds` (``DOCKET_LOCK_TIMEOUT_S``, default 60 s),
+and every writing transaction opened with ``BEGIN IMMEDIATE`` so that two writers queue on the
+lock instead of failing with "database is locked" when a reader upgrades to a writer; read-only
+transactions (:meth:`Ledger.read_session`, the revision check) open a deferred ``BEGIN`` and never
+wait for a writer (WAL). A writer that waited the whole timeout fails with "database is locked",
+which :func:`is_lock_timeout` recognises (the CLI: exit 75). PostgreSQL goes through psycopg 3
+with pre-ping.
 
 The schema comes only from Alembic migrations (``upgrade``); :func:`open_ledger` refuses a
 database that is not at the head revision and names the command that fixes it.
@@ -11,7 +15,9 @@ database that is not at the head revision and names the command that fixes it.
 
 from __future__ import annotations
 
+import math
 import os
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,12 +29,12 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 import docketml.migrations as migrations
 
-from ..errors import DocketError
+from ..errors import DocketError, LedgerBusy, UserError
 
 
 class LedgerError(DocketError):
@@ -53,9 +59,61 @@ def describe_url(url: str) -> str:
 
 
 READ_ONLY_OPTION = "docket_read_only"
+DEFAULT_LOCK_TIMEOUT_S = 60.0
+MIN_LOCK_TIMEOUT_S, MAX_LOCK_TIMEOUT_S = 0.0, 86_400.0
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def lock_timeout_seconds() -> float:
+    """How long a SQLite writer waits for the write lock before failing with "database is
+    locked": ``DOCKET_LOCK_TIMEOUT_S`` if set, else :data:`DEFAULT_LOCK_TIMEOUT_S`. Read when an
+    engine is made. Non-numbers, NaN, infinities and values outside
+    ``[MIN_LOCK_TIMEOUT_S, MAX_LOCK_TIMEOUT_S]`` are refused (:class:`UserError`, exit 2)."""
+    raw = os.environ.get("DOCKET_LOCK_TIMEOUT_S")
+    if raw is None or not raw.strip():
+        return DEFAULT_LOCK_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (MIN_LOCK_TIMEOUT_S <= value <= MAX_LOCK_TIMEOUT_S):  # False for NaN
+        raise UserError(
+            f"DOCKET_LOCK_TIMEOUT_S={raw!r}: expected a number of seconds between "
+            f"{MIN_LOCK_TIMEOUT_S:g} and {MAX_LOCK_TIMEOUT_S:g}"
+        )
+    return value
+
+
+def is_lock_timeout(exc: BaseException) -> bool:
+    """True when ``exc`` is a database error saying the write lock was not obtained in time:
+    SQLite's "database is locked" / "database table is locked" (``SQLITE_BUSY``/``LOCKED``),
+    PostgreSQL's ``lock_not_available`` (55P03)."""
+    if not isinstance(exc, DBAPIError):
+        return False
+    orig = exc.orig
+    if getattr(orig, "sqlstate", None) == "55P03":
+        return True
+    return isinstance(orig, sqlite3.OperationalError) and "is locked" in str(orig)
+
+
+def lock_timeout_error(url: str) -> LedgerBusy:
+    """The :class:`LedgerBusy` (one line) for a lock timeout of the ledger at ``url``."""
+    return LedgerBusy(
+        f"the ledger at {describe_url(url)} is locked by another writer: waited "
+        f"{_timeout_text()} for the write lock (DOCKET_LOCK_TIMEOUT_S); nothing was written, "
+        "try again"
+    )
+
+
+def _timeout_text() -> str:
+    try:
+        return f"{lock_timeout_seconds():g} s"
+    except UserError:  # pragma: no cover - an invalid value fails before any lock is taken
+        return "the lock timeout"
+
+
+def _configure_sqlite(engine: Engine, timeout_s: float) -> None:
+    busy_ms = int(round(timeout_s * 1000))
+
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
         dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
@@ -65,7 +123,7 @@ def _configure_sqlite(engine: Engine) -> None:
         # REPLACE conflict resolution deletes rows without firing DELETE triggers unless this is on:
         # without it `INSERT OR REPLACE` could overwrite a frozen protocol or a verdict.
         cursor.execute("PRAGMA recursive_triggers=ON")
-        cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
@@ -104,8 +162,11 @@ def make_engine(url: str | None = None, *, create: bool = False) -> Engine:
                     path.parent.mkdir(parents=True, exist_ok=True)
                 elif not path.exists():
                     raise LedgerError(f"no docket ledger at {path}: run `docket init` first")
-            engine = create_engine(parsed, connect_args={"timeout": 60, "check_same_thread": False})
-            _configure_sqlite(engine)
+            timeout_s = lock_timeout_seconds()
+            engine = create_engine(
+                parsed, connect_args={"timeout": timeout_s, "check_same_thread": False}
+            )
+            _configure_sqlite(engine, timeout_s)
         else:
             engine = create_engine(parsed, pool_pre_ping=True, connect_args={"connect_timeout": 10})
     except (NoSuchModuleError, ArgumentError) as exc:
@@ -130,8 +191,8 @@ def all_revisions() -> list[str]:
 
 
 def current_revision(engine: Engine) -> str | None:
-    try:
-        with engine.connect() as conn:
+    try:  # a deferred (read-only) transaction: a revision check never waits for a writer
+        with engine.connect().execution_options(**{READ_ONLY_OPTION: True}) as conn:
             return MigrationContext.configure(conn).get_current_revision()
     except OperationalError as exc:
         raise LedgerError(
@@ -152,6 +213,8 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, revision)
     except OperationalError as exc:
+        if is_lock_timeout(exc):
+            raise lock_timeout_error(str(engine.url)) from None
         raise LedgerError(
             f"cannot upgrade the ledger at {describe_url(str(engine.url))}: {_first_line(exc)}"
         ) from None

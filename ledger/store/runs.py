@@ -74,7 +74,13 @@ def create_run(
     status: str = "queued",
     git_sha: str | None = None,
     input_sha256: str | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> RunRow:
+    """Insert a run (``queued`` by default) in the caller's transaction and flush it.
+
+    ``extra`` is stored as ``extra_json`` until :func:`complete_run` replaces it with the run's
+    final extra (the executor keeps the run's budget reservation there while it is open:
+    ``ledger.billing.budget.reservation``)."""
     run = RunRow(
         protocol_pk=protocol_pk,
         protocol_sha256=protocol_sha256,
@@ -87,6 +93,7 @@ def create_run(
         seed=seed,
         git_sha=git_sha,
         input_sha256=input_sha256,
+        extra_json=json.dumps(extra, sort_keys=True, default=str) if extra else None,
         host=socket.gethostname(),
         queued_at=utcnow(),
     )

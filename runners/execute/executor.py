@@ -26,7 +26,7 @@ from typing import Any
 from sqlalchemy import select
 
 from docketml.extras import require_extra
-from docketml.ledger.billing.budget import check_budget
+from docketml.ledger.billing.budget import check_budget, reservation
 from docketml.ledger.billing.costs import meter_run, record_late_finish_cost
 from docketml.ledger.billing.hardware import (
     Hardware,
@@ -229,10 +229,11 @@ def open_job(
     token: str | None = None,
 ) -> OpenedRun:
     """Open a run of one job of a frozen protocol version: reap abandoned runs, check the kind,
-    hardware, dependencies and budget, create the run bound to the version's sha256 and start its
-    lease (queued -> running), in one retried transaction. Raises :class:`UserError` /
-    :class:`CheckFailed` before any run is recorded. The caller must keep the lease alive
-    (:class:`Heartbeat`) and end the run with :func:`finish_job`.
+    hardware, dependencies and budget, create the run bound to the version's sha256 with its
+    budget reservation and start its lease (queued -> running), in one retried transaction (the
+    budget lock is held until it commits, so concurrent openers never overcommit the budget).
+    Raises :class:`UserError` / :class:`CheckFailed` before any run is recorded. The caller must
+    keep the lease alive (:class:`Heartbeat`) and end the run with :func:`finish_job`.
 
     Shared by :func:`execute_job` (built-in executors) and :func:`docketml.start_run` (user code).
     """
@@ -290,6 +291,7 @@ def open_job(
             hardware=hw.name,
             seed=seed,
             git_sha=where["git_commit"],
+            extra=reservation(budget),  # counted by check_budget until the run ends
         )
         start_run(session, run.id, worker=worker_id, lease_s=lease_s)
         return run.id, row.protocol_id, protocol, job, hw, inputs, seed
