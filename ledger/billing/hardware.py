@@ -43,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from docketml.protocols.reading import FileRefused, read_bounded
 
 from ..errors import UserError
+from .money import check_micros
 
 __all__ = [
     "DEFAULT_HARDWARE",
@@ -60,6 +61,11 @@ __all__ = [
 
 ENV_VAR = "DOCKET_HARDWARE"
 MAX_HARDWARE_BYTES = 1_000_000
+#: Upper bounds of a machine's billing fields. With them a run's cost fits the ledger's 64-bit
+#: micro-dollar column for any wall time under 1,000 years (``cost_micros`` checks the rest).
+MAX_USD_PER_HOUR = Decimal(1_000_000)
+MAX_SETUP_SECONDS = 86_400
+MAX_GRANULARITY_S = 86_400
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.+-]*$")
 
 
@@ -74,9 +80,9 @@ class Hardware(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
-    usd_per_hour: Decimal = Field(ge=0)
-    setup_seconds: int = Field(default=0, ge=0)
-    billing_granularity_s: int = Field(default=1, ge=1)
+    usd_per_hour: Decimal = Field(ge=0, le=MAX_USD_PER_HOUR)
+    setup_seconds: int = Field(default=0, ge=0, le=MAX_SETUP_SECONDS)
+    billing_granularity_s: int = Field(default=1, ge=1, le=MAX_GRANULARITY_S)
     is_gpu: bool = False
     description: str = ""
 
@@ -371,9 +377,11 @@ def billed_seconds(hw: Hardware, wall_s: int | float | Decimal) -> int:
 
 
 def cost_micros(hw: Hardware, wall_s: int | float | Decimal) -> int:
-    """``round_half_up(billed_seconds(hw, wall_s) * usd_per_hour * 1e6 / 3600)`` micros, exact."""
+    """``round_half_up(billed_seconds(hw, wall_s) * usd_per_hour * 1e6 / 3600)`` micros, exact.
+
+    Raises ValueError (:func:`money.check_micros`) when the cost would not fit the ledger."""
     billed = billed_seconds(hw, wall_s)
     rate_num, rate_den = hw.usd_per_hour.as_integer_ratio()
     num = billed * rate_num * 1_000_000
     den = rate_den * 3600
-    return (2 * num + den) // (2 * den)
+    return check_micros((2 * num + den) // (2 * den), f"the cost of {wall_s} s on {hw.name}")
