@@ -19,9 +19,10 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.util.exc import CommandError
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -144,17 +145,58 @@ def _first_line(exc: BaseException) -> str:
     return str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
 
 
+def _unversioned_tables(engine: Engine) -> bool:
+    """True when the database has tables but no ``alembic_version`` table."""
+    try:
+        names = set(inspect(engine).get_table_names())
+    except OperationalError:
+        return False
+    return bool(names) and "alembic_version" not in names
+
+
+def _unversioned(engine: Engine) -> LedgerError:
+    return LedgerError(
+        f"the database at {describe_url(str(engine.url))} has tables but no alembic_version "
+        "table, so its schema revision is unknown: it is not a docket ledger docket can open "
+        "or migrate (restore a backup, or point DOCKET_DB / --db at a ledger)"
+    )
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Run the Alembic migrations up to ``revision`` on ``engine``'s database."""
+    """Run the Alembic migrations up to ``revision`` on ``engine``'s database.
+
+    Refused with :class:`LedgerError` (nothing changed): a ``revision`` that is neither
+    ``head`` nor a known revision; a ledger at a revision unknown to this docket; a target
+    older than the ledger's revision (migrations never run downwards); a database with tables
+    but no ``alembic_version`` table. Upgrading to the current revision is a no-op."""
+    known = all_revisions()
+    if revision != "head" and revision not in known:
+        raise LedgerError(
+            f"--revision {revision!r} is not a revision of this docket; expected head or one "
+            f"of {', '.join(known)}"
+        )
+    current = current_revision(engine)
+    where = describe_url(str(engine.url))
+    if current is None and _unversioned_tables(engine):
+        raise _unversioned(engine)
+    if current is not None and current not in known:
+        raise LedgerError(
+            f"the ledger at {where} is at revision {current!r}, unknown to this docket "
+            f"(head {head_revision()}): upgrade docket"
+        )
+    target = head_revision() if revision == "head" else revision
+    if current is not None and known.index(target) < known.index(current):
+        raise LedgerError(
+            f"the ledger at {where} is at revision {current}, newer than --revision {target}: "
+            "`docket db upgrade` never downgrades (restore a backup taken at that revision)"
+        )
     cfg = _alembic_config()
     try:
         with engine.begin() as conn:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, revision)
-    except OperationalError as exc:
-        raise LedgerError(
-            f"cannot upgrade the ledger at {describe_url(str(engine.url))}: {_first_line(exc)}"
-        ) from None
+    except (OperationalError, CommandError) as exc:
+        raise LedgerError(f"cannot upgrade the ledger at {where}: {_first_line(exc)}") from None
 
 
 def check_revision(engine: Engine) -> None:
@@ -162,6 +204,8 @@ def check_revision(engine: Engine) -> None:
     current = current_revision(engine)
     head = head_revision()
     if current is None:
+        if _unversioned_tables(engine):
+            raise _unversioned(engine)
         raise LedgerError(
             f"no docket ledger at {describe_url(str(engine.url))}: run `docket init` first"
         )
