@@ -2,7 +2,8 @@
 
 0 success; 1 a check ran and failed (:class:`CheckFailed`); 2 bad input or usage
 (:class:`UserError`, ``ProtocolErrors``, ``LedgerError``); 3 integrity violation
-(:class:`IntegrityViolation`).
+(:class:`IntegrityViolation`); 4 the environment refused (:class:`EnvironmentRefused`: a
+read-only ledger, a full disk) -- the input was fine, retrying elsewhere may work.
 """
 
 from __future__ import annotations
@@ -35,6 +36,13 @@ class IntegrityViolation(DocketError):
     exit_code = 3
 
 
+class EnvironmentRefused(DocketError):
+    """The input was valid but the environment refused the operation (the ledger is read-only,
+    the disk is full): one clear message, exit code 4, nothing written."""
+
+    exit_code = 4
+
+
 class InvalidProtocol(UserError):
     """A protocol file failed validation (public API): ``errors`` are the ``ProtocolError``s,
     one line each in the message."""
@@ -44,4 +52,11 @@ class InvalidProtocol(UserError):
         super().__init__("\n".join(str(e) for e in errors))
 
 
-__all__ = ["CheckFailed", "DocketError", "IntegrityViolation", "InvalidProtocol", "UserError"]
+__all__ = [
+    "CheckFailed",
+    "DocketError",
+    "EnvironmentRefused",
+    "IntegrityViolation",
+    "InvalidProtocol",
+    "UserError",
+]

@@ -16,8 +16,15 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from docketml.protocols.errors import ProtocolErrors
 
-from ..errors import CheckFailed, IntegrityViolation, UserError
-from ..store.db import Ledger, LedgerError, describe_url, open_ledger, resolve_url
+from ..errors import CheckFailed, EnvironmentRefused, IntegrityViolation, UserError
+from ..store.db import (
+    Ledger,
+    LedgerError,
+    describe_url,
+    environment_problem,
+    open_ledger,
+    resolve_url,
+)
 
 
 def _fail(messages: Sequence[str], code: int) -> None:
@@ -40,11 +47,16 @@ class DocketGroup(click.Group):
             _fail([f"docket: {exc}"] if str(exc) else [], 1)
         except IntegrityViolation as exc:
             _fail([f"docket: {exc}"] if str(exc) else [], 3)
+        except EnvironmentRefused as exc:
+            _fail([f"docket: {exc}"], EnvironmentRefused.exit_code)
         except (OperationalError, DBAPIError) as exc:
             env = ctx.find_object(Env)
             where = describe_url(resolve_url(env.db_url if env else None))
             orig = getattr(exc, "orig", exc)
             first = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+            what = environment_problem(exc)
+            if what is not None:
+                _fail([f"docket: {what}: cannot write to {where} ({first})"], 4)
             _fail([f"docket: database error at {where}: {first}"], 2)
 
 

@@ -76,6 +76,39 @@ def _configure_sqlite(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite ledger URL (None: not SQLite, or in memory).
+
+    ``sqlite:///path`` and the URI form ``sqlite:///file:path?mode=ro&uri=true`` both name a
+    file; in the URI form the ``file:`` prefix is not part of the path."""
+    parsed = make_url(url)
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return None
+    if str(parsed.query.get("uri", "")).lower() in ("true", "1") and database.startswith("file:"):
+        database = database.removeprefix("file:")
+        if database.startswith("//"):  # file://host/path: only an empty host is local
+            database = database[2:].partition("/")[2]
+            database = "/" + database
+        if not database or database == ":memory:" or parsed.query.get("mode") == "memory":
+            return None
+    return Path(database).expanduser()
+
+
+def _make_parent(path: Path) -> None:
+    """Create the directory a new SQLite ledger goes in, or raise :class:`LedgerError`."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise LedgerError(
+            f"cannot create the ledger directory {path.parent}: {reason} "
+            "(a part of the path is a file, or it is not writable)"
+        ) from None
+    if not path.parent.is_dir():
+        raise LedgerError(f"cannot create the ledger directory {path.parent}: it is a file")
+
+
 def make_engine(url: str | None = None, *, create: bool = False) -> Engine:
     """Create an engine for ``url`` (see module docstring); raise :class:`LedgerError` on a bad URL.
 
@@ -98,13 +131,14 @@ def make_engine(url: str | None = None, *, create: bool = False) -> Engine:
         parsed = parsed.set(drivername="postgresql+psycopg")
     try:
         if backend == "sqlite":
-            database = parsed.database
-            if database and database != ":memory:":
-                path = Path(database).expanduser()
+            path = sqlite_path(url)
+            if path is not None:
                 if create:
-                    path.parent.mkdir(parents=True, exist_ok=True)
+                    _make_parent(path)
                 elif not path.exists():
                     raise LedgerError(f"no docket ledger at {path}: run `docket init` first")
+                elif not path.is_file():
+                    raise LedgerError(f"{path} is not a file: expected a SQLite ledger file")
             engine = create_engine(parsed, connect_args={"timeout": 60, "check_same_thread": False})
             _configure_sqlite(engine)
         else:
@@ -138,6 +172,31 @@ def current_revision(engine: Engine) -> str | None:
         raise LedgerError(
             f"cannot connect to the ledger at {describe_url(str(engine.url))}: {_first_line(exc)}"
         ) from None
+
+
+#: SQLite error names and PostgreSQL SQLSTATEs that mean the environment refused a valid
+#: operation (read-only file, mount, replica or transaction; disk full), with what to say.
+_ENVIRONMENT_ERRORS = {
+    "SQLITE_READONLY": "the ledger is read-only",
+    "SQLITE_FULL": "the disk is full",
+    "SQLITE_CANTOPEN": "the ledger file cannot be opened",
+    "25006": "the ledger is read-only",  # read_only_sql_transaction (replica, read-only role)
+    "53100": "the disk is full",  # disk_full
+}
+
+
+def environment_problem(exc: BaseException) -> str | None:
+    """What the environment refused, when the database error ``exc`` is not the input's fault
+    (the ledger is read-only, the disk is full); None for any other error. The one
+    classification the CLI uses to pick exit code 4 over 2."""
+    orig = getattr(exc, "orig", None) or exc
+    code = getattr(orig, "sqlite_errorname", None) or getattr(orig, "sqlstate", None)
+    if code is not None:
+        code = str(code)
+        for name, what in _ENVIRONMENT_ERRORS.items():
+            if code == name or code.startswith(name + "_"):  # SQLITE_READONLY_DBMOVED etc.
+                return what
+    return None
 
 
 def _first_line(exc: BaseException) -> str:
