@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
+import os
+import stat
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -16,7 +19,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from docketml.protocols.errors import ProtocolErrors
 
-from ..errors import CheckFailed, EnvironmentRefused, IntegrityViolation, UserError
+from ..errors import CheckFailed, DocketError, EnvironmentRefused, IntegrityViolation, UserError
 from ..store.db import (
     Ledger,
     LedgerError,
@@ -78,6 +81,65 @@ pass_env = click.make_pass_decorator(Env)
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 
 
+#: errnos of a write the environment refused (not the path's fault): exit 4, not 2.
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}
+
+
+def check_output_path(path: Path, *, directory: bool, option: str = "--out") -> None:
+    """Refuse an output path that cannot be written, before any work or side effect.
+
+    A file output must be a regular file or a character device (``/dev/null``,
+    ``/dev/stdout``) or not exist yet in an existing, writable directory; a FIFO, socket,
+    block device or directory is refused. A directory output must be a directory or be
+    creatable (its nearest existing ancestor a writable directory). Raises
+    :class:`UserError` (exit 2) naming the option, the path and what was expected; creates
+    nothing."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as exc:
+        raise UserError(f"{option} {path}: {exc.strerror}") from None
+    if directory:
+        if mode is not None:
+            if not stat.S_ISDIR(mode):
+                raise UserError(f"{option} {path}: exists and is not a directory")
+            return
+        parent = path.absolute().parent
+        while not parent.exists():
+            parent = parent.parent
+        if not parent.is_dir():
+            raise UserError(f"{option} {path}: cannot create it, {parent} is not a directory")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise UserError(f"{option} {path}: cannot create it, {parent} is not writable")
+        return
+    if mode is not None:
+        if stat.S_ISDIR(mode):
+            raise UserError(f"{option} {path}: is a directory; expected a file path")
+        if not (stat.S_ISREG(mode) or stat.S_ISCHR(mode)):
+            raise UserError(f"{option} {path}: is not a regular file (a FIFO, socket or device)")
+        return
+    parent = path.absolute().parent
+    if not parent.is_dir():
+        raise UserError(f"{option} {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{option} {path}: directory {parent} is not writable")
+
+
+def _output_failure(exc: OSError, path: Path, option: str) -> DocketError | None:
+    """The one-line error for an ``OSError`` raised while writing under ``path`` (None: the
+    error is about another file, so it is not the output's)."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if exc.errno in _ENVIRONMENT_ERRNOS:
+        return EnvironmentRefused(f"{option} {path}: cannot write: {reason}")
+    if exc.filename is not None:
+        target = Path(os.fsdecode(exc.filename)).absolute()
+        root = path.absolute()
+        if target == root or root in target.parents:
+            return UserError(f"{option} {path}: cannot write {exc.filename}: {reason}")
+    return None
+
+
 def out_option(
     dest: str,
     help: str,
@@ -92,6 +154,9 @@ def out_option(
     The command receives the path as ``dest`` (a :class:`~pathlib.Path`, or None). Each name in
     ``aliases`` (an option's name before the convention, e.g. ``--plot``) still works but is hidden
     from ``--help``; giving ``--out`` and an alias with different paths is a usage error (exit 2).
+    The path is checked with :func:`check_output_path` before the command runs, and an
+    ``OSError`` while writing under it becomes one line: exit 4 for a full disk or read-only
+    file system, 2 otherwise.
     """
     kind = click.Path(file_okay=not directory, dir_okay=directory, path_type=Path)
     hidden = [(alias, f"_out_alias_{i}") for i, alias in enumerate(aliases)]
@@ -109,7 +174,17 @@ def out_option(
                 raise click.MissingParameter(
                     ctx=click.get_current_context(), param_hint="'--out'", param_type="option"
                 )
-            return f(*args, **{dest: value}, **kwargs)
+            if value is None:
+                return f(*args, **{dest: value}, **kwargs)
+            option = f"{short}/--out" if short else "--out"
+            check_output_path(value, directory=directory, option=option)
+            try:
+                return f(*args, **{dest: value}, **kwargs)
+            except OSError as exc:
+                failure = _output_failure(exc, value, option)
+                if failure is None:
+                    raise
+                raise failure from None
 
         for alias, name in reversed(hidden):
             command = click.option(alias, name, type=kind, hidden=True)(command)
