@@ -57,6 +57,7 @@ __all__ = [
     "default_catalog",
     "hardware_config_path",
     "load_catalog",
+    "wall_seconds",
 ]
 
 ENV_VAR = "DOCKET_HARDWARE"
@@ -66,6 +67,8 @@ MAX_HARDWARE_BYTES = 1_000_000
 MAX_USD_PER_HOUR = Decimal(1_000_000)
 MAX_SETUP_SECONDS = 86_400
 MAX_GRANULARITY_S = 86_400
+#: The longest wall time billed (ten years); with the bounds above the cost then fits.
+MAX_WALL_S = 315_360_000
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.+-]*$")
 
 
@@ -359,18 +362,20 @@ def load_catalog(
     return HardwareCatalog(items.values(), source=file)
 
 
-def _seconds(value: int | float | Decimal, what: str) -> Decimal:
+def wall_seconds(value: int | float | Decimal, what: str = "wall_s") -> Decimal:
+    """``value`` as exact seconds; TypeError for a non-number, ValueError unless it is finite
+    and in ``0..MAX_WALL_S`` (the one bound of a billed wall time)."""
     if isinstance(value, bool) or not isinstance(value, (int, float, Decimal)):
         raise TypeError(f"{what} must be a number of seconds, got {value!r}")
     seconds = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
-    if not seconds.is_finite() or seconds < 0:
-        raise ValueError(f"{what} must be a finite number >= 0, got {value!r}")
+    if not seconds.is_finite() or not 0 <= seconds <= MAX_WALL_S:
+        raise ValueError(f"{what} must be a finite number of seconds in 0..{MAX_WALL_S}")
     return seconds
 
 
 def billed_seconds(hw: Hardware, wall_s: int | float | Decimal) -> int:
     """``ceil((wall_s + setup_seconds) / g) * g`` with ``g = billing_granularity_s``, exact."""
-    total = _seconds(wall_s, "wall_s") + hw.setup_seconds
+    total = wall_seconds(wall_s) + hw.setup_seconds
     num, den = total.as_integer_ratio()
     gran = hw.billing_granularity_s
     return -(-num // (den * gran)) * gran

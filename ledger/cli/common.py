@@ -28,6 +28,7 @@ from ..store.db import (
     open_ledger,
     resolve_url,
 )
+from ..store.models import MAX_ID
 
 
 def _fail(messages: Sequence[str], code: int) -> None:
@@ -77,6 +78,30 @@ class Env:
 
 
 pass_env = click.make_pass_decorator(Env)
+
+
+class LedgerIdType(click.ParamType):
+    """A row id, seq or version given on the command line: an integer in ``1..MAX_ID``
+    (:data:`ledger.store.models.MAX_ID`, what both backends can store). Anything else is a
+    usage error (exit 2) naming the bound, before the database is asked."""
+
+    name = "integer"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            number = value
+        else:
+            text = str(value).strip()
+            if not text.isascii() or not text.isdigit() or len(text) > 20:
+                self.fail(f"{value!r} is not an id: expected an integer 1..{MAX_ID}", param, ctx)
+            number = int(text)
+        if not 1 <= number <= MAX_ID:
+            self.fail(f"{value} is out of range: ids are integers 1..{MAX_ID}", param, ctx)
+        return number
+
+
+#: The one click type of every id / seq / version argument and option.
+LEDGER_ID = LedgerIdType()
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 
