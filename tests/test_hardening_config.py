@@ -205,21 +205,24 @@ def test_output_paths_that_cannot_be_written(docket_sqlite, tmp_path: Path) -> N
     os.mkfifo(fifo)
     blocker = tmp_path / "file"
     blocker.write_text("x", encoding="utf-8")
-    missing = tmp_path / "missing" / "j.md"
+    under_file = blocker / "sub" / "j.md"
     cases = [
-        (("journal", "export", "-o", str(missing)), 2, "does not exist"),
+        (("journal", "export", "-o", str(under_file)), 2, "is not a directory"),
         (("journal", "export", "--out", str(fifo)), 2, "not a regular file"),
         (("journal", "export", "--out", "/dev/full"), 4, "No space left"),
         (("report", "out", "--out", "/dev/full"), 2, "not a directory"),
-        (("report", "out", "--out", str(blocker / "r")), 2, "Not a directory"),
+        (("report", "out", "--out", str(blocker / "r")), 2, "is not a directory"),
         (("export", "out", "--out", str(blocker)), 2, "is a file"),
         (("export", "out", "--out", "/dev/full"), 2, "not a directory"),
-        (("trajectory", "out", "--out", str(missing.with_suffix(".png"))), 2, "does not exist"),
+        (("trajectory", "out", "--out", str(under_file.with_suffix(".png"))), 2, "not a dir"),
+        (("journal", "export", "--out", str(tmp_path)), 2, "is a directory"),
     ]
     for args, code, fragment in cases:
         one_line(docket_sqlite(*args), code, fragment)
-    assert not missing.parent.exists()
     assert docket_sqlite("journal", "export", "-o", "/dev/null").exit_code == 0
+    made = tmp_path / "new" / "deeper" / "j.md"  # missing parents are created, as for --out DIR
+    assert docket_sqlite("journal", "export", "-o", str(made)).exit_code == 0
+    assert "an entry" in made.read_text(encoding="utf-8")
 
 
 # --- integers the database cannot store ---------------------------------------------------------

@@ -110,45 +110,46 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON i
 _ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}
 
 
+def _creatable(path: Path, option: str, shown: Path) -> None:
+    """Refuse (:class:`UserError`) a directory ``path`` that neither exists nor can be made."""
+    ancestor = path
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UserError(f"{option} {shown}: cannot create it, {ancestor} is not a directory")
+    if ancestor != path and not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UserError(f"{option} {shown}: cannot create it, {ancestor} is not writable")
+
+
 def check_output_path(path: Path, *, directory: bool, option: str = "--out") -> None:
     """Refuse an output path that cannot be written, before any work or side effect.
 
-    A file output must be a regular file or a character device (``/dev/null``,
-    ``/dev/stdout``) or not exist yet in an existing, writable directory; a FIFO, socket,
-    block device or directory is refused. A directory output must be a directory or be
-    creatable (its nearest existing ancestor a writable directory). Raises
-    :class:`UserError` (exit 2) naming the option, the path and what was expected; creates
-    nothing."""
+    Missing directories (the output directory, or a file's parents) are created by the writer,
+    so they must be creatable: the nearest existing ancestor a writable directory. A file output
+    must be a regular file, a character device (``/dev/null``, ``/dev/stdout``) or not exist
+    yet; a FIFO, socket, block device or directory is refused. A directory output that exists
+    must be a directory. Raises :class:`UserError` (exit 2) naming the option, the path and what
+    was expected; creates nothing."""
     try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
+        mode: int | None = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):  # missing, or under a file: see _creatable
         mode = None
     except OSError as exc:
         raise UserError(f"{option} {path}: {exc.strerror}") from None
     if directory:
-        if mode is not None:
-            if not stat.S_ISDIR(mode):
-                raise UserError(f"{option} {path}: exists and is not a directory")
-            return
-        parent = path.absolute().parent
-        while not parent.exists():
-            parent = parent.parent
-        if not parent.is_dir():
-            raise UserError(f"{option} {path}: cannot create it, {parent} is not a directory")
-        if not os.access(parent, os.W_OK | os.X_OK):
-            raise UserError(f"{option} {path}: cannot create it, {parent} is not writable")
+        if mode is None:
+            _creatable(path.absolute(), option, path)
+        elif not stat.S_ISDIR(mode):
+            raise UserError(f"{option} {path}: exists and is not a directory")
         return
-    if mode is not None:
-        if stat.S_ISDIR(mode):
-            raise UserError(f"{option} {path}: is a directory; expected a file path")
-        if not (stat.S_ISREG(mode) or stat.S_ISCHR(mode)):
-            raise UserError(f"{option} {path}: is not a regular file (a FIFO, socket or device)")
-        return
-    parent = path.absolute().parent
-    if not parent.is_dir():
-        raise UserError(f"{option} {path}: directory {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f"{option} {path}: directory {parent} is not writable")
+    if mode is None:
+        _creatable(path.absolute().parent, option, path)
+    elif stat.S_ISDIR(mode):
+        raise UserError(f"{option} {path}: is a directory; expected a file path")
+    elif not (stat.S_ISREG(mode) or stat.S_ISCHR(mode)):
+        raise UserError(f"{option} {path}: is not a regular file (a FIFO, socket or device)")
+    elif not os.access(path, os.W_OK):
+        raise UserError(f"{option} {path}: is not writable")
 
 
 def _output_failure(exc: OSError, path: Path, option: str) -> DocketError | None:

@@ -232,6 +232,7 @@ def journal_export(env: Env, protocol_id: str | None, output: Path | None) -> No
     if output is None:
         click.echo(text, nl=False)
     else:
+        output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(text, encoding="utf-8")
         click.echo(f"wrote {output}", err=True)
 
