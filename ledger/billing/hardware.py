@@ -25,7 +25,9 @@ User overrides: a YAML file at ``$DOCKET_HARDWARE`` or else ``<cwd>/.docket/hard
 
 A list of mappings with a ``name`` key is accepted as well. Fields are exactly those of
 :class:`Hardware`; an unknown field raises :class:`HardwareConfigError` naming the file,
-line and key.
+line and key, and so does a value out of bounds (``usd_per_hour`` at most ``MAX_USD_PER_HOUR``,
+``setup_seconds`` and ``billing_granularity_s`` at most a day): with them and a billed wall time
+of at most ``MAX_WALL_S`` every cost fits the ledger's 64-bit micro-dollar column.
 """
 
 from __future__ import annotations
