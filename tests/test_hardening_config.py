@@ -254,3 +254,11 @@ def test_journal_add_of_a_run_that_does_not_exist(docket) -> None:
     before = snapshot(docket.url)
     one_line(docket("journal", "add", "--title", "t", "--run", "7"), 2, "run 7", "no runs")
     assert snapshot(docket.url) == before
+
+
+def test_estimate_past_the_billing_bound_records_no_run(docket_sqlite) -> None:
+    ledger = init_ledger(docket_sqlite.url)
+    freeze(ledger, "est", [{**SYNTH[0], "estimate_seconds": 1e300}])
+    ledger.engine.dispose()
+    one_line(docket_sqlite("run", "est"), 2, "estimate_seconds", "'synth'")
+    assert run_count(docket_sqlite.url) == 0

@@ -179,7 +179,6 @@ def current_revision(engine: Engine) -> str | None:
 _ENVIRONMENT_ERRORS = {
     "SQLITE_READONLY": "the ledger is read-only",
     "SQLITE_FULL": "the disk is full",
-    "SQLITE_CANTOPEN": "the ledger file cannot be opened",
     "25006": "the ledger is read-only",  # read_only_sql_transaction (replica, read-only role)
     "53100": "the disk is full",  # disk_full
 }
