@@ -2,8 +2,10 @@
 
 0 success; 1 a check ran and failed (:class:`CheckFailed`); 2 bad input or usage
 (:class:`UserError`, ``ProtocolErrors``, ``LedgerError``); 3 integrity violation
-(:class:`IntegrityViolation`); 75 the ledger stayed locked by another writer for the whole lock
-timeout (:class:`LedgerBusy`, ``EX_TEMPFAIL``: nothing was written, try again).
+(:class:`IntegrityViolation`); 4 the environment refused (:class:`EnvironmentRefused`: a
+read-only ledger, a full disk) -- the input was fine, retrying elsewhere may work; 75 the ledger
+stayed locked by another writer for the whole lock timeout (:class:`LedgerBusy`,
+``EX_TEMPFAIL``: nothing was written, try again).
 """
 
 from __future__ import annotations
@@ -36,6 +38,13 @@ class IntegrityViolation(DocketError):
     exit_code = 3
 
 
+class EnvironmentRefused(DocketError):
+    """The input was valid but the environment refused the operation (the ledger is read-only,
+    the disk is full): one clear message, exit code 4, nothing written."""
+
+    exit_code = 4
+
+
 class LedgerBusy(DocketError):
     """Another writer held the ledger's write lock for the whole lock timeout (SQLite "database
     is locked"): nothing was written; the same command may succeed later. Exit code 75
@@ -56,6 +65,7 @@ class InvalidProtocol(UserError):
 __all__ = [
     "CheckFailed",
     "DocketError",
+    "EnvironmentRefused",
     "IntegrityViolation",
     "InvalidProtocol",
     "LedgerBusy",

@@ -33,7 +33,7 @@ from ..errors import UserError
 from ..store.inspect import get_run
 from ..store.models import CostRow, ProtocolRow, RunRow
 from .costs import append_cost
-from .hardware import HardwareCatalog, HardwareConfigError, load_catalog
+from .hardware import HardwareCatalog, HardwareConfigError, load_catalog, wall_seconds
 from .money import format_usd, usd_to_micros
 from .receipts import receipts_bill
 
@@ -279,9 +279,10 @@ def parse_seconds(raw: str, flag: str = "--seconds") -> Decimal:
         value = Decimal(raw.strip().removesuffix("s").strip())
     except InvalidOperation:
         raise UserError(f"{flag} {raw!r}: not a number of seconds (e.g. 180 or 88.5)") from None
-    if not value.is_finite() or value < 0:
-        raise UserError(f"{flag} {raw!r}: must be a finite number of seconds >= 0")
-    return value
+    try:
+        return wall_seconds(value, flag)
+    except ValueError as exc:
+        raise UserError(f"{flag} {raw!r}: {exc}") from None
 
 
 def add_manual_cost(

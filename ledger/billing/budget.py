@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 
 from docketml.protocols.schema import JobSpec, Protocol
 
+from ..errors import UserError
 from ..store.chainlock import lock_chain
 from ..store.models import CostRow, ProtocolRow, RunRow
 from .hardware import Hardware, cost_micros
@@ -158,9 +159,17 @@ def check_budget(
     spent = spent_micros(session, protocol_id)
     reserved, runs = reserved_micros(session, protocol_id)
     seconds, source = estimate_seconds(session, protocol_id, job)
-    estimate = cost_micros(hw, seconds) if seconds > 0 else 0
+    try:
+        estimate = cost_micros(hw, seconds) if seconds > 0 else 0
+    except ValueError as exc:  # past the billing bounds (hardware.MAX_WALL_S, money.MAX_MICROS)
+        raise UserError(
+            f"protocol {protocol_id}: job {job.name!r}: estimate_seconds ({source}): {exc}"
+        ) from None
     if protocol.budget is None:
         return BudgetCheck(None, spent, estimate, seconds, source, True, reserved, runs)
-    budget = usd_to_micros(protocol.budget.usd)
+    try:
+        budget = usd_to_micros(protocol.budget.usd)
+    except ValueError as exc:
+        raise UserError(f"protocol {protocol_id}: budget.usd: {exc}") from None
     ok = spent + reserved + estimate <= budget
     return BudgetCheck(budget, spent, estimate, seconds, source, ok, reserved, runs)

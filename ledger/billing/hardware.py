@@ -25,7 +25,9 @@ User overrides: a YAML file at ``$DOCKET_HARDWARE`` or else ``<cwd>/.docket/hard
 
 A list of mappings with a ``name`` key is accepted as well. Fields are exactly those of
 :class:`Hardware`; an unknown field raises :class:`HardwareConfigError` naming the file,
-line and key.
+line and key, and so does a value out of bounds (``usd_per_hour`` at most ``MAX_USD_PER_HOUR``,
+``setup_seconds`` and ``billing_granularity_s`` at most a day): with them and a billed wall time
+of at most ``MAX_WALL_S`` every cost fits the ledger's 64-bit micro-dollar column.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from docketml.protocols.reading import FileRefused, read_bounded
 
 from ..errors import UserError
+from .money import check_micros
 
 __all__ = [
     "DEFAULT_HARDWARE",
@@ -56,10 +59,18 @@ __all__ = [
     "default_catalog",
     "hardware_config_path",
     "load_catalog",
+    "wall_seconds",
 ]
 
 ENV_VAR = "DOCKET_HARDWARE"
 MAX_HARDWARE_BYTES = 1_000_000
+#: Upper bounds of a machine's billing fields. With them a run's cost fits the ledger's 64-bit
+#: micro-dollar column for any wall time under 1,000 years (``cost_micros`` checks the rest).
+MAX_USD_PER_HOUR = Decimal(1_000_000)
+MAX_SETUP_SECONDS = 86_400
+MAX_GRANULARITY_S = 86_400
+#: The longest wall time billed (ten years); with the bounds above the cost then fits.
+MAX_WALL_S = 315_360_000
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.+-]*$")
 
 
@@ -74,9 +85,9 @@ class Hardware(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
-    usd_per_hour: Decimal = Field(ge=0)
-    setup_seconds: int = Field(default=0, ge=0)
-    billing_granularity_s: int = Field(default=1, ge=1)
+    usd_per_hour: Decimal = Field(ge=0, le=MAX_USD_PER_HOUR)
+    setup_seconds: int = Field(default=0, ge=0, le=MAX_SETUP_SECONDS)
+    billing_granularity_s: int = Field(default=1, ge=1, le=MAX_GRANULARITY_S)
     is_gpu: bool = False
     description: str = ""
 
@@ -353,27 +364,31 @@ def load_catalog(
     return HardwareCatalog(items.values(), source=file)
 
 
-def _seconds(value: int | float | Decimal, what: str) -> Decimal:
+def wall_seconds(value: int | float | Decimal, what: str = "wall_s") -> Decimal:
+    """``value`` as exact seconds; TypeError for a non-number, ValueError unless it is finite
+    and in ``0..MAX_WALL_S`` (the one bound of a billed wall time)."""
     if isinstance(value, bool) or not isinstance(value, (int, float, Decimal)):
         raise TypeError(f"{what} must be a number of seconds, got {value!r}")
     seconds = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
-    if not seconds.is_finite() or seconds < 0:
-        raise ValueError(f"{what} must be a finite number >= 0, got {value!r}")
+    if not seconds.is_finite() or not 0 <= seconds <= MAX_WALL_S:
+        raise ValueError(f"{what} must be a finite number of seconds in 0..{MAX_WALL_S}")
     return seconds
 
 
 def billed_seconds(hw: Hardware, wall_s: int | float | Decimal) -> int:
     """``ceil((wall_s + setup_seconds) / g) * g`` with ``g = billing_granularity_s``, exact."""
-    total = _seconds(wall_s, "wall_s") + hw.setup_seconds
+    total = wall_seconds(wall_s) + hw.setup_seconds
     num, den = total.as_integer_ratio()
     gran = hw.billing_granularity_s
     return -(-num // (den * gran)) * gran
 
 
 def cost_micros(hw: Hardware, wall_s: int | float | Decimal) -> int:
-    """``round_half_up(billed_seconds(hw, wall_s) * usd_per_hour * 1e6 / 3600)`` micros, exact."""
+    """``round_half_up(billed_seconds(hw, wall_s) * usd_per_hour * 1e6 / 3600)`` micros, exact.
+
+    Raises ValueError (:func:`money.check_micros`) when the cost would not fit the ledger."""
     billed = billed_seconds(hw, wall_s)
     rate_num, rate_den = hw.usd_per_hour.as_integer_ratio()
     num = billed * rate_num * 1_000_000
     den = rate_den * 3600
-    return (2 * num + den) // (2 * den)
+    return check_micros((2 * num + den) // (2 * den), f"the cost of {wall_s} s on {hw.name}")

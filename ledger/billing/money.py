@@ -12,9 +12,18 @@ from __future__ import annotations
 import re
 from decimal import Decimal
 
-__all__ = ["MICROS_PER_USD", "format_usd", "micros_to_decimal", "usd_to_micros"]
+__all__ = [
+    "MAX_MICROS",
+    "MICROS_PER_USD",
+    "check_micros",
+    "format_usd",
+    "micros_to_decimal",
+    "usd_to_micros",
+]
 
 MICROS_PER_USD = 1_000_000
+#: The largest amount a ledger money column (signed 64-bit on both backends) can hold.
+MAX_MICROS = 2**63 - 1
 
 _USD_RE = re.compile(
     r"^(?P<sign>[-+])?\s*\$?\s*(?P<num>\d{1,3}(?:,\d{3})+(?:\.\d*)?|\d+(?:\.\d*)?|\.\d+)"
@@ -30,6 +39,17 @@ def _decimal_to_micros(value: Decimal, shown: object) -> int:
     micros, remainder = divmod(numerator * MICROS_PER_USD, denominator)
     if remainder:
         raise ValueError(f"{shown!r} has more precision than a micro-dollar (6 decimal places)")
+    return check_micros(micros, shown)
+
+
+def check_micros(micros: int, shown: object = None) -> int:
+    """Return ``micros`` if the ledger can store it (``|micros| <= MAX_MICROS``), else raise
+    ValueError naming the bound: the one rule for how much money fits in a row."""
+    if abs(micros) > MAX_MICROS:
+        raise ValueError(
+            f"{micros if shown is None else shown!r} is too large: at most "
+            f"${MAX_MICROS // MICROS_PER_USD:,} fits in the ledger"
+        )
     return micros
 
 
@@ -38,8 +58,9 @@ def usd_to_micros(value: str | Decimal | int) -> int:
 
     Accepts ``int`` (whole dollars), ``Decimal``, or a string such as ``"0.43"``,
     ``"$0.43"``, ``"-$1,234.5"``, ``"0.43 USD"``. Raises TypeError for ``float`` (and
-    ``bool``), ValueError for malformed text, non-finite values, or more than six
-    decimal places (which a micro-dollar cannot represent exactly).
+    ``bool``), ValueError for malformed text, non-finite values, more than six
+    decimal places (which a micro-dollar cannot represent exactly), or an amount beyond
+    :data:`MAX_MICROS` (which no ledger row can hold).
     """
     if isinstance(value, (bool, float)):
         raise TypeError(
@@ -47,7 +68,7 @@ def usd_to_micros(value: str | Decimal | int) -> int:
             "(floats are inexact and are never summed)"
         )
     if isinstance(value, int):
-        return value * MICROS_PER_USD
+        return check_micros(value * MICROS_PER_USD, value)
     if isinstance(value, Decimal):
         return _decimal_to_micros(value, value)
     if isinstance(value, str):

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from .common import Env, emit, json_option, pass_env
+from .common import Env, emit, json_option, out_option, pass_env
 
 
 @click.command("export")
@@ -15,12 +15,11 @@ from .common import Env, emit, json_option, pass_env
 @click.option(
     "--format", "fmt", type=click.Choice(["csv", "parquet"]), default="csv", show_default=True
 )
-@click.option(
-    "--out",
+@out_option(
     "out_dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    "Directory to write runs, observations, metrics and verdicts into.",
+    directory=True,
     required=True,
-    help="Directory to write runs, observations, metrics and verdicts into.",
 )
 @json_option
 @pass_env

@@ -20,7 +20,7 @@ from docketml.journal.markdown import JournalParseError, render_entry
 from ..errors import UserError
 from ..store import journal as store
 from ..store.protocols import latest as latest_version
-from .common import Env, emit, json_option, out_option, pass_env, table
+from .common import LEDGER_ID, Env, emit, json_option, out_option, pass_env, table
 
 
 @click.group("journal")
@@ -59,7 +59,7 @@ def _read_text(path: str) -> str:
 @click.option("--notes", help="Free text.")
 @click.option("--tag", help="A short reference for the entry, e.g. j (shown as '## DATE (j)').")
 @click.option(
-    "--run", "runs", multiple=True, type=int, help="A run id the entry is about (repeatable)."
+    "--run", "runs", multiple=True, type=LEDGER_ID, help="A run id the entry is about (repeatable)."
 )
 @click.option(
     "--date", type=click.DateTime(formats=["%Y-%m-%d"]), help="Entry date (default today)."
@@ -86,7 +86,11 @@ def journal_add(
     as_json: bool,
 ) -> None:
     """Append an entry, from --file or from flags (never edits an existing one)."""
-    corrects_seq = int(corrects) if corrects is not None and corrects.isdigit() else None
+    corrects_seq = (
+        LEDGER_ID.convert(corrects, None, click.get_current_context())
+        if corrects is not None and corrects.isdigit()
+        else None
+    )
     corrects_ref = corrects if corrects is not None and corrects_seq is None else None
     if file is not None:
         given = {
@@ -194,7 +198,7 @@ def journal_list(env: Env, protocol_id: str | None, as_json: bool) -> None:
 
 
 @journal_group.command("show")
-@click.argument("seq", type=int)
+@click.argument("seq", type=LEDGER_ID)
 @json_option
 @pass_env
 def journal_show(env: Env, seq: int, as_json: bool) -> None:
@@ -228,6 +232,7 @@ def journal_export(env: Env, protocol_id: str | None, output: Path | None) -> No
     if output is None:
         click.echo(text, nl=False)
     else:
+        output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(text, encoding="utf-8")
         click.echo(f"wrote {output}", err=True)
 

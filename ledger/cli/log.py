@@ -8,7 +8,6 @@ from typing import Any
 
 import click
 
-from ..errors import UserError
 from .common import Env, emit, json_option, out_option, pass_env
 
 
@@ -32,10 +31,8 @@ def head_cmd(env: Env, as_json: bool, out: Path | None) -> None:
     head = log_head(env.ledger())
     sth = sign_tree_head(head.tree_size, head.root_hash, key)
     if out is not None:
-        try:
-            out.write_text(json.dumps(sth, indent=2) + "\n", encoding="utf-8")
-        except OSError as exc:
-            raise UserError(f"{out}: cannot write: {exc.strerror}") from None
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(sth, indent=2) + "\n", encoding="utf-8")
 
     def human(c: Any) -> None:
         c.print(f"tree size  {sth['tree_size']}")

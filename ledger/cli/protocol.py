@@ -15,7 +15,7 @@ from docketml.protocols.schema import Protocol
 
 from ..errors import CheckFailed
 from ..store import protocols as store
-from .common import Env, emit, json_option, out_option, pass_env, print_json, table
+from .common import LEDGER_ID, Env, emit, json_option, out_option, pass_env, print_json, table
 
 
 def load_runnable(file: Path) -> Any:
@@ -332,7 +332,7 @@ def amend_cmd(env: Env, protocol_id: str, file: Path, reason: str, as_json: bool
 
 @protocol_group.command("show")
 @click.argument("protocol_id")
-@click.option("--version", "version", type=int, help="A specific version (default: latest).")
+@click.option("--version", "version", type=LEDGER_ID, help="A specific version (default: latest).")
 @click.option("--yaml", "show_yaml", is_flag=True, help="Print the stored YAML text.")
 @json_option
 @pass_env

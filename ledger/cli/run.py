@@ -11,7 +11,7 @@ from ..billing.money import format_usd
 from ..errors import CheckFailed
 from ..store import protocols as store
 from ..store.runs import list_runs, reap_abandoned, run_summary
-from .common import Env, emit, json_option, pass_env, table
+from .common import LEDGER_ID, Env, emit, json_option, pass_env, table
 
 
 @click.command("run")
@@ -162,7 +162,7 @@ def runs_reap(env: Env, as_json: bool) -> None:
 
 
 @runs_group.command("show")
-@click.argument("run_id", type=int)
+@click.argument("run_id", type=LEDGER_ID)
 @click.option("--texts", is_flag=True, help="Also print the run's generated texts.")
 @json_option
 @pass_env
@@ -229,7 +229,7 @@ def runs_show(env: Env, run_id: int, texts: bool, as_json: bool) -> None:
 
 
 @runs_group.command("compare")
-@click.argument("run_ids", type=int, nargs=-1, required=True)
+@click.argument("run_ids", type=LEDGER_ID, nargs=-1, required=True)
 @json_option
 @pass_env
 def runs_compare(env: Env, run_ids: tuple[int, ...], as_json: bool) -> None:

@@ -1375,9 +1375,9 @@ def build_report(
     Raises :class:`~ledger.errors.UserError` for an unknown protocol. See the module docstring
     for what the page contains."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     with ledger.read_session() as session:
         report = collect(session, protocol_id)
+    out.mkdir(parents=True, exist_ok=True)  # only once the protocol is known
     writer = FigureWriter(out)
     images = Images(out, embed_images)
     style = _plt().rc_context(STYLE) if writer.enabled else contextlib.nullcontext()

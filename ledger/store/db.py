@@ -27,7 +27,8 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from alembic.util.exc import CommandError
+from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -133,6 +134,39 @@ def _configure_sqlite(engine: Engine, timeout_s: float) -> None:
         conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite ledger URL (None: not SQLite, or in memory).
+
+    ``sqlite:///path`` and the URI form ``sqlite:///file:path?mode=ro&uri=true`` both name a
+    file; in the URI form the ``file:`` prefix is not part of the path."""
+    parsed = make_url(url)
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return None
+    if str(parsed.query.get("uri", "")).lower() in ("true", "1") and database.startswith("file:"):
+        database = database.removeprefix("file:")
+        if database.startswith("//"):  # file://host/path: only an empty host is local
+            database = database[2:].partition("/")[2]
+            database = "/" + database
+        if not database or database == ":memory:" or parsed.query.get("mode") == "memory":
+            return None
+    return Path(database).expanduser()
+
+
+def _make_parent(path: Path) -> None:
+    """Create the directory a new SQLite ledger goes in, or raise :class:`LedgerError`."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise LedgerError(
+            f"cannot create the ledger directory {path.parent}: {reason} "
+            "(a part of the path is a file, or it is not writable)"
+        ) from None
+    if not path.parent.is_dir():
+        raise LedgerError(f"cannot create the ledger directory {path.parent}: it is a file")
+
+
 def make_engine(url: str | None = None, *, create: bool = False) -> Engine:
     """Create an engine for ``url`` (see module docstring); raise :class:`LedgerError` on a bad URL.
 
@@ -155,13 +189,14 @@ def make_engine(url: str | None = None, *, create: bool = False) -> Engine:
         parsed = parsed.set(drivername="postgresql+psycopg")
     try:
         if backend == "sqlite":
-            database = parsed.database
-            if database and database != ":memory:":
-                path = Path(database).expanduser()
+            path = sqlite_path(url)
+            if path is not None:
                 if create:
-                    path.parent.mkdir(parents=True, exist_ok=True)
+                    _make_parent(path)
                 elif not path.exists():
                     raise LedgerError(f"no docket ledger at {path}: run `docket init` first")
+                elif not path.is_file():
+                    raise LedgerError(f"{path} is not a file: expected a SQLite ledger file")
             timeout_s = lock_timeout_seconds()
             engine = create_engine(
                 parsed, connect_args={"timeout": timeout_s, "check_same_thread": False}
@@ -200,13 +235,80 @@ def current_revision(engine: Engine) -> str | None:
         ) from None
 
 
+#: SQLite error names and PostgreSQL SQLSTATEs that mean the environment refused a valid
+#: operation (read-only file, mount, replica or transaction; disk full), with what to say.
+_ENVIRONMENT_ERRORS = {
+    "SQLITE_READONLY": "the ledger is read-only",
+    "SQLITE_FULL": "the disk is full",
+    "25006": "the ledger is read-only",  # read_only_sql_transaction (replica, read-only role)
+    "53100": "the disk is full",  # disk_full
+}
+
+
+def environment_problem(exc: BaseException) -> str | None:
+    """What the environment refused, when the database error ``exc`` is not the input's fault
+    (the ledger is read-only, the disk is full); None for any other error. The one
+    classification the CLI uses to pick exit code 4 over 2."""
+    orig = getattr(exc, "orig", None) or exc
+    code = getattr(orig, "sqlite_errorname", None) or getattr(orig, "sqlstate", None)
+    if code is not None:
+        code = str(code)
+        for name, what in _ENVIRONMENT_ERRORS.items():
+            if code == name or code.startswith(name + "_"):  # SQLITE_READONLY_DBMOVED etc.
+                return what
+    return None
+
+
 def _first_line(exc: BaseException) -> str:
     orig = getattr(exc, "orig", None) or exc
     return str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
 
 
+def _unversioned_tables(engine: Engine) -> bool:
+    """True when the database has tables but no ``alembic_version`` table."""
+    try:
+        names = set(inspect(engine).get_table_names())
+    except OperationalError:
+        return False
+    return bool(names) and "alembic_version" not in names
+
+
+def _unversioned(engine: Engine) -> LedgerError:
+    return LedgerError(
+        f"the database at {describe_url(str(engine.url))} has tables but no alembic_version "
+        "table, so its schema revision is unknown: it is not a docket ledger docket can open "
+        "or migrate (restore a backup, or point DOCKET_DB / --db at a ledger)"
+    )
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Run the Alembic migrations up to ``revision`` on ``engine``'s database."""
+    """Run the Alembic migrations up to ``revision`` on ``engine``'s database.
+
+    Refused with :class:`LedgerError` (nothing changed): a ``revision`` that is neither
+    ``head`` nor a known revision; a ledger at a revision unknown to this docket; a target
+    older than the ledger's revision (migrations never run downwards); a database with tables
+    but no ``alembic_version`` table. Upgrading to the current revision is a no-op."""
+    known = all_revisions()
+    if revision != "head" and revision not in known:
+        raise LedgerError(
+            f"--revision {revision!r} is not a revision of this docket; expected head or one "
+            f"of {', '.join(known)}"
+        )
+    current = current_revision(engine)
+    where = describe_url(str(engine.url))
+    if current is None and _unversioned_tables(engine):
+        raise _unversioned(engine)
+    if current is not None and current not in known:
+        raise LedgerError(
+            f"the ledger at {where} is at revision {current!r}, unknown to this docket "
+            f"(head {head_revision()}): upgrade docket"
+        )
+    target = head_revision() if revision == "head" else revision
+    if current is not None and known.index(target) < known.index(current):
+        raise LedgerError(
+            f"the ledger at {where} is at revision {current}, newer than --revision {target}: "
+            "`docket db upgrade` never downgrades (restore a backup taken at that revision)"
+        )
     cfg = _alembic_config()
     try:
         with engine.begin() as conn:
@@ -215,9 +317,9 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     except OperationalError as exc:
         if is_lock_timeout(exc):
             raise lock_timeout_error(str(engine.url)) from None
-        raise LedgerError(
-            f"cannot upgrade the ledger at {describe_url(str(engine.url))}: {_first_line(exc)}"
-        ) from None
+        raise LedgerError(f"cannot upgrade the ledger at {where}: {_first_line(exc)}") from None
+    except CommandError as exc:
+        raise LedgerError(f"cannot upgrade the ledger at {where}: {_first_line(exc)}") from None
 
 
 def check_revision(engine: Engine) -> None:
@@ -225,6 +327,8 @@ def check_revision(engine: Engine) -> None:
     current = current_revision(engine)
     head = head_revision()
     if current is None:
+        if _unversioned_tables(engine):
+            raise _unversioned(engine)
         raise LedgerError(
             f"no docket ledger at {describe_url(str(engine.url))}: run `docket init` first"
         )

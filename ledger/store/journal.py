@@ -43,7 +43,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from docketml.journal.chain import GENESIS, canonical_entry_json, entry_from_canonical, entry_hash
@@ -54,7 +54,7 @@ from docketml.journal.schema import JournalEntry
 from ..errors import UserError
 from . import protocols
 from .chainlock import lock_chain
-from .models import JournalEntryRow, ProtocolRow, utcnow
+from .models import MAX_ID, JournalEntryRow, ProtocolRow, RunRow, utcnow
 
 __all__ = [
     "ImportResult",
@@ -139,6 +139,24 @@ def reference_for(session: Session, seq: int) -> str:
     )
 
 
+def _check_runs_exist(session: Session, run_ids: list[int]) -> None:
+    """Refuse (:class:`UserError`) run ids that are not runs of this ledger."""
+    storable = sorted({r for r in run_ids if 1 <= r <= MAX_ID})
+    found = (
+        set(session.scalars(select(RunRow.id).where(RunRow.id.in_(storable))))
+        if storable
+        else set()
+    )
+    missing = sorted(set(run_ids) - found)
+    if missing:
+        last = session.scalar(select(func.max(RunRow.id)))
+        known = f"runs are numbered 1..{last}" if last else "the ledger has no runs"
+        raise UserError(
+            f"the entry names run {', '.join(map(str, missing))}, which is not in the ledger "
+            f"({known}; `docket runs list`)"
+        )
+
+
 def append_entry(
     session: Session,
     entry: JournalEntry,
@@ -158,7 +176,9 @@ def append_entry(
       Without it, the entry's own ``corrects`` reference is resolved (module docstring;
       ``resolve_digits=False`` resolves tags only).
     - ``allow_dangling``: keep an unresolvable reference unlinked instead of refusing it.
-    - Raises :class:`UserError` (nothing written) for an unknown protocol or correction target.
+      Without it every run id in ``entry.runs`` must be a run in this ledger.
+    - Raises :class:`UserError` (nothing written) for an unknown protocol, correction target or
+      (without ``allow_dangling``) run.
     """
     lock_chain(session, "journal_entries")
     if protocol_pk is not None:
@@ -176,6 +196,8 @@ def append_entry(
         known = entry.protocol in protocols.known_ids(session)
         protocol_pk = protocols.latest(session, entry.protocol).id if known else None
 
+    if entry.runs and not allow_dangling:
+        _check_runs_exist(session, entry.runs)
     last_row = _last_row(session)
     if corrects_seq is not None:
         ref = reference_for(session, corrects_seq)  # refuses a seq that does not exist

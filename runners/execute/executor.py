@@ -55,7 +55,7 @@ from docketml.protocols.schema import JobSpec, Protocol
 from ..context import JobContext, JobResult, KnobAudit
 from ..jobs.preflight import model_checks
 from ..registry import extra_of, job_kinds
-from .artifacts import artifacts_root, run_dir, store_checkpoint
+from .artifacts import ensure_artifacts_root, run_dir, store_checkpoint
 from .provenance import git_state, provenance
 
 ProgressFn = Callable[[int, int, str], None]
@@ -296,8 +296,9 @@ def open_job(
         start_run(session, run.id, worker=worker_id, lease_s=lease_s)
         return run.id, row.protocol_id, protocol, job, hw, inputs, seed
 
-    run_id, protocol_id, protocol, job, hw, inputs, seed = transact(ledger, open_run)
     db_url = str(ledger.engine.url.render_as_string(hide_password=False))
+    root = ensure_artifacts_root(db_url)  # before the run exists: a bad root orphans nothing
+    run_id, protocol_id, protocol, job, hw, inputs, seed = transact(ledger, open_run)
     return OpenedRun(
         run_id=run_id,
         protocol_pk=protocol_pk,
@@ -309,7 +310,7 @@ def open_job(
         seed=seed,
         lease_s=lease_s,
         device=device,
-        root=artifacts_root(db_url),
+        root=root,
         db_url=db_url,
     )
 
@@ -548,6 +549,7 @@ def run_protocol(
             "(use `docket ingest` for results produced elsewhere)"
         )
     catalog = load_catalog()
+    ensure_artifacts_root(ledger.engine.url.render_as_string(hide_password=False))
     if executor == "ray":
         from .ray_executor import run_with_ray
 

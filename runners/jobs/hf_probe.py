@@ -20,8 +20,9 @@ Same probe set, labels and signal definitions as the built-in routed probe
 Knobs: ``model`` (structural), ``trust_remote_code`` (False; fires at load), ``max_new_tokens``
 (48; per generation), ``limit_per_group`` (None; fires only if it removed items), ``batch_size``
 (8; prompts generated together, left-padded and masked: :func:`probe_batch`; fires with the
-first batch; 1 = one prompt at a time, no padding). The checkpoint's weight sha256 is kept in ``JobResult.extra["hf_checkpoint"]["sha256"]`` (the run's ``extra``, shown by
-``docket runs show``).
+first batch; 1 = one prompt at a time, no padding). The checkpoint's weight sha256 is kept in
+``JobResult.extra["hf_checkpoint"]["sha256"]`` (the run's ``extra``, shown by ``docket runs
+show``).
 """
 
 from __future__ import annotations
