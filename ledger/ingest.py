@@ -484,6 +484,7 @@ def ingest_file(
         kind="ingest",
         config={
             "file": str(path),
+            "path": str(path.resolve()),  # where `docket audit` re-hashes it
             "format": parsed.format,
             "items": parsed.items,
             "signals": parsed.signals,

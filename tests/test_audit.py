@@ -90,8 +90,12 @@ def test_clean_ledger(studied) -> None:
         "journal_entries": 3,
         "costs": 7,  # the run's metered cost + six receipts
         "verdicts": 1,
+        "runs": 1,  # its cost_micros matches its costs rows
+        "ingest_files": 0,
         "triggers_missing": 0,
+        "triggers_altered": 0,
     }
+    assert data["notes"] == []
     assert len(data["heads"]["journal_entries"]) == 64
 
 
