@@ -26,7 +26,26 @@ deeper than Python can parse and a key repeated within one JSON object are probl
 ledger's columns) and neither may contain NUL, so SQLite and PostgreSQL accept the same files. The
 file must be a regular file of at most ``MAX_INGEST_BYTES`` bytes.
 
-Validation is complete before anything is written: every problem is reported as
+Optional companion files (JSONL, one object per line, blank lines skipped, any other key an
+error; the same strict numbers as the results file):
+
+* ``--metrics FILE``: per-step scalar metrics, ``{"name": str, "value": number, "step": int}``;
+  ``step`` is optional (``null`` or absent: a final value), else an integer >= 0. ``name`` is at
+  most ``MAX_METRIC_NAME_CHARS`` characters; a ``(name, step)`` pair may appear once. Which row
+  counts is the ledger's one rule (``store.results.effective_metrics``).
+* ``--texts FILE``: generated texts, ``{"item": str|int, "text": str}``; an item at most
+  ``MAX_ITEM_CHARS`` characters and once per file; no NUL in either.
+
+Provenance: the caller passes the record of ``runners.execute.provenance.provenance`` (the one
+used by the executors and the API: git commit, dirty flag and diff sha256 of the working
+directory, Python/torch/CUDA versions, host, device); it is stored as ``config.provenance`` and
+``git_sha`` exactly as for an executed run.
+
+Cost (:class:`IngestCost`): ``hardware`` from the catalog with ``seconds`` (metered exactly as a
+built-in job, ``billing.hardware.cost_micros``) and/or ``usd_micros`` (recorded as given); one
+cost row attached to the run (``billing.bill.add_manual_cost``), ``runs.cost_micros`` equal to it.
+
+Validation is complete before anything is written: every problem of every file is reported as
 ``FILE:LINE: message`` (all at once; exit 2) and the ledger is left untouched. A valid file is
 recorded in ONE transaction as a ``succeeded`` run (source ``ingest``, job ``ingest`` or
 ``--job``) bound to the latest frozen version, with the file's sha256 as ``input_sha256``.
@@ -43,6 +62,7 @@ import math
 import re
 import time
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +72,8 @@ from sqlalchemy.orm import Session
 from docketml.protocols.reading import FileRefused, read_bounded
 from docketml.protocols.schema import NonInferiorityRule, Protocol, RegimeWinsRule, ThresholdRule
 
+from .billing.bill import add_manual_cost, user_catalog
+from .billing.hardware import UnknownHardwareError
 from .errors import UserError
 from .store import protocols as store
 from .store.models import RunRow
@@ -64,6 +86,9 @@ JSONL_KEYS = ("group", "item", "label", "signals")
 MAX_INGEST_BYTES = 4 << 30
 MAX_GROUP_CHARS = 100  # observations.grp
 MAX_ITEM_CHARS = 200  # observations.item
+MAX_METRIC_NAME_CHARS = 100  # metrics.name
+METRIC_KEYS = ("name", "value", "step")
+TEXT_KEYS = ("item", "text")
 MAX_NUMBER_DIGITS = 400  # below Python's 4300-digit int limit; past any float anyway
 # a plain decimal numeral; nan/inf spellings pass here so they are named "not finite" below
 _DECIMAL = re.compile(r"^[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|(?i:nan|inf|infinity))$")
@@ -435,13 +460,152 @@ def parse_results(protocol: Protocol, path: Path, data: bytes, job: str) -> Pars
     return parsed
 
 
+def _jsonl_objects(data: bytes, keys: tuple[str, ...], required: tuple[str, ...]):  # noqa: ANN202
+    """(line, object, problems) of every non-blank line of a companion JSONL file; an object is
+    None when its line cannot be used at all."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        yield data[: exc.start].count(b"\n") + 1, None, [f"not valid UTF-8 at byte {exc.start}"]
+        return
+    for n, raw in enumerate(text.split("\n"), start=1):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw, parse_int=_parse_int, object_pairs_hook=_unique_keys)
+        except json.JSONDecodeError as exc:
+            yield n, None, [f"malformed JSON: {exc.msg} at column {exc.colno}"]
+            continue
+        except _DuplicateKey as exc:
+            yield n, None, [f"duplicate JSON key {exc.key!r}: each key may appear once per object"]
+            continue
+        except RecursionError:
+            yield n, None, ["JSON nested too deeply; expected a flat object"]
+            continue
+        if not isinstance(obj, dict):
+            yield n, None, [f"expected a JSON object, found {type(obj).__name__}"]
+            continue
+        problems = []
+        extra = sorted(set(obj) - set(keys))
+        if extra:
+            problems.append(f"unknown key(s) {', '.join(extra)}; expected {', '.join(keys)}")
+        absent = [k for k in required if k not in obj]
+        if absent:
+            problems.append(f"missing key(s) {', '.join(absent)}")
+            obj = None
+        yield n, obj, problems
+
+
+def parse_metrics(data: bytes) -> tuple[list[dict[str, Any]], list[tuple[int, str]]]:
+    """(metric rows, problems) of a ``--metrics`` file (module docstring)."""
+    rows: list[dict[str, Any]] = []
+    problems: list[tuple[int, str]] = []
+    seen: dict[tuple[str, int | None], int] = {}
+    for n, obj, found in _jsonl_objects(data, METRIC_KEYS, ("name", "value")):
+        problems += [(n, p) for p in found]
+        if obj is None:
+            continue
+        ok = not found
+        name, step = obj["name"], obj.get("step")
+        if not isinstance(name, str) or not name.strip():
+            problems.append((n, f"name must be a non-empty string, found {_short(name)}"))
+            ok = False
+        elif why := _text_problem("name", name, MAX_METRIC_NAME_CHARS):
+            problems.append((n, why))
+            ok = False
+        value, why = _number(obj["value"], text_ok=False)
+        if why:
+            problems.append((n, f"value: {why}"))
+            ok = False
+        if step is not None and (
+            isinstance(step, bool | _Huge) or not isinstance(step, int) or step < 0 or step >= 2**63
+        ):
+            problems.append((n, f"step must be an integer >= 0 or null, found {_short(step)}"))
+            ok = False
+        if ok:
+            key = (name, step)
+            if key in seen:
+                at = "without a step" if step is None else f"at step {step}"
+                problems.append((n, f"duplicate metric {name!r} {at} (first on line {seen[key]})"))
+                continue
+            seen[key] = n
+            rows.append({"name": name, "value": value, "step": step})
+    return rows, problems
+
+
+def parse_texts(data: bytes) -> tuple[dict[str, str], list[tuple[int, str]]]:
+    """(item -> text, problems) of a ``--texts`` file (module docstring)."""
+    texts: dict[str, str] = {}
+    problems: list[tuple[int, str]] = []
+    first: dict[str, int] = {}
+    for n, obj, found in _jsonl_objects(data, TEXT_KEYS, TEXT_KEYS):
+        problems += [(n, p) for p in found]
+        if obj is None:
+            continue
+        ok = not found
+        item, text = obj["item"], obj["text"]
+        if (
+            isinstance(item, bool | _Huge)
+            or not isinstance(item, str | int)
+            or str(item).strip() == ""
+        ):
+            problems.append(
+                (n, f"item must be a non-empty string or integer, found {_short(item)}")
+            )
+            ok = False
+        elif why := _text_problem("item", str(item), MAX_ITEM_CHARS):
+            problems.append((n, why))
+            ok = False
+        if not isinstance(text, str):
+            problems.append((n, f"text must be a string, found {_short(text)}"))
+            ok = False
+        elif "\x00" in text:
+            problems.append((n, "text contains a NUL character"))
+            ok = False
+        if ok:
+            key = str(item)
+            if key in first:
+                problems.append((n, f"duplicate item {key!r} (first on line {first[key]})"))
+                continue
+            first[key] = n
+            texts[key] = text
+    return texts, problems
+
+
+@dataclass(frozen=True)
+class IngestCost:
+    """The cost of an ingested run: catalog ``hardware`` with ``seconds`` (metered) and/or
+    ``usd_micros`` (recorded as given); at least one of the two."""
+
+    hardware: str
+    seconds: Decimal | None = None
+    usd_micros: int | None = None
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return read_bounded(path, MAX_INGEST_BYTES, what)
+    except FileRefused as exc:
+        raise UserError(f"{path}: {exc}") from None
+
+
 def ingest_file(
-    session: Session, protocol_id: str, path: Path, job: str | None = None
+    session: Session,
+    protocol_id: str,
+    path: Path,
+    job: str | None = None,
+    *,
+    metrics: Path | None = None,
+    texts: Path | None = None,
+    cost: IngestCost | None = None,
+    provenance: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Validate ``path`` and record it as a run of ``protocol_id``'s latest frozen version.
+    """Validate ``path`` (and the optional ``metrics`` / ``texts`` files) and record them as one
+    run of ``protocol_id``'s latest frozen version, with ``provenance`` and ``cost`` (module
+    docstring).
 
     Raises :class:`ledger.errors.CheckFailed` (not frozen), :class:`ledger.errors.UserError`
-    (bad file: every problem with its line; nothing written).
+    (bad file: every problem of every file with its line; unknown hardware; nothing written).
     """
     started = time.perf_counter()
     reap_abandoned(session)
@@ -454,19 +618,35 @@ def ingest_file(
             f"--job {job!r} is not a job of {protocol_id}; jobs: {', '.join(names) or '(none)'} "
             f"(or omit --job to record the run as {DEFAULT_JOB!r})"
         )
-    try:
-        data = read_bounded(path, MAX_INGEST_BYTES, "JSONL or CSV file")
-    except FileRefused as exc:
-        raise UserError(f"{path}: {exc}") from None
+    hardware = "cpu"
+    if cost is not None:
+        if cost.seconds is None and cost.usd_micros is None:
+            raise UserError("--hardware needs --seconds (metered) and/or --usd (as paid)")
+        try:
+            hardware = user_catalog()[cost.hardware].name
+        except UnknownHardwareError as exc:
+            raise UserError(f"--hardware: {exc.args[0]}") from None
+    data = _read(path, "JSONL or CSV file")
     parsed = parse_results(protocol, path, data, job)
-    if parsed.problems:
-        shown = parsed.problems[:MAX_PROBLEMS_SHOWN]
-        lines = [f"{path}:{line}: {msg}" for line, msg in shown]
-        more = len(parsed.problems) - len(shown)
+    problems = [(path, line, msg) for line, msg in parsed.problems]
+    metric_rows: list[dict[str, Any]] = []
+    text_rows: dict[str, str] = {}
+    if metrics is not None:
+        metric_rows, found = parse_metrics(_read(metrics, "metrics JSONL file"))
+        problems += [(metrics, line, msg) for line, msg in sorted(found, key=lambda p: p[0])]
+    if texts is not None:
+        text_rows, found = parse_texts(_read(texts, "texts JSONL file"))
+        problems += [(texts, line, msg) for line, msg in sorted(found, key=lambda p: p[0])]
+    if problems:
+        shown = problems[:MAX_PROBLEMS_SHOWN]
+        lines = [f"{where}:{line}: {msg}" for where, line, msg in shown]
+        more = len(problems) - len(shown)
         if more > 0:
             lines.append(f"... and {more} more problem(s)")
+        files = sorted({str(where) for where, _, _ in problems})
         raise UserError(
-            f"{path}: {len(parsed.problems)} problem(s); nothing was recorded\n" + "\n".join(lines)
+            f"{', '.join(files)}: {len(problems)} problem(s); nothing was recorded\n"
+            + "\n".join(lines)
         )
     digest = hashlib.sha256(data).hexdigest()
     earlier = session.scalars(
@@ -488,9 +668,16 @@ def ingest_file(
             "format": parsed.format,
             "items": parsed.items,
             "signals": parsed.signals,
+            "metrics_file": None if metrics is None else str(metrics),
+            "texts_file": None if texts is None else str(texts),
+            "hardware": hardware,
+            "device": (provenance or {}).get("device"),
+            "provenance": provenance,
         },
+        hardware=hardware,
         source="ingest",
         input_sha256=digest,
+        git_sha=(provenance or {}).get("git_commit"),
     )
     start_run(session, run.id, worker="ingest")
     complete_run(
@@ -498,8 +685,22 @@ def ingest_file(
         run.id,
         status="succeeded",
         observations=parsed.observations,
-        wall_s=time.perf_counter() - started,
+        metrics=metric_rows,
+        texts=text_rows or None,
+        wall_s=float(cost.seconds)
+        if cost is not None and cost.seconds is not None
+        else time.perf_counter() - started,
     )
+    cost_row = None
+    if cost is not None:
+        cost_row = add_manual_cost(
+            session,
+            hardware=hardware,
+            seconds=cost.seconds,
+            usd_micros=cost.usd_micros,
+            run_id=run.id,
+            note=f"ingested from {path.name}",
+        )
     latest = store.latest(session, protocol_id)
     notes = []
     if latest.id != row.id:
@@ -527,6 +728,12 @@ def ingest_file(
         "items": parsed.items,
         "signals": parsed.signals,
         "observations": len(parsed.observations),
+        "metrics": len(metric_rows),
+        "texts": len(text_rows),
+        "hardware": hardware,
+        "cost_micros": 0 if cost_row is None else cost_row.usd_micros,
+        "cost_seq": None if cost_row is None else cost_row.seq,
+        "provenance": provenance,
         "previously_ingested_as": list(earlier),
         "feeds_rules": fed,
         "notes": notes,

@@ -97,6 +97,21 @@ def sqlite_ledger(sqlite_url: str) -> Iterator[Ledger]:
     led.engine.dispose()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_config_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """``docket init`` creates a signing key under the config dir: the tests use their own,
+    never the user's ~/.config (subprocesses inherit it)."""
+    saved = {k: os.environ.get(k) for k in ("XDG_CONFIG_HOME", "DOCKET_SIGNING_KEY")}
+    os.environ["XDG_CONFIG_HOME"] = str(tmp_path_factory.mktemp("config-home"))
+    os.environ.pop("DOCKET_SIGNING_KEY", None)
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 class DocketCli:
     """Runs ``docket`` in-process against one ledger URL; returns click's Result."""
 

@@ -74,10 +74,23 @@ def _entropy_np(logits: np.ndarray) -> np.ndarray:
     return -(p * np.log(p)).sum(-1)
 
 
+@pytest.mark.parametrize("batch_size", [1, 8])
 def test_moe_probe_signals_match_an_independent_computation(
-    ckpts: dict[str, Path], tmp_path: Path
+    ckpts: dict[str, Path], tmp_path: Path, batch_size: int
 ) -> None:
-    params = {"model": f"hf:{ckpts['moe']}", "limit_per_group": 1, "max_new_tokens": MAX_NEW}
+    """One prompt at a time the job's signals equal numpy on the model's own router logits to
+    1e-9 relative; batched (padding masked) to float32 rounding of a different batch shape."""
+    params = {
+        "model": f"hf:{ckpts['moe']}",
+        "limit_per_group": 1,
+        "max_new_tokens": MAX_NEW,
+        "batch_size": batch_size,
+    }
+    tight = batch_size == 1
+
+    def close(expected: float, rel: float) -> Any:
+        return pytest.approx(expected, rel=rel) if tight else pytest.approx(expected, abs=1e-7)
+
     res, ctx = run_probe(tmp_path, params)
     rows = load_probe()
     seen: set[str] = set()
@@ -93,12 +106,12 @@ def test_moe_probe_signals_match_an_independent_computation(
         h = np.stack([_entropy_np(lg.double().numpy()) for lg in out.router_logits], axis=1)
         per_pos = h.mean(1)  # (T,)
         item = row["item"]
-        assert got[(item, "router_entropy_mean")] == pytest.approx(per_pos.mean(), rel=1e-9)
-        assert got[(item, "router_entropy_var")] == pytest.approx(per_pos.var(), rel=1e-6)
+        assert got[(item, "router_entropy_mean")] == close(per_pos.mean(), 1e-9)
+        assert got[(item, "router_entropy_var")] == close(per_pos.var(), 1e-6)
         for layer in range(2):
-            assert got[(item, f"router_entropy_L{layer}")] == pytest.approx(h[:, layer].mean())
+            assert got[(item, f"router_entropy_L{layer}")] == close(h[:, layer].mean(), 1e-6)
         conf = 1 - per_pos.mean() / np.log(N_EXPERTS)
-        assert got[(item, "router_conf")] == pytest.approx(conf, rel=1e-9)
+        assert got[(item, "router_conf")] == close(conf, 1e-9)
         # max softmax over greedy tokens: naive loop re-forwarding the whole prefix (no cache)
         seq, maxp = list(tokens), []
         with torch.no_grad():
@@ -186,10 +199,15 @@ jobs:
 def test_docket_run_checks_the_path_first_and_records_the_sha256(
     docket_sqlite, ckpts: dict[str, Path], tmp_path: Path
 ) -> None:
+    import shutil
+
     from test_costs import register_and_freeze
 
-    missing = tmp_path / "gone"
-    pid = register_and_freeze(docket_sqlite, tmp_path, PROBE_PROTOCOL.format(path=missing))
+    moved = tmp_path / "moved"  # present at freeze, gone when the job starts
+    shutil.copytree(ckpts["moe"], moved)
+    pid = register_and_freeze(docket_sqlite, tmp_path, PROBE_PROTOCOL.format(path=moved))
+    shutil.rmtree(moved)
+    missing = moved
     refused = docket_sqlite("run", pid, "--no-progress")
     assert refused.exit_code == 2, refused.output
     assert str(missing) in refused.output and "Traceback" not in refused.output
@@ -213,3 +231,59 @@ def test_without_the_hf_extra_the_error_names_it(
     monkeypatch.setitem(sys.modules, "transformers", None)  # what an install without it gives
     with pytest.raises(MissingExtra, match=r"pip install 'docketml\[hf\]'"):
         load_hf(ckpts["moe"])
+
+
+def _register(docket: Any, tmp_path: Path, text: str, name: str) -> str:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    result = docket("protocol", "register", str(path), "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)["id"]
+
+
+def test_signcheck_and_freeze_check_the_checkpoint_first(
+    docket_sqlite, ckpts: dict[str, Path], tmp_path: Path
+) -> None:
+    """What can be known before a run is refused at sign-check time, naming the path: a missing
+    directory, and a dense model under a router-signal probe; an MoE checkpoint passes."""
+    cases = {
+        "gone": (tmp_path / "gone", "no such local directory"),
+        "dense": (ckpts["llama"], "has no router logits"),
+    }
+    for name, (path, why) in cases.items():
+        text = PROBE_PROTOCOL.format(path=path).replace("id: hf_probe", f"id: hf_{name}")
+        pid = _register(docket_sqlite, tmp_path, text, f"{name}.yaml")
+        checked = docket_sqlite("protocol", "signcheck", pid, "--json")
+        report = json.loads(checked.output)
+        inputs = [c for c in report["checks"] if c["check"] == "job input"]
+        assert not report["passed"] and len(inputs) == 1 and not inputs[0]["passed"], report
+        assert str(path) in inputs[0]["cause"] and why in inputs[0]["cause"], inputs
+        frozen = docket_sqlite("protocol", "freeze", pid)
+        assert frozen.exit_code == 1, frozen.output
+        assert why in frozen.output and "Traceback" not in frozen.output
+        shown = json.loads(docket_sqlite("protocol", "show", pid, "--json").output)
+        assert shown["status"] != "frozen", shown
+    text = PROBE_PROTOCOL.format(path=ckpts["moe"]).replace("id: hf_probe", "id: hf_ok")
+    pid = _register(docket_sqlite, tmp_path, text, "ok.yaml")
+    report = json.loads(docket_sqlite("protocol", "signcheck", pid, "--json").output)
+    inputs = [c for c in report["checks"] if c["check"] == "job input"]
+    assert report["passed"] and [c["passed"] for c in inputs] == [True], report
+
+
+def test_batched_probe_equals_one_prompt_at_a_time(ckpts: dict[str, Path]) -> None:
+    """Left padding is masked and positions count real tokens: every prompt of a batch of
+    different lengths gets the tokens and (to float rounding) the signals it gets alone."""
+    from docketml.runners.jobs.hf_probe import probe_batch, probe_prompt
+
+    hf = load_hf(ckpts["moe"])
+    g = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(1, 259, (n,), generator=g).tolist() for n in (5, 17, 9, 30, 2, 12)]
+    alone = [probe_prompt(hf, p, MAX_NEW) for p in prompts]
+    together = probe_batch(hf, prompts, MAX_NEW)
+    assert len(together) == len(prompts)
+    for a, b in zip(alone, together, strict=True):
+        assert a["tokens"] == b["tokens"]
+        assert np.allclose(a["max_probs"], b["max_probs"], rtol=0, atol=1e-7)
+        assert a["signals"].keys() == b["signals"].keys()
+        for key, value in a["signals"].items():
+            assert b["signals"][key] == pytest.approx(value, abs=1e-7), key

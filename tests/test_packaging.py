@@ -102,6 +102,16 @@ for py in sorted((root / "migrations" / "versions").glob("*.py")):
     spec = importlib.util.spec_from_file_location(f"_revision_{py.stem}", py)
     spec.loader.exec_module(importlib.util.module_from_spec(spec))
     imported.append(py.name)
+# docket's own job kinds come from the wheel's entry points (the one registry source)
+from importlib.metadata import distribution
+from docketml.runners.registry import job_kinds
+
+kinds = job_kinds()
+own = [ep for ep in distribution("docketml").entry_points if ep.group == "docketml.jobs"]
+assert {"sleep", "python", "command", "probe", "poe_train"} <= {ep.name for ep in own}, own
+for ep in own:
+    fn = kinds[ep.name]
+    assert Path(sys.modules[fn.__module__].__file__).resolve().is_relative_to(site), ep
 leaked = sorted({m.split(".")[0] for m in sys.modules} & USER)
 assert not leaked, f"the user's own packages were imported: {leaked}"
 print(json.dumps(imported))

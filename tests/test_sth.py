@@ -148,3 +148,27 @@ def test_malformed_sth_is_user_error(mutate, message: str) -> None:  # noqa: ANN
         verify_tree_head(sth, key.public_key())
     with pytest.raises(UserError, match="JSON object"):
         verify_tree_head([sth], key.public_key())
+
+
+def test_docket_init_creates_the_key_once_with_0600(
+    docket_sqlite, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``docket init`` makes the signing key if there is none (0600, public key beside it, 0644)
+    and keeps it on the next init; ``--no-key`` makes none."""
+    key = tmp_path / "keys" / "sk.pem"
+    monkeypatch.setenv("DOCKET_SIGNING_KEY", str(key))
+    first = json.loads(docket_sqlite("init", "--json").output)["signing_key"]
+    assert first["created"] is True and first["path"] == str(key)
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    pub = Path(first["public_key_path"])
+    assert pub.read_text() == first["public_key"] and stat.S_IMODE(pub.stat().st_mode) == 0o644
+    before = key.read_bytes()
+    second = json.loads(docket_sqlite("init", "--json").output)["signing_key"]
+    assert second["created"] is False and second["key_id"] == first["key_id"]
+    assert key.read_bytes() == before
+    other = tmp_path / "other.pem"
+    monkeypatch.setenv("DOCKET_SIGNING_KEY", str(other))
+    plain = json.loads(docket_sqlite("init", "--no-key", "--json").output)
+    assert "signing_key" not in plain and not other.exists()
+    text = docket_sqlite("init").output
+    assert "signing key created" in text and str(other) in text

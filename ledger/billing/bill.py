@@ -30,6 +30,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ..errors import UserError
+from ..store.inspect import get_run
 from ..store.models import CostRow, ProtocolRow, RunRow
 from .costs import append_cost
 from .hardware import HardwareCatalog, HardwareConfigError, load_catalog
@@ -293,8 +294,15 @@ def add_manual_cost(
     label: str | None = None,
     note: str | None = None,
     catalog: HardwareCatalog | None = None,
+    run_id: int | None = None,
 ) -> CostRow:
     """Append a manual cost entry (spend outside ``docket run``).
+
+    With ``run_id`` the entry is attached to that run (``docket cost add --run``, ``docket
+    ingest --hardware``): the run must exist and have ended (:class:`UserError` otherwise), the
+    entry takes the run's protocol version (``protocol_pk`` must then be None) and, without
+    ``label``, the run's job as its label, and ``runs.cost_micros`` is set to the sum of the run's
+    cost rows (:func:`ledger.billing.costs.settle_run_cost`).
 
     ``hardware`` must be in the catalog (:class:`UserError` listing the known names otherwise).
     With ``usd_micros`` the recorded dollars are stored as given (``rate_micros_per_hour`` 0 marks
@@ -303,9 +311,23 @@ def add_manual_cost(
     (:func:`ledger.hardware.cost_micros`: setup overhead, billing granularity, hourly rate) and
     the billed seconds and rate are stored. One of the two is required; amounts are >= 0.
     """
-    from .costs import rate_micros_per_hour
+    from .costs import rate_micros_per_hour, settle_run_cost
     from .hardware import UnknownHardwareError, billed_seconds, cost_micros
 
+    if run_id is not None:
+        try:
+            run = get_run(session, run_id)
+        except UserError as exc:
+            raise UserError(f"--run {run_id}: {exc}") from None
+        if run.status in ("queued", "running"):
+            raise UserError(
+                f"--run {run_id}: the run is {run.status}; attach a cost after it has ended "
+                "(its metered cost is written when it finishes)"
+            )
+        if protocol_pk is not None and protocol_pk != run.protocol_pk:
+            raise UserError(f"--run {run_id} belongs to another protocol than --protocol")
+        protocol_pk = run.protocol_pk
+        label = label if label is not None else run.job
     catalog = catalog if catalog is not None else user_catalog()
     try:
         hw = catalog[hardware]
@@ -322,10 +344,11 @@ def add_manual_cost(
         billed = billed_seconds(hw, seconds)
         usd_micros = cost_micros(hw, seconds)
         rate = rate_micros_per_hour(hw)
-    return append_cost(
+    row = append_cost(
         session,
         hardware=hw.name,
         usd_micros=usd_micros,
+        run_id=run_id,
         protocol_pk=protocol_pk,
         wall_s=None if seconds is None else float(seconds),
         billed_s=billed,
@@ -333,3 +356,6 @@ def add_manual_cost(
         label=label,
         note=note,
     )
+    if run_id is not None:
+        settle_run_cost(session, run_id)
+    return row

@@ -127,6 +127,20 @@ def meter_run(
     )
 
 
+def settle_run_cost(session: Session, run_id: int) -> int:
+    """Set ``runs.cost_micros`` of ``run_id`` to the sum of its cost rows and return it (in the
+    caller's transaction): the one rule that keeps a run's cost equal to what the cost chain
+    holds for it after a cost is attached later (``docket cost add --run``, ``docket ingest``)."""
+    total = int(
+        session.scalar(
+            select(func.coalesce(func.sum(CostRow.usd_micros), 0)).where(CostRow.run_id == run_id)
+        )
+        or 0
+    )
+    session.execute(update(RunRow).where(RunRow.id == run_id).values(cost_micros=total))
+    return total
+
+
 def record_abandoned_costs(
     session: Session, runs: Sequence[RunRow], catalog: HardwareCatalog | None = None
 ) -> list[CostRow]:

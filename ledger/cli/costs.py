@@ -81,11 +81,18 @@ def cost_group() -> None:
 @click.option("--usd", help="Dollars actually paid, e.g. 0.18 (recorded as given).")
 @click.option("--note", help="Free text kept with the entry.")
 @click.option("--label", help="Short name shown on the bill (e.g. v8a).")
+@click.option(
+    "--run",
+    "run_id",
+    type=int,
+    help="Attach the cost to this existing run (its protocol; runs.cost_micros follows).",
+)
 @json_option
 @pass_env
 def cost_add(
     env: Env,
     protocol_id: str | None,
+    run_id: int | None,
     hardware: str,
     seconds: str | None,
     usd: str | None,
@@ -93,7 +100,10 @@ def cost_add(
     label: str | None,
     as_json: bool,
 ) -> None:
-    """Record spend outside `docket run`: --seconds and/or --usd (exact decimal dollars)."""
+    """Record spend outside `docket run`: --seconds and/or --usd (exact decimal dollars);
+    --run N attaches it to run N."""
+    if run_id is not None and protocol_id is not None:
+        raise UserError("give --run (the cost takes the run's protocol) or --protocol, not both")
     wall = billing.parse_seconds(seconds) if seconds is not None else None
     micros: int | None = None
     if usd is not None:
@@ -111,9 +121,11 @@ def cost_add(
             protocol_pk=pk,
             label=label,
             note=note,
+            run_id=run_id,
         )
         data = {
             "seq": row.seq,
+            "run_id": row.run_id,
             "protocol": protocol_id,
             "hardware": row.hardware,
             "wall_s": row.wall_s,
@@ -135,7 +147,8 @@ def cost_add(
             else "recorded"
         )
         exact = format_usd(data["usd_micros"], precise=True)
-        c.print(f"cost #{data['seq']}: {exact} on {data['hardware']} ({how})")
+        to_run = f" for run {data['run_id']}" if data["run_id"] is not None else ""
+        c.print(f"cost #{data['seq']}{to_run}: {exact} on {data['hardware']} ({how})")
 
     emit(data, as_json, human)
 

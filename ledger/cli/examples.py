@@ -54,6 +54,7 @@ HELP: dict[str, tuple[str, tuple[str, ...]]] = {
         (
             "docket cost add --hardware a40 --seconds 3600 --label v8a",
             'docket cost add --hardware rtx4090 --usd 0.18 --note "spot instance"',
+            "docket cost add --run 12 --hardware a40 --seconds 5400",
         ),
     ),
     "cost import-receipts": (
@@ -66,6 +67,10 @@ HELP: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "db": ("Ledger schema management.", ("docket db current", "docket db upgrade")),
     "db current": ("Show the ledger's schema revision.", ("docket db current --json",)),
+    "db roles": (
+        "Create least-privilege PostgreSQL roles.",
+        ("docket --db postgresql+psycopg://admin@db/lab db roles --create --prefix lab",),
+    ),
     "db upgrade": (
         "Migrate the ledger's schema.",
         ("cp .docket/ledger.db ledger.backup.db && docket db upgrade",),
@@ -78,6 +83,8 @@ HELP: dict[str, tuple[str, tuple[str, ...]]] = {
         (
             "docket ingest my-study results.jsonl",
             "docket ingest my-study scores.csv --job probe_base --json",
+            "docket ingest my-study res.jsonl --metrics m.jsonl --texts t.jsonl \\",
+            "    --hardware a40 --seconds 5400",
         ),
     ),
     "init": ("Create or upgrade the ledger.", ("docket init", "docket --db sqlite:///l.db init")),

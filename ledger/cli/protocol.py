@@ -36,9 +36,12 @@ def signal_registry() -> dict[str, str]:
 
 
 def run_sign_check(protocol: Protocol) -> dict[str, Any]:
+    """The sign-check with the runners' signal registry and job pre-flight (checkpoints)."""
+    from docketml.runners.jobs.preflight import model_checks
+
     from ..verdict.signcheck import sign_check
 
-    return sign_check(protocol, registry=signal_registry())
+    return sign_check(protocol, registry=signal_registry(), job_checks=model_checks)
 
 
 def print_sign_check(report: dict[str, Any], console: Any) -> None:

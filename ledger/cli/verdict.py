@@ -4,8 +4,10 @@
 succeeded runs (see ``ledger/verdict.py``), recorded in the ledger; exit 0 whatever the verdict,
 1 if the protocol was never frozen.
 
-``docket ingest PROTOCOL FILE [--job NAME] [--json]``: bring-your-own per-sample results (see
-``ledger/ingest.py``); exit 2 listing every bad row, 1 if the protocol is not frozen.
+``docket ingest PROTOCOL FILE [--job NAME] [--metrics F] [--texts F] [--hardware H --seconds S
+| --usd X] [--device D] [--json]``: bring-your-own per-sample results, per-step metrics, texts and
+a cost, with the provenance of the current directory (see ``ledger/ingest.py``); exit 2 listing
+every bad line of every file, 1 if the protocol is not frozen.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import Any
 
 import click
 
+from ..billing.money import format_usd
+from ..errors import UserError
 from .common import Env, emit, json_option, pass_env, table
 
 
@@ -194,15 +198,81 @@ def verdict_cmd(env: Env, protocol_id: str, history: bool, as_json: bool) -> Non
     help="Record the run as this job of the protocol (so rules with `job: NAME` read it); "
     "default: ingest.",
 )
+@click.option(
+    "--metrics",
+    "metrics",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help='Per-step metrics, JSONL: {"name": str, "value": number, "step": int|null}.',
+)
+@click.option(
+    "--texts",
+    "texts",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help='Generated texts, JSONL: {"item": str, "text": str}.',
+)
+@click.option("--hardware", help="Hardware the results were produced on (`docket hardware list`).")
+@click.option("--seconds", help="Wall time on --hardware; the cost is metered at its rate.")
+@click.option("--usd", help="Dollars actually paid (recorded as given), with --hardware.")
+@click.option(
+    "--device",
+    help="Device the job ran on (e.g. cuda:0); default cuda for GPU hardware, cpu for other "
+    "hardware, unknown without --hardware.",
+)
 @json_option
 @pass_env
-def ingest_cmd(env: Env, protocol_id: str, file: Path, job: str | None, as_json: bool) -> None:
+def ingest_cmd(
+    env: Env,
+    protocol_id: str,
+    file: Path,
+    job: str | None,
+    metrics: Path | None,
+    texts: Path | None,
+    hardware: str | None,
+    seconds: str | None,
+    usd: str | None,
+    device: str | None,
+    as_json: bool,
+) -> None:
     """Record per-sample results produced elsewhere (JSONL or CSV) as a run of PROTOCOL_ID's
-    frozen version; every bad row is reported with its line and nothing is written."""
-    from ..ingest import ingest_file
+    frozen version, with optional per-step metrics, generated texts and a cost, and the
+    provenance of the current directory; every bad line is reported and nothing is written."""
+    from docketml.runners.execute.provenance import provenance
 
+    from ..billing.bill import parse_seconds, user_catalog
+    from ..billing.hardware import UnknownHardwareError
+    from ..billing.money import usd_to_micros
+    from ..ingest import IngestCost, ingest_file
+
+    cost = None
+    if hardware is None:
+        if seconds is not None or usd is not None:
+            raise UserError("--seconds and --usd need --hardware (the machine the job ran on)")
+    else:
+        micros = None
+        if usd is not None:
+            try:
+                micros = usd_to_micros(usd)
+            except ValueError as exc:
+                raise UserError(f"--usd: {exc}") from None
+        wall = parse_seconds(seconds) if seconds is not None else None
+        cost = IngestCost(hardware, wall, micros)
+        if device is None:
+            try:
+                device = "cuda" if user_catalog()[hardware].is_gpu else "cpu"
+            except UnknownHardwareError:
+                pass  # ingest_file names the known hardware
+    where = provenance(device)  # git calls outside the transaction, as for executed runs
     with env.ledger().session() as session:
-        data = ingest_file(session, protocol_id, file, job)
+        data = ingest_file(
+            session,
+            protocol_id,
+            file,
+            job,
+            metrics=metrics,
+            texts=texts,
+            cost=cost,
+            provenance=where,
+        )
 
     def human(c: Any) -> None:
         c.print(
@@ -211,6 +281,13 @@ def ingest_cmd(env: Env, protocol_id: str, file: Path, job: str | None, as_json:
             f"(job {data['job']}) of {data['protocol']} v{data['version']}"
         )
         c.print(f"file sha256 {data['file_sha256']}")
+        if data["metrics"] or data["texts"]:
+            c.print(f"{data['metrics']} metric rows, {data['texts']} generated texts")
+        if data["cost_seq"] is not None:
+            c.print(f"cost #{data['cost_seq']}: {format_usd(data['cost_micros'], precise=True)}")
+        git = data["provenance"]["git_commit"]
+        dirty = " (dirty)" if data["provenance"]["git_dirty"] else ""
+        c.print(f"git {git[:12] + dirty if git else '(not a git work tree)'}")
         if data["previously_ingested_as"]:
             runs = ", ".join(f"#{r}" for r in data["previously_ingested_as"])
             c.print(f"note: the same file was ingested before as run(s) {runs}")

@@ -111,6 +111,28 @@ def load_private_key(path: Path | None = None) -> Ed25519PrivateKey:
     return key
 
 
+def ensure_signing_key(path: Path | None = None) -> dict[str, object]:
+    """The signing key at ``path`` (default :func:`signing_key_path`), created (0600) if absent;
+    a key that is there is loaded, never replaced. The public key is also written beside it as
+    ``<name>.pub.pem`` (mode 0644) for readers. Returns ``{"path", "created", "key_id",
+    "public_key", "public_key_path"}``."""
+    path = path or signing_key_path()
+    created = not path.exists()
+    key = create_key(path) if created else load_private_key(path)
+    public = public_key_pem(key)
+    pub_path = path.with_name(path.stem + ".pub.pem")
+    if not pub_path.exists() or pub_path.read_text(encoding="ascii") != public:
+        pub_path.write_text(public, encoding="ascii")
+        os.chmod(pub_path, 0o644)
+    return {
+        "path": str(path),
+        "created": created,
+        "key_id": key_id(key),
+        "public_key": public,
+        "public_key_path": str(pub_path),
+    }
+
+
 def public_key_pem(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
     """The public key as SubjectPublicKeyInfo PEM text (what a reader is given)."""
     pub = key.public_key() if isinstance(key, Ed25519PrivateKey) else key

@@ -37,6 +37,11 @@ protocol unless it passes. Three families of checks:
    shift for the positives), converted to raw values with the declared polarity so the engine's
    orientation is exercised too.
 
+4. **Job inputs** (``job input``): when the caller passes ``job_checks`` (the CLI passes the
+   runners' pre-flight), each job's checkpoint is checked without loading weights: a missing
+   ``hf:`` directory, a config that is not a causal LM, remote code not allowed, or a ``probe``
+   on a model without router logits fails here, naming the path, instead of when the job runs.
+
 A failing check states what was expected, what came out, and the likely cause in one sentence.
 """
 
@@ -51,6 +56,7 @@ import scipy.stats
 from docketml.protocols.expr import ExprError, parse_expr
 from docketml.protocols.schema import (
     CombinationRule,
+    JobSpec,
     NonInferiorityRule,
     Protocol,
     RegimeWinsRule,
@@ -527,16 +533,42 @@ def check_rules(
     return out
 
 
+def check_jobs(
+    protocol: Protocol, job_checks: Callable[[JobSpec], list[tuple[str, str | None]]] | None
+) -> list[dict[str, Any]]:
+    """Family 4: what the runners can check about each job before it runs (its checkpoint);
+    ``job_checks(job)`` returns ``[(subject, problem_or_None)]`` (runners.jobs.preflight)."""
+    if job_checks is None:
+        return []
+    out = []
+    for job in protocol.jobs:
+        for subject, problem in job_checks(job):
+            out.append(
+                _check(
+                    "job input",
+                    job.name,
+                    problem is None,
+                    f"{subject} usable by a {job.kind!r} job",
+                    "usable" if problem is None else "not usable",
+                    problem,
+                )
+            )
+    return out
+
+
 def sign_check(
     protocol: Protocol,
     registry: Mapping[str, str] | None = None,
     *,
     n_per_class: int = N_PER_CLASS,
     resamples_cap: int = RESAMPLES_CAP,
+    job_checks: Callable[[JobSpec], list[tuple[str, str | None]]] | None = None,
 ) -> dict[str, Any]:
-    """Run every check (see the module docstring); ``passed`` is True iff all pass."""
+    """Run every check (see the module docstring); ``passed`` is True iff all pass.
+    ``job_checks`` (given by the CLI from the runners) adds family 4, the job inputs."""
     checks = check_metrics(protocol) + check_polarity(protocol, registry)
     checks += check_rules(protocol, n_per_class, resamples_cap)
+    checks += check_jobs(protocol, job_checks)
     notes = [
         f"rules ran through the verdict engine on synthetic data: {n_per_class} items per class "
         f"per group, bootstrap resamples capped at {resamples_cap} (the verdict uses the "

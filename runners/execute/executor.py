@@ -53,7 +53,7 @@ from docketml.ledger.store.runs import (
 from docketml.protocols.schema import JobSpec, Protocol
 
 from ..context import JobContext, JobResult, KnobAudit
-from ..models.hf import HFModelError, check_hf, hf_path, is_hf_ref
+from ..jobs.preflight import model_checks
 from ..registry import extra_of, job_kinds
 from .artifacts import artifacts_root, run_dir, store_checkpoint
 from .provenance import git_state, provenance
@@ -170,17 +170,12 @@ def _limit_torch_threads() -> None:
         sys.modules["torch"].set_num_threads(int(os.environ.get("DOCKET_TORCH_THREADS", "1")))
 
 
-def _check_hf_model(job: JobSpec) -> None:
-    """Pre-flight of a ``model: "hf:PATH"`` job: the checkpoint directory must exist and hold a
-    causal-LM config with weights (remote code only with ``trust_remote_code``); else
-    :class:`UserError` naming the path, before any run is recorded."""
-    ref = job.params.get("model")
-    if not is_hf_ref(ref):
-        return
-    try:
-        check_hf(hf_path(str(ref)), bool(job.params.get("trust_remote_code", False)))
-    except HFModelError as exc:
-        raise UserError(f"job {job.name!r}: {exc}") from None
+def _check_job_model(job: JobSpec) -> None:
+    """Pre-flight of the job's checkpoint (``runners.jobs.preflight``): :class:`UserError`
+    naming the path, before any run is recorded."""
+    for _subject, problem in model_checks(job):
+        if problem is not None:
+            raise UserError(f"job {job.name!r}: {problem}")
 
 
 def _inputs(session: Any, row: ProtocolRow, job: JobSpec) -> dict[str, Path]:
@@ -262,7 +257,7 @@ def open_job(
                 f"job {job.name!r}: unknown kind {job.kind!r}; "
                 f"known kinds: {', '.join(sorted(kinds))}"
             )
-        _check_hf_model(job)
+        _check_job_model(job)
         hw_name = hardware or job.hardware
         try:
             hw = catalog[hw_name]

@@ -54,8 +54,9 @@ def _torch_versions() -> tuple[str | None, str | None]:
         return None, None
 
 
-def provenance(device: str = "cpu", cwd: str | None = None) -> dict[str, Any]:
-    """The provenance record of a run (see module docstring)."""
+def provenance(device: str | None = "cpu", cwd: str | None = None) -> dict[str, Any]:
+    """The provenance record of a run (see module docstring); ``device`` None: not known (an
+    ingested run whose device was not stated)."""
     torch_version, cuda = _torch_versions()
     return {
         **git_state(cwd),

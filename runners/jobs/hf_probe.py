@@ -18,9 +18,9 @@ Same probe set, labels and signal definitions as the built-in routed probe
   (``" " + answer``, given the chat prompt) divided by the answers' UTF-8 byte count.
 
 Knobs: ``model`` (structural), ``trust_remote_code`` (False; fires at load), ``max_new_tokens``
-(48; per generation), ``limit_per_group`` (None; fires only if it removed items). Prompts are run
-one at a time (no padding). The checkpoint's weight sha256 is kept in
-``JobResult.extra["hf_checkpoint"]["sha256"]`` (the run's ``extra``, shown by
+(48; per generation), ``limit_per_group`` (None; fires only if it removed items), ``batch_size``
+(8; prompts generated together, left-padded and masked: :func:`probe_batch`; fires with the
+first batch; 1 = one prompt at a time, no padding). The checkpoint's weight sha256 is kept in ``JobResult.extra["hf_checkpoint"]["sha256"]`` (the run's ``extra``, shown by
 ``docket runs show``).
 """
 
@@ -59,7 +59,9 @@ def router_signals(router_logits: Sequence[Tensor], first: int = 0) -> dict[str,
     return out
 
 
-def _router_logits(hf: HFModel, out: Any, n_tokens: int) -> list[Tensor]:
+def _router_logits(hf: HFModel, out: Any, n_tokens: int | None) -> list[Tensor]:
+    """Per-layer router logits ``(T, E)``: the last ``n_tokens`` positions (a batch of one), or
+    every row of the batch (``None``)."""
     logits = getattr(out, "router_logits", None)
     if not logits:
         raise HFModelError(
@@ -67,7 +69,8 @@ def _router_logits(hf: HFModel, out: Any, n_tokens: int) -> list[Tensor]:
             "(output_router_logits=True gave none); router signals need a mixture-of-experts "
             "causal LM such as Mixtral, Qwen-MoE or OLMoE"
         )
-    return [lg.reshape(-1, lg.size(-1))[-n_tokens:] for lg in logits]  # batch of one
+    flat = [lg.reshape(-1, lg.size(-1)) for lg in logits]
+    return flat if n_tokens is None else [lg[-n_tokens:] for lg in flat]
 
 
 def _cache_kwarg(model: Any) -> str:
@@ -108,6 +111,68 @@ def probe_prompt(hf: HFModel, tokens: list[int], max_new: int) -> dict[str, Any]
 
 
 @torch.no_grad()
+def probe_batch(hf: HFModel, prompts: Sequence[list[int]], max_new: int) -> list[dict[str, Any]]:
+    """:func:`probe_prompt` for several prompts at once (one forward per generated token for the
+    whole batch), the same quantities per prompt up to float rounding.
+
+    Prompts are left-padded to the longest; the padding is masked (``attention_mask``) and
+    positions count real tokens only (``position_ids = cumsum(mask) - 1``), so each row sees
+    what it would see alone. A prompt's router signals use its own positions only (padding
+    excluded, BOS excluded as in :func:`probe_prompt`). A row that emitted EOS stops recording;
+    the batch stops when every row has stopped or after ``max_new`` steps."""
+    if len(prompts) == 1:
+        return [probe_prompt(hf, list(prompts[0]), max_new)]
+    device = next(hf.model.parameters()).device
+    lengths = [len(t) for t in prompts]
+    width = max(lengths)
+    ids = torch.full((len(prompts), width), 0, dtype=torch.long, device=device)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long, device=device)
+    for b, tokens in enumerate(prompts):
+        ids[b, width - len(tokens) :] = torch.tensor(tokens, device=device)
+        mask[b, width - len(tokens) :] = 1
+    positions = (mask.cumsum(-1) - 1).clamp_min(0)
+    out = hf.model(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=positions,
+        use_cache=True,
+        output_router_logits=True,
+    )
+    per_layer = _router_logits(hf, out, None)  # (B * width, E) each
+    bos = hf.tokenizer.bos_token_id
+    results: list[dict[str, Any]] = []
+    for b, tokens in enumerate(prompts):
+        rows = [lg.view(len(prompts), width, -1)[b, width - len(tokens) :] for lg in per_layer]
+        first = 1 if bos is not None and tokens[0] == bos and len(tokens) > 1 else 0
+        results.append({"signals": router_signals(rows, first), "tokens": [], "max_probs": []})
+    cache_kw = _cache_kwarg(hf.model)
+    past, logits = _cache_of(out), out.logits[:, -1]
+    last = positions[:, -1]
+    live = [True] * len(prompts)
+    eos = hf.tokenizer.eos_token_id
+    for _ in range(max_new):
+        p_max, tok = torch.softmax(logits.double(), dim=-1).max(-1)
+        for b in range(len(prompts)):
+            if live[b]:
+                results[b]["tokens"].append(int(tok[b]))
+                results[b]["max_probs"].append(float(p_max[b]))
+                live[b] = not (eos is not None and int(tok[b]) == eos)
+        if not any(live):
+            break
+        mask = torch.cat([mask, torch.ones((len(prompts), 1), dtype=mask.dtype, device=device)], 1)
+        last = last + 1
+        out = hf.model(
+            input_ids=tok.view(-1, 1),
+            attention_mask=mask,
+            position_ids=last.view(-1, 1),
+            use_cache=True,
+            **{cache_kw: past},
+        )
+        past, logits = _cache_of(out), out.logits[:, -1]
+    return results
+
+
+@torch.no_grad()
 def heldout_bpb_hf(hf: HFModel) -> float:
     """Teacher-forced bits per UTF-8 byte of the held-out chat answers (module docstring)."""
     device = next(hf.model.parameters()).device
@@ -134,7 +199,13 @@ def probe_hf(ctx: JobContext) -> JobResult:
 
     _start(
         ctx,
-        {"model": None, "trust_remote_code": False, "max_new_tokens": 48, "limit_per_group": None},
+        {
+            "model": None,
+            "trust_remote_code": False,
+            "max_new_tokens": 48,
+            "limit_per_group": None,
+            "batch_size": 8,
+        },
     )
     path = hf_path(str(ctx.params["model"]))
     trust = bool(_knob(ctx, "trust_remote_code"))
@@ -149,13 +220,23 @@ def probe_hf(ctx: JobContext) -> JobResult:
     observations: list[Observation] = []
     texts: dict[str, str] = {}
     n_loop = n_refused = n_fail = n_labelled = cropped = 0
-    for done, row in enumerate(rows, start=1):
+    batch_size = int(_knob(ctx, "batch_size"))
+    if batch_size < 1:
+        raise HFModelError(f"job {ctx.job!r}: batch_size {batch_size} must be at least 1")
+    encoded: list[list[int]] = []
+    for row in rows:
         tokens = hf.tokenizer.encode(row["prompt"])
         if len(tokens) > room:  # keep the prompt's tail (the question end + framing)
             tokens = tokens[len(tokens) - room :]
             cropped += 1
-        res = probe_prompt(hf, tokens, max_new)
+        encoded.append(tokens)
+    results: list[dict[str, Any]] = []
+    for start in range(0, len(rows), batch_size):
+        results += probe_batch(hf, encoded[start : start + batch_size], max_new)
         ctx.knobs.fire("max_new_tokens")
+        ctx.knobs.fire("batch_size")
+        ctx.progress(len(results), len(rows), f"probe {ctx.job}")
+    for row, res in zip(rows, results, strict=True):
         eos = hf.tokenizer.eos_token_id
         text = hf.tokenizer.decode([t for t in res["tokens"] if t != eos])
         refused, looped = is_refusal(text), is_loop(text)
@@ -173,7 +254,6 @@ def probe_hf(ctx: JobContext) -> JobResult:
         n_refused += refused
         n_fail += label or 0
         n_labelled += label is not None
-        ctx.progress(done, len(rows), f"probe {ctx.job}")
     gen_s = time.perf_counter() - t0
     n = max(len(rows), 1)
     metrics = [
