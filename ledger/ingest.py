@@ -762,6 +762,7 @@ def _record(
         kind="ingest",
         config={
             "file": str(path),
+            "path": str(path.resolve()),  # where `docket audit` re-hashes it
             "format": parsed.format,
             "items": parsed.items,
             "signals": parsed.signals,

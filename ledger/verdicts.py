@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -71,6 +72,11 @@ def _ancestors(protocol: Protocol, job: str) -> list[str]:
     return seen
 
 
+def _aware(value: datetime) -> datetime:
+    """``value`` as an aware UTC datetime (naive values from SQLite are UTC)."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
 def _noop_message(run: RunRow) -> str:
     knobs = json.loads(run.silent_noop_knobs) if run.silent_noop_knobs else []
     what = ", ".join(knobs) if knobs else "(unnamed)"
@@ -89,8 +95,20 @@ class LoadedData:
     runs: list[RunRow]  # every succeeded run of the version, id order
 
 
-def load_dataset(session: Session, row: ProtocolRow, protocol: Protocol) -> LoadedData:
-    """The engine's input for ``row`` (a frozen version): one source per job a rule reads."""
+def load_dataset(
+    session: Session,
+    row: ProtocolRow,
+    protocol: Protocol,
+    *,
+    pinned: dict[str, list[int]] | None = None,
+    as_of: datetime | None = None,
+) -> LoadedData:
+    """The engine's input for ``row`` (a frozen version): one source per job a rule reads.
+
+    By default each source reads the runs the module docstring names. To re-derive a recorded
+    verdict, ``pinned`` (its ``details_json["inputs"]["sources"]``: source key -> run ids) fixes
+    the runs of each source instead, and ``as_of`` (its ``computed_at``) limits the runs that can
+    taint a source (``silent_noop``) to those finished by then."""
     finished = list(
         session.scalars(
             select(RunRow)
@@ -101,7 +119,17 @@ def load_dataset(session: Session, row: ProtocolRow, protocol: Protocol) -> Load
             .order_by(RunRow.id)
         )
     )
+    if as_of is not None:
+        cut = _aware(as_of)
+        finished = [r for r in finished if r.finished_at and _aware(r.finished_at) <= cut]
     succeeded = [r for r in finished if r.status == "succeeded"]
+    pinned_runs: dict[int, RunRow] = {}
+    if pinned is not None:
+        ids = sorted({int(i) for v in pinned.values() for i in v})
+        if ids:
+            pinned_runs = {
+                r.id: r for r in session.scalars(select(RunRow).where(RunRow.id.in_(ids)))
+            }
     latest_finished: dict[str, RunRow] = {}
     for r in finished:
         latest_finished[r.job] = r
@@ -122,15 +150,18 @@ def load_dataset(session: Session, row: ProtocolRow, protocol: Protocol) -> Load
     dataset = Dataset()
     payloads: dict[str, SourcePayload] = {}
     for job in needed:
-        if job is None:
+        if pinned is not None:
+            chosen = [pinned_runs[i] for i in pinned.get(_source_key(job), []) if i in pinned_runs]
+        elif job is None:
             chosen = succeeded
+        else:
+            chosen = [r for r in succeeded if r.job == job][-1:]
+        if job is None:
             name = f"all {len(chosen)} succeeded run(s)"
             jobs = sorted({r.job for r in finished})
             deps = sorted({a for j in jobs for a in _ancestors(protocol, j)} - set(jobs))
             problems = taints(jobs + deps)
         else:
-            runs = [r for r in succeeded if r.job == job]
-            chosen = runs[-1:]
             if chosen:
                 name = f"job {job!r} run #{chosen[0].id}"
                 upstream = [] if chosen[0].source == "ingest" else _ancestors(protocol, job)
@@ -281,6 +312,38 @@ def recompute_inputs_sha256(session: Session, verdict_row: VerdictRow) -> str:
     sources = details.get("inputs", {}).get("sources", {})
     payloads = {key: load_payload(session, list(ids)) for key, ids in sources.items()}
     return inputs_sha256(payloads)
+
+
+def rederive_verdict(session: Session, verdict_row: VerdictRow) -> dict[str, Any]:
+    """Re-evaluate a recorded verdict with the verdict engine from what it recorded: its protocol
+    row, the runs it pinned per source (``details_json["inputs"]["sources"]``) and the ledger as
+    of its ``computed_at`` (see :func:`load_dataset`). Returns ``{"verdict", "primary",
+    "hypotheses": {id: verdict}, "inputs_sha256", "run_ids"}``; reads only. The audit compares
+    this with the stored row: a forged or edited verdict differs.
+
+    Raises ``ValueError`` when the row's ``details_json`` names no inputs (not JSON, no sources)
+    and the protocol layer's errors when its protocol row no longer parses."""
+    try:
+        details = json.loads(verdict_row.details_json)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"details_json is not JSON ({exc.msg})") from None
+    sources = details.get("inputs", {}).get("sources") if isinstance(details, dict) else None
+    if not isinstance(sources, dict):
+        raise ValueError("details_json names no inputs (inputs.sources)")
+    row = session.get(ProtocolRow, verdict_row.protocol_pk)
+    if row is None:
+        raise ValueError(f"protocol row {verdict_row.protocol_pk} does not exist")
+    protocol = store.parse_row(row)
+    pinned = {str(k): [int(i) for i in v] for k, v in sources.items()}
+    loaded = load_dataset(session, row, protocol, pinned=pinned, as_of=verdict_row.computed_at)
+    result = evaluate(protocol, loaded.dataset)
+    return {
+        "verdict": result["verdict"],
+        "primary": result["primary"],
+        "hypotheses": {h["id"]: h["verdict"] for h in result["hypotheses"]},
+        "inputs_sha256": inputs_sha256(loaded.payloads),
+        "run_ids": sorted({rid for p in loaded.payloads.values() for rid in p.run_ids}),
+    }
 
 
 def load_pilot(session: Session, ref: str) -> SourceData:

@@ -1,9 +1,10 @@
 """Helpers shared by the distributed / lifecycle / concurrency / migration tests.
 
 Protocols here use the model-free job kinds of ``runners/jobs/builtin.py`` (sleep, fail,
-synthetic), so they need no torch work. They are frozen directly in the ledger (register, then
-``status = "frozen"`` in the same session), which is what ``docket protocol freeze`` stores after
-a passing sign-check; these tests are about running, not about the sign-check.
+synthetic), so they need no torch work. They are frozen through ``store.freeze`` with a
+sign-check that passes (:func:`passing_sign_check`): what ``docket protocol freeze`` stores
+after a passing sign-check (the freeze trigger of revision 0004 refuses a frozen row without
+one); these tests are about running, not about the sign-check.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from sqlalchemy import func, select
 
 from docketml.ledger.store import protocols as store
 from docketml.ledger.store.db import Ledger
-from docketml.ledger.store.models import CostRow, ObservationRow, ProtocolRow, RunRow, utcnow
+from docketml.ledger.store.models import CostRow, ObservationRow, ProtocolRow, RunRow
 from docketml.protocols.loader import load_protocol_text
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,14 +51,17 @@ def protocol_yaml(protocol_id: str, jobs: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def passing_sign_check(_protocol: Any) -> dict[str, Any]:
+    """A sign-check that passes without looking (for tests about running)."""
+    return {"passed": True, "checks": []}
+
+
 def freeze(ledger: Ledger, protocol_id: str, jobs: list[dict[str, Any]]) -> int:
     """Register and freeze a protocol with ``jobs``; return its primary key."""
     loaded = load_protocol_text(protocol_yaml(protocol_id, jobs), f"{protocol_id}.yaml")
     with ledger.session() as session:
         row = store.register(session, loaded).row
-        row.status = "frozen"
-        row.frozen_at = utcnow()
-        session.flush()
+        store.freeze(session, row.protocol_id, passing_sign_check)
         return row.id
 
 

@@ -504,7 +504,7 @@ def test_budget_refusal_before_any_run(sqlite_ledger: Ledger) -> None:
     text = protocol_yaml("api-budget", [spec]) + "budget: {usd: 0.01}\n"
     with sqlite_ledger.session() as session:
         row = store.register(session, load_protocol_text(text, "b.yaml")).row
-        row.status = "frozen"
+        store.freeze(session, row.protocol_id, lambda _p: {"passed": True, "checks": []})
     with pytest.raises(CheckFailed) as info:
         with docket.start_run("api-budget", job="p", ledger=sqlite_ledger):
             raise AssertionError("the body must not run")

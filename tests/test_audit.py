@@ -90,8 +90,12 @@ def test_clean_ledger(studied) -> None:
         "journal_entries": 3,
         "costs": 7,  # the run's metered cost + six receipts
         "verdicts": 1,
+        "runs": 1,  # its cost_micros matches its costs rows
+        "ingest_files": 0,
         "triggers_missing": 0,
+        "triggers_altered": 0,
     }
+    assert data["notes"] == []
     assert len(data["heads"]["journal_entries"]) == 64
 
 
@@ -218,3 +222,178 @@ def test_json_differences() -> None:
         "a.c[1]: stored 2, now 3",
     ]
     assert json_differences({"a": 1}, {"b": 1}) == ["a: removed (was 1)", "b: added 1"]
+
+
+# --- what the audit re-derives beyond hashes (issue 16) ---------------------------------------
+
+
+def _problems(docket, table: str, row) -> list[str]:
+    result = docket("audit", "--json")
+    assert result.exit_code == 3, result.output
+    return [f["problem"] for f in _findings(result) if (f["table"], f["row"]) == (table, row)]
+
+
+def test_a_forged_copy_of_a_verdict_with_another_verdict_is_found(studied) -> None:
+    """INSERT is allowed on the append-only table: a copy of verdict 1 saying DISPROVEN keeps
+    every hash intact, and only re-deriving the verdict from its pinned runs shows it."""
+    docket, led = studied
+    with led.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO verdicts (protocol_pk, protocol_sha256, computed_at, verdict, "
+                "details_json, inputs_sha256, run_ids_json) SELECT protocol_pk, protocol_sha256, "
+                "computed_at, 'DISPROVEN', details_json, inputs_sha256, run_ids_json "
+                "FROM verdicts WHERE id = 1"
+            )
+        )
+    problems = _problems(docket, "verdicts", 2)
+    assert any(
+        "verdict column says DISPROVEN, the verdict engine re-derives PROVEN from the runs it "
+        "pinned (1): forged or edited" in p
+        for p in problems
+    ), problems
+    assert _problems(docket, "verdicts", 1) == []  # the genuine one stays clean
+
+
+def test_an_edited_verdict_is_found(studied) -> None:
+    docket, led = studied
+    drop_triggers(led, ["verdicts"])
+    with led.engine.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE verdicts SET verdict = 'DISPROVEN', details_json = "
+                'REPLACE(details_json, \'"verdict": "PROVEN"\', \'"verdict": "DISPROVEN"\')'
+            )
+        )
+    problems = " | ".join(_problems(docket, "verdicts", 1))
+    assert "verdict column says DISPROVEN" in problems
+    assert "details_json verdict 'DISPROVEN', re-derived PROVEN" in problems
+    assert "details_json hypotheses differ from the re-derivation: H1 'DISPROVEN' -> PROVEN" in (
+        problems
+    )
+
+
+def test_a_verdict_pinning_a_failed_run_is_found(studied) -> None:
+    docket, led = studied
+    with led.engine.begin() as conn:
+        conn.execute(text("UPDATE runs SET status = 'failed' WHERE id = 1"))
+    problems = " | ".join(_problems(docket, "verdicts", 1))
+    assert "pinned run 1 is failed" in problems
+
+
+def test_a_same_named_or_disabled_trigger_is_found(docket) -> None:
+    """SQLite: a no-op trigger under docket's name. PostgreSQL: the trigger function replaced
+    by one returning NEW, and ``DISABLE TRIGGER USER``. Each passed the name-only check."""
+    led = open_ledger(docket.url)
+    try:
+        with led.engine.begin() as conn:
+            if conn.dialect.name == "sqlite":
+                conn.exec_driver_sql("DROP TRIGGER docket_verdicts_no_update")
+                conn.exec_driver_sql(
+                    "CREATE TRIGGER docket_verdicts_no_update BEFORE UPDATE ON verdicts "
+                    "FOR EACH ROW BEGIN SELECT 1; END"
+                )
+                expected = [("verdicts", "trigger docket_verdicts_no_update differs from")]
+            else:
+                conn.execute(
+                    text(
+                        "CREATE OR REPLACE FUNCTION docket_reject_change() RETURNS trigger "
+                        "LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$"
+                    )
+                )
+                conn.execute(text("ALTER TABLE protocols DISABLE TRIGGER USER"))
+                expected = [
+                    ("verdicts", "trigger docket_verdicts_no_update its function"),
+                    ("costs", "trigger docket_costs_no_truncate its function"),
+                    ("protocols", "trigger docket_protocols_frozen_no_update is disabled"),
+                    ("protocols", "trigger docket_protocols_freeze_guard is disabled"),
+                ]
+    finally:
+        led.engine.dispose()
+    result = docket("audit", "--json")
+    assert result.exit_code == 3, result.output
+    found = [(f["table"], f["problem"]) for f in _findings(result) if f["row"] is None]
+    for table, start in expected:
+        assert any(t == table and p.startswith(start) for t, p in found), (start, found)
+    assert json.loads(result.stdout)["checked"]["triggers_missing"] == 0
+
+
+SECOND = AUDITED.replace("id: audited", "id: second").replace("title: Audited", "title: Second")
+
+
+def test_frozen_without_a_passing_sign_check_is_found(studied, tmp_path: Path) -> None:
+    """With the guard triggers dropped, ``status='frozen'`` set by hand on a protocol with no
+    sign-check, and on one whose sign-check failed."""
+    docket, led = studied
+    (tmp_path / "second.yaml").write_text(SECOND, encoding="utf-8")
+    (tmp_path / "third.yaml").write_text(
+        SECOND.replace("id: second", "id: third"), encoding="utf-8"
+    )
+    for name in ("second.yaml", "third.yaml"):
+        assert docket("protocol", "register", name).exit_code == 0
+    drop_triggers(led, ["protocols"])
+    with led.engine.begin() as conn:
+        sha = conn.execute(text("SELECT sha256 FROM protocols WHERE id = 3")).scalar_one()
+        conn.execute(
+            text(
+                "INSERT INTO sign_checks (protocol_pk, protocol_sha256, ran_at, passed, "
+                "report_json) VALUES (3, :sha, CURRENT_TIMESTAMP, FALSE, '{}')"
+            ),
+            {"sha": sha},
+        )
+        conn.execute(
+            text(
+                "UPDATE protocols SET status = 'frozen', frozen_at = CURRENT_TIMESTAMP "
+                "WHERE id IN (2, 3)"
+            )
+        )
+    assert _problems(docket, "protocols", "2 (second v1)") == ["is frozen without a sign-check"]
+    assert _problems(docket, "protocols", "3 (third v1)") == [
+        "is frozen but its latest sign-check (row 2) failed"
+    ]
+    assert _problems(docket, "protocols", "1 (audited v1)") == []
+
+
+def test_a_negative_cost_with_a_correct_hash_and_a_wrong_run_total_are_found(studied) -> None:
+    from docketml.ledger.billing.costs import append_cost
+
+    docket, led = studied
+    drop_triggers(led, ["costs", "runs"])  # the guard of revision 0004 would refuse it
+    with led.session() as session:
+        seq = append_cost(session, hardware="cpu", usd_micros=-5_000_000, note="refund?").seq
+    with led.engine.begin() as conn:
+        conn.execute(text("UPDATE runs SET cost_micros = cost_micros + 7 WHERE id = 1"))
+    assert _problems(docket, "costs", seq) == ["negative cost -$5.00: a cost is >= 0"]
+    (problem,) = _problems(docket, "runs", 1)
+    assert problem.startswith("cost_micros $") and "but its costs rows add up to $" in problem
+
+
+def _ingest_rows(path: Path, shift: float = 0.0) -> Path:
+    rows = [
+        {"group": "g1", "item": f"i{k}", "label": k % 2, "signals": {"s": k % 2 + shift}}
+        for k in range(20)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_an_ingested_file_changed_after_ingest_is_found_a_gone_one_is_a_note(
+    studied, tmp_path: Path
+) -> None:
+    docket, led = studied
+    changed = _ingest_rows(tmp_path / "changed.jsonl")
+    gone = _ingest_rows(tmp_path / "gone.jsonl", shift=0.5)
+    for path in (changed, gone):
+        result = docket("ingest", "audited", str(path), "--job", "synth")
+        assert result.exit_code == 0, result.output
+    result = docket("audit", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["checked"]["ingest_files"] == 2
+    _ingest_rows(changed, shift=0.25)  # rewritten in place
+    gone.unlink()
+    result = docket("audit", "--json")
+    assert result.exit_code == 3, result.output
+    data = json.loads(result.stdout)
+    (finding,) = [f for f in data["findings"] if f["table"] == "runs"]
+    assert finding["row"] == 2 and f"ingested file {changed} now hashes to" in finding["problem"]
+    assert data["notes"] == [f"run 3: ingested file {gone} is gone; not re-checked"]

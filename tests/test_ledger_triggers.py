@@ -79,15 +79,37 @@ UPDATES = {
 }
 
 
+def sign_check(conn: Connection, pk: int, passed: bool, sc_id: int | None = None) -> None:
+    """A raw sign-check row of protocol row ``pk`` (bound to its sha256), id 1000+ by default."""
+    conn.execute(
+        text(
+            "INSERT INTO sign_checks (id, protocol_pk, protocol_sha256, ran_at, passed, "
+            "report_json) VALUES (:id, :pk, :sha, CURRENT_TIMESTAMP, :passed, '{}')"
+        ),
+        {"id": sc_id or 1000 + pk, "pk": pk, "sha": f"{pk:064d}", "passed": passed},
+    )
+
+
 def insert_protocol(conn: Connection, pk: int, status: str) -> None:
+    """A raw protocol row; a ``frozen`` one is inserted registered, given a passing sign-check
+    (id 1000 + pk) and frozen, as the freeze trigger of revision 0004 demands."""
     conn.execute(
         text(
             "INSERT INTO protocols (id, protocol_id, version, title, yaml_text, canonical_json, "
             "sha256, status, registered_at) VALUES (:pk, :pid, 1, 't', 'docket: 1', '{}', :sha, "
-            ":status, CURRENT_TIMESTAMP)"
+            "'registered', CURRENT_TIMESTAMP)"
         ),
-        {"pk": pk, "pid": f"p{pk}", "sha": f"{pk:064d}", "status": status},
+        {"pk": pk, "pid": f"p{pk}", "sha": f"{pk:064d}"},
     )
+    if status == "frozen":
+        sign_check(conn, pk, True)
+        conn.execute(
+            text(
+                "UPDATE protocols SET status = 'frozen', frozen_at = CURRENT_TIMESTAMP "
+                "WHERE id = :pk"
+            ),
+            {"pk": pk},
+        )
 
 
 def rejected(ledger: Ledger, sql: str, params: dict | None = None, match: str = "docket: ") -> None:
@@ -141,6 +163,7 @@ def test_missing_trigger_is_reported(ledger: Ledger) -> None:
 def test_frozen_protocol_row_is_immutable(ledger: Ledger) -> None:
     with ledger.engine.begin() as conn:
         insert_protocol(conn, 1, "registered")
+        sign_check(conn, 1, True)
     # a registered row may be frozen (the one UPDATE freeze makes) ...
     with ledger.engine.begin() as conn:
         conn.execute(
@@ -162,7 +185,12 @@ def test_registered_rows_stay_editable_next_to_frozen_ones(ledger: Ledger) -> No
         insert_protocol(conn, 1, "frozen")
         insert_protocol(conn, 2, "registered")
         conn.execute(text("UPDATE protocols SET title = 'draft' WHERE id = 2"))
-        conn.execute(text("UPDATE protocols SET status = 'frozen' WHERE id = 2"))
+        sign_check(conn, 2, True)
+        conn.execute(
+            text(
+                "UPDATE protocols SET status = 'frozen', frozen_at = CURRENT_TIMESTAMP WHERE id = 2"
+            )
+        )
     assert scalar(ledger, "SELECT COUNT(*) FROM protocols WHERE status = 'frozen'") == 2
 
 
@@ -175,7 +203,7 @@ def test_append_only_tables_reject_update_and_delete(ledger: Ledger) -> None:
         rejected(ledger, UPDATES[table], match=f"{table} is append-only")
         rejected(ledger, f"DELETE FROM {table} WHERE id = 1", match=f"{table} is append-only")
         rejected(ledger, f"DELETE FROM {table}", match=f"{table} is append-only")
-        assert scalar(ledger, f"SELECT COUNT(*) FROM {table}") == 1
+        assert scalar(ledger, f"SELECT COUNT(*) FROM {table} WHERE id = 1") == 1
     # appending stays possible
     with ledger.engine.begin() as conn:
         conn.execute(text(INSERTS["verdicts"].replace("VALUES (1,", "VALUES (2,")), {"p": 1})
@@ -209,7 +237,7 @@ def test_truncate_rejected_on_postgresql(pg_ledger: Ledger) -> None:
     rejected(ledger, "TRUNCATE protocols", match="foreign key")
     rejected(ledger, "TRUNCATE protocols CASCADE", match="append-only")
     for table in ["protocols", *APPEND_ONLY]:
-        assert scalar(ledger, f"SELECT COUNT(*) FROM {table}") == 1
+        assert scalar(ledger, f"SELECT COUNT(*) FROM {table} WHERE id = 1") == 1
 
 
 def test_sqlite_replace_cannot_overwrite_protected_rows(sqlite_ledger: Ledger) -> None:
@@ -223,11 +251,12 @@ def test_sqlite_replace_cannot_overwrite_protected_rows(sqlite_ledger: Ledger) -
             conn.execute(text(INSERTS[table]), {"p": 1})
     for table in APPEND_ONLY:
         rejected(ledger, "INSERT OR REPLACE" + INSERTS[table][len("INSERT") :], {"p": 1})
-    # a frozen protocol, by its id, its sha256 or its (protocol_id, version)
+    # a frozen protocol, by its id, its sha256 or its (protocol_id, version) (a registered
+    # row: a frozen one is refused by the freeze guard before the collision is looked at)
     replace = (
         "INSERT OR REPLACE INTO protocols (id, protocol_id, version, title, yaml_text, "
         "canonical_json, sha256, status, registered_at) VALUES "
-        "(:pk, :pid, 1, 'forged', 'x', '{}', :sha, 'frozen', CURRENT_TIMESTAMP)"
+        "(:pk, :pid, 1, 'forged', 'x', '{}', :sha, 'registered', CURRENT_TIMESTAMP)"
     )
     rejected(ledger, replace, {"pk": 1, "pid": "other", "sha": "f" * 64}, match="frozen rows")
     rejected(ledger, replace, {"pk": 9, "pid": "other", "sha": f"{1:064d}"}, match="frozen rows")
@@ -280,3 +309,67 @@ def test_unique_keys_match_the_migrated_schema(ledger: Ledger) -> None:
             keys |= {tuple(u["column_names"]) for u in inspector.get_unique_constraints(name)}
             keys |= {tuple(i["column_names"]) for i in inspector.get_indexes(name) if i["unique"]}
             assert keys == set(triggers.UNIQUE_KEYS[name]), name
+
+
+FREEZE = "UPDATE protocols SET status = 'frozen', frozen_at = CURRENT_TIMESTAMP WHERE id = 1"
+
+
+def test_freezing_needs_a_passing_sign_check_and_frozen_at(ledger: Ledger) -> None:
+    """Revision 0004: ``status='frozen'`` by raw SQL is refused without a passing sign-check of
+    the row's sha256 (latest one counts) or without ``frozen_at``; an INSERT of a frozen row too."""
+    with ledger.engine.begin() as conn:
+        insert_protocol(conn, 1, "registered")
+    rejected(ledger, FREEZE, match="passing sign-check")  # no sign-check at all
+    with ledger.engine.begin() as conn:
+        sign_check(conn, 1, False)
+    rejected(ledger, FREEZE, match="passing sign-check")  # it failed
+    with ledger.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO sign_checks (id, protocol_pk, protocol_sha256, ran_at, passed, "
+                "report_json) VALUES (2, 1, :other, CURRENT_TIMESTAMP, TRUE, '{}')"
+            ),
+            {"other": "e" * 64},
+        )
+    rejected(ledger, FREEZE, match="passing sign-check")  # passed, but for another sha256
+    with ledger.engine.begin() as conn:
+        sign_check(conn, 1, True, sc_id=2000)  # the latest sign-check counts
+    rejected(ledger, "UPDATE protocols SET status = 'frozen' WHERE id = 1", match="frozen_at")
+    rejected(
+        ledger,
+        "INSERT INTO protocols (id, protocol_id, version, title, yaml_text, canonical_json, "
+        "sha256, status, registered_at, frozen_at) VALUES (9, 'p9', 1, 't', 'docket: 1', '{}', "
+        "'9', 'frozen', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)",
+        match="passing sign-check",
+    )
+    assert scalar(ledger, "SELECT status FROM protocols WHERE id = 1") == "registered"
+    with ledger.engine.begin() as conn:
+        conn.execute(text(FREEZE))
+    assert scalar(ledger, "SELECT status FROM protocols WHERE id = 1") == "frozen"
+
+
+def test_negative_costs_are_refused(ledger: Ledger) -> None:
+    """Revision 0004: ``costs.usd_micros`` and ``runs.cost_micros`` are never negative."""
+    with ledger.engine.begin() as conn:
+        insert_protocol(conn, 1, "frozen")
+        conn.execute(text(INSERTS["costs"]), {"p": 1})
+        conn.execute(
+            text(
+                "INSERT INTO runs (id, protocol_pk, protocol_sha256, job, kind, source, "
+                "config_json, status, hardware, queued_at, cost_micros) VALUES (1, 1, 'a', 'j', "
+                "'k', 'runner', '{}', 'running', 'cpu', CURRENT_TIMESTAMP, 0)"
+            )
+        )
+    negative = INSERTS["costs"].replace("(1, 1,", "(2, 2,").replace("1500000", "-1500000")
+    rejected(ledger, negative, {"p": 1}, match="usd_micros must be >= 0")
+    rejected(ledger, "UPDATE runs SET cost_micros = -1", match="cost_micros must be >= 0")
+    rejected(
+        ledger,
+        "INSERT INTO runs (id, protocol_pk, protocol_sha256, job, kind, source, config_json, "
+        "status, hardware, queued_at, cost_micros) VALUES (2, 1, 'a', 'j', 'k', 'runner', '{}', "
+        "'running', 'cpu', CURRENT_TIMESTAMP, -5)",
+        match="cost_micros must be >= 0",
+    )
+    assert scalar(ledger, "SELECT COUNT(*) FROM costs") == 1
+    with ledger.engine.begin() as conn:  # zero and positive amounts stay fine
+        conn.execute(text("UPDATE runs SET cost_micros = 0"))

@@ -290,6 +290,11 @@ def check_triggers_fire(engine: Engine) -> None:
         "DELETE FROM sign_checks",
         "UPDATE protocols SET title = 'edited' WHERE id = 1",
         "DELETE FROM protocols WHERE id = 1",
+        # the guards of revision 0004: row 2 has no sign-check; no negative money
+        "UPDATE protocols SET status = 'frozen', frozen_at = CURRENT_TIMESTAMP WHERE id = 2",
+        "UPDATE runs SET cost_micros = -1 WHERE id = 1",
+        "INSERT INTO costs (id, seq, at, hardware, rate_micros_per_hour, usd_micros, prev_hash, "
+        "hash) VALUES (99, 99, CURRENT_TIMESTAMP, 'a40', 0, -1, 'x', 'y')",
     ]
     for statement in refused:
         with pytest.raises(DBAPIError, match="docket"), engine.begin() as conn:
@@ -329,3 +334,41 @@ def test_upgrade_from_earlier_revision_keeps_data_and_triggers(
         check_triggers_fire(engine)
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("revision", EARLIER)
+def test_rows_the_0004_guards_refuse_still_upgrade_and_are_audited(
+    revision: str, ledger_url: str
+) -> None:
+    """A ledger that already holds a negative cost (correctly chained) and a protocol frozen
+    without a sign-check upgrades to head (guards are triggers, not CHECKs that would refuse
+    the rows); ``docket audit`` then reports both."""
+    from docketml.ledger.integrity.audit import audit
+
+    engine = make_engine(ledger_url, create=True)
+    try:
+        upgrade_to(engine, revision)
+        inserted = seed(engine)
+        last = inserted["costs"][-1]
+        row = {**{k: v for k, v in last.items() if k not in ("prev_hash", "hash")}}
+        row.update(id=4, seq=4, at=_at(110), run_id=None, usd_micros=-5_000_000, note="refund")
+        full = {"label": None, **row}
+        row.update(
+            prev_hash=last["hash"], hash=entry_hash(last["hash"], cost_canonical(CostRow(**full)))
+        )
+        with engine.begin() as conn:
+            conn.execute(insert(Table("costs", MetaData(), autoload_with=conn)), [row])
+            conn.execute(text("UPDATE protocols SET status = 'frozen' WHERE id = 2"))
+        upgrade_to(engine, "head")
+        check_revision(engine)
+    finally:
+        engine.dispose()
+    ledger = open_ledger(ledger_url)
+    try:
+        report = audit(ledger)
+    finally:
+        ledger.engine.dispose()
+    found = {(f.table, f.row): f.problem for f in report.findings}
+    assert found[("costs", 4)] == "negative cost -$5.00: a cost is >= 0"
+    assert found[("protocols", "2 (mig v2)")] == "is frozen without a sign-check"
+    assert not any(f.table == "costs" and f.row != 4 for f in report.findings), report.findings

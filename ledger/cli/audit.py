@@ -15,8 +15,10 @@ from .common import Env, emit, json_option, pass_env, table
 @json_option
 @pass_env
 def audit_cmd(env: Env, as_json: bool) -> None:
-    """Re-derive every protocol hash, the journal and cost hash chains and every verdict's
-    inputs hash, and check the append-only triggers; exit 3 on any finding."""
+    """Re-derive every protocol hash, the journal and cost hash chains, every verdict (its
+    inputs hash and its outcome) and each run's cost; check that frozen protocols passed their
+    sign-check, re-hash ingested files still present, and check the triggers' definitions;
+    exit 3 on any finding (notes name what could not be checked)."""
     from ..integrity.audit import audit
 
     report = audit(env.ledger())
@@ -30,10 +32,12 @@ def audit_cmd(env: Env, as_json: bool) -> None:
                 "`docket runs reap` marks them abandoned and books their cost"
             )
         checked = ", ".join(
-            f"{n} {k}" for k, n in report.checked.items() if k != "triggers_missing"
+            f"{n} {k}" for k, n in report.checked.items() if not k.startswith("triggers_")
         )
+        for note in report.notes:
+            c.print(f"note: {note}")
         if report.clean:
-            c.print(f"clean: {checked}, all triggers present")
+            c.print(f"clean: {checked}, all triggers present and unaltered")
             return
         rows = [(f.table, "" if f.row is None else f.row, f.problem) for f in report.findings]
         c.print(table("integrity findings", ["table", "row", "what differs"], rows))

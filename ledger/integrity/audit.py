@@ -14,8 +14,24 @@ What is checked (each problem is one :class:`Finding` naming the table, the row 
 4. ``verdicts``: each verdict's ``inputs_sha256`` is recomputed from the observations now in the
    ledger by the verdict engine, ``ledger.verdicts.recompute_inputs_sha256(session, verdict_row)
    -> str`` (``inputs_sha256_for`` is accepted as an alias). If verdicts exist but the engine
-   offers neither, that is a finding too: an audit never calls unverified data clean.
-5. Triggers: every append-only / frozen-row trigger of :mod:`ledger.triggers` exists.
+   offers neither, that is a finding too: an audit never calls unverified data clean. Each
+   verdict is also re-derived (:func:`ledger.verdicts.rederive_verdict`: the verdict engine on
+   the runs the verdict pinned, as of its ``computed_at``) and the stored ``verdict`` column and
+   ``details_json`` (overall and per hypothesis) compared with the result, so a forged copy with
+   another verdict or an edited row is found; ``run_ids_json`` must list the pinned runs, and each
+   pinned run must be bound to the verdict's protocol sha256 and have succeeded.
+5. Frozen means sign-checked: a ``frozen`` protocol row needs ``frozen_at`` and a latest
+   sign-check that passed for its sha256 (the freeze guard of revision 0004 refuses new ones).
+6. Money: no ``costs.usd_micros`` or ``runs.cost_micros`` is negative, and each run's
+   ``cost_micros`` equals the sum of its ``costs`` rows.
+7. Ingest files: a ``source='ingest'`` run records its file's path (``config_json["file"]``) and
+   sha256 (``input_sha256``). An absolute path still present is re-hashed (a finding if it
+   changed); a file that is gone, or a relative path (the directory it was relative to is not
+   recorded), is a note, not a finding.
+8. Triggers (:func:`migrations.triggers.trigger_problems`): every append-only / frozen-row /
+   guard trigger exists, is enabled (PostgreSQL ``tgenabled``) and has the definition the
+   migrations created (SQLite: the stored ``CREATE TRIGGER`` text; PostgreSQL: timing, events,
+   function and the function's body).
 
 The audit writes nothing (one read-only transaction, :meth:`Ledger.read_session`), so it runs on a
 read-only replica or role. Runs whose lease expired are listed, not reaped: ``docket runs reap``
@@ -32,12 +48,13 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from docketml.migrations.triggers import missing_triggers
+from docketml.migrations.triggers import trigger_problems
 from docketml.protocols.canonical import protocol_sha256
 from docketml.protocols.errors import ProtocolErrors
 from docketml.protocols.loader import load_protocol_text
@@ -76,6 +93,7 @@ class AuditReport:
     checked: dict[str, int] = field(default_factory=dict)
     heads: dict[str, str | None] = field(default_factory=dict)
     expired_leases: list[int] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what could not be checked (not findings)
 
     @property
     def clean(self) -> bool:
@@ -88,6 +106,7 @@ class AuditReport:
             "checked": self.checked,
             "heads": self.heads,
             "expired_leases": self.expired_leases,
+            "notes": self.notes,
         }
 
 
@@ -257,6 +276,194 @@ def _audit_verdicts(
     return len(rows)
 
 
+def _verdict_findings(session: Session, row: VerdictRow) -> list[str]:
+    """What differs between the stored verdict ``row`` and its re-derivation."""
+    from ..verdicts import rederive_verdict  # imported only when needed
+
+    try:
+        again = rederive_verdict(session, row)
+    except Exception as exc:  # a verdict that cannot be re-derived is a finding
+        return [f"verdict cannot be re-derived: {type(exc).__name__}: {exc}"]
+    out: list[str] = []
+    details = json.loads(row.details_json)
+    sources = details["inputs"]["sources"]
+    pinned = sorted({int(i) for ids in sources.values() for i in ids})
+    by_id = {r.id: r for r in session.scalars(select(RunRow).where(RunRow.id.in_(pinned)))}
+    for rid in pinned:
+        run = by_id.get(rid)
+        if run is None:
+            out.append(f"pinned run {rid} does not exist")
+        elif run.protocol_sha256 != row.protocol_sha256 or run.status != "succeeded":
+            out.append(
+                f"pinned run {rid} is {run.status}, bound to {run.protocol_sha256[:12]}: a "
+                f"verdict reads only succeeded runs of {row.protocol_sha256[:12]}"
+            )
+    try:
+        listed = sorted(int(i) for i in json.loads(row.run_ids_json))
+    except (ValueError, TypeError):
+        listed = None
+    if listed != again["run_ids"]:
+        out.append(f"run_ids_json {row.run_ids_json} does not list the pinned runs {pinned}")
+    why = f"from the runs it pinned ({', '.join(map(str, pinned)) or 'none'})"
+    if row.verdict != again["verdict"]:
+        out.append(
+            f"verdict column says {row.verdict}, the verdict engine re-derives "
+            f"{again['verdict']} {why}: forged or edited"
+        )
+    if details.get("verdict") != again["verdict"]:
+        out.append(
+            f"details_json verdict {details.get('verdict')!r}, re-derived {again['verdict']} {why}"
+        )
+    stored = {
+        h.get("id"): h.get("verdict") for h in details.get("hypotheses", []) if isinstance(h, dict)
+    }
+    changed = [
+        f"{h} {stored.get(h)!r} -> {v}"
+        for h, v in again["hypotheses"].items()
+        if stored.get(h) != v
+    ]
+    if changed:
+        out.append("details_json hypotheses differ from the re-derivation: " + "; ".join(changed))
+    return out
+
+
+def _audit_rederived(session: Session, findings: list[Finding]) -> None:
+    for row in session.scalars(select(VerdictRow).order_by(VerdictRow.id)):
+        try:
+            sources = json.loads(row.details_json)["inputs"]["sources"]
+        except (ValueError, KeyError, TypeError):
+            sources = None
+        if not isinstance(sources, dict):
+            findings.append(
+                Finding("verdicts", row.id, "details_json names no inputs: cannot be re-derived")
+            )
+            continue
+        for problem in _verdict_findings(session, row):
+            findings.append(Finding("verdicts", row.id, problem))
+
+
+def _audit_frozen(session: Session, findings: list[Finding]) -> None:
+    """Frozen means "passed its sign-check and was frozen" (module docstring, item 5)."""
+    latest: dict[int, SignCheckRow] = {}
+    for check in session.scalars(select(SignCheckRow).order_by(SignCheckRow.id)):
+        latest[check.protocol_pk] = check
+    frozen = session.scalars(
+        select(ProtocolRow).where(ProtocolRow.status == "frozen").order_by(ProtocolRow.id)
+    )
+    for row in frozen:
+        name = f"{row.id} ({row.protocol_id} v{row.version})"
+        check = latest.get(row.id)
+        if check is None:
+            problem = "is frozen without a sign-check"
+        elif not check.passed:
+            problem = f"is frozen but its latest sign-check (row {check.id}) failed"
+        elif check.protocol_sha256 != row.sha256:
+            problem = (
+                f"is frozen but its latest sign-check (row {check.id}) checked sha256 "
+                f"{check.protocol_sha256[:12]}, not {row.sha256[:12]}"
+            )
+        elif row.frozen_at is None:
+            problem = "is frozen without frozen_at (no freeze record)"
+        else:
+            continue
+        findings.append(Finding("protocols", name, problem))
+
+
+def _audit_money(session: Session, findings: list[Finding]) -> int:
+    """No negative amounts; ``runs.cost_micros`` = the sum of the run's ``costs`` rows."""
+    for seq, micros in session.execute(
+        select(CostRow.seq, CostRow.usd_micros).where(CostRow.usd_micros < 0).order_by(CostRow.seq)
+    ):
+        findings.append(
+            Finding(
+                "costs",
+                seq,
+                f"negative cost {format_usd(int(micros), precise=True)}: a cost is >= 0",
+            )
+        )
+    sums = dict(
+        session.execute(
+            select(CostRow.run_id, func.sum(CostRow.usd_micros))
+            .where(CostRow.run_id.is_not(None))
+            .group_by(CostRow.run_id)
+        ).all()
+    )
+    runs = session.execute(select(RunRow.id, RunRow.cost_micros).order_by(RunRow.id)).all()
+    for run_id, micros in runs:
+        booked = int(sums.get(run_id) or 0)
+        if int(micros) < 0:
+            findings.append(
+                Finding(
+                    "runs",
+                    run_id,
+                    f"negative cost_micros {format_usd(int(micros), precise=True)}",
+                )
+            )
+        if int(micros) != booked:
+            findings.append(
+                Finding(
+                    "runs",
+                    run_id,
+                    f"cost_micros {format_usd(int(micros), precise=True)}, but its costs rows "
+                    f"add up to {format_usd(booked, precise=True)}",
+                )
+            )
+    return len(runs)
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _audit_ingest_files(session: Session, findings: list[Finding], notes: list[str]) -> int:
+    """Re-hash each ingested file still at its recorded absolute path (item 7)."""
+    runs = session.execute(
+        select(RunRow.id, RunRow.config_json, RunRow.input_sha256)
+        .where(RunRow.source == "ingest")
+        .order_by(RunRow.id)
+    ).all()
+    checked = 0
+    for run_id, config_json, stored in runs:
+        try:
+            config = json.loads(config_json)
+            recorded = config.get("path") or config.get("file")
+        except (ValueError, AttributeError):
+            recorded = None
+        if not isinstance(recorded, str) or not stored:
+            notes.append(f"run {run_id}: ingest recorded no file path or sha256; not re-checked")
+            continue
+        path = Path(recorded)
+        if not path.is_absolute():
+            notes.append(
+                f"run {run_id}: ingested file {recorded!r} was recorded relative to an unknown "
+                "directory; not re-checked"
+            )
+            continue
+        try:
+            now = _file_sha256(path)
+        except FileNotFoundError:
+            notes.append(f"run {run_id}: ingested file {recorded} is gone; not re-checked")
+            continue
+        except OSError as exc:
+            notes.append(f"run {run_id}: ingested file {recorded} cannot be read ({exc.strerror})")
+            continue
+        checked += 1
+        if now != stored:
+            findings.append(
+                Finding(
+                    "runs",
+                    run_id,
+                    f"ingested file {recorded} now hashes to {now[:12]}, the run recorded "
+                    f"{stored[:12]}: the file changed after ingest",
+                )
+            )
+    return checked
+
+
 def audit_session(session: Session, *, recompute: RecomputeFn | None = None) -> AuditReport:
     """Run every check (module docstring) in ``session``; nothing is written."""
     report = AuditReport()
@@ -267,10 +474,16 @@ def audit_session(session: Session, *, recompute: RecomputeFn | None = None) -> 
     )
     report.checked["costs"], report.heads["costs"] = _audit_costs(session, findings)
     report.checked["verdicts"] = _audit_verdicts(session, findings, recompute)
-    missing = missing_triggers(session.connection())
-    for table, trigger in missing:
-        findings.append(Finding(table, None, f"trigger {trigger} is missing: {table} is unguarded"))
-    report.checked["triggers_missing"] = len(missing)
+    _audit_rederived(session, findings)
+    _audit_frozen(session, findings)
+    report.checked["runs"] = _audit_money(session, findings)
+    report.checked["ingest_files"] = _audit_ingest_files(session, findings, report.notes)
+    problems = trigger_problems(session.connection())
+    for table, _trigger, problem in problems:
+        findings.append(Finding(table, None, problem))
+    missing = sum(1 for p in problems if " is missing: " in p[2])
+    report.checked["triggers_missing"] = missing
+    report.checked["triggers_altered"] = len(problems) - missing
     return report
 
 
