@@ -32,7 +32,7 @@ from sqlalchemy import create_engine, insert, text
 import docketml
 from docketml.ledger.store import protocols as store
 from docketml.ledger.store.db import Ledger, init_ledger
-from docketml.ledger.store.models import ObservationRow, utcnow
+from docketml.ledger.store.models import ObservationRow
 from docketml.ledger.store.runs import create_run
 from docketml.protocols.loader import load_protocol_text
 
@@ -88,8 +88,10 @@ def setup(url: str) -> tuple[Ledger, int, str]:
     loaded = load_protocol_text(PROTOCOL, "bench.yaml")
     with ledger.session() as session:
         row = store.register(session, loaded).row
-        row.status, row.frozen_at = "frozen", utcnow()
-        session.flush()
+        # the freeze trigger (revision 0004) needs a passing sign-check: a stub that passes
+        row, _report, _new = store.freeze(
+            session, row.protocol_id, lambda _p: {"passed": True, "checks": []}
+        )
         return ledger, row.id, row.sha256
 
 

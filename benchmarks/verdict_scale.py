@@ -46,7 +46,6 @@ from sqlalchemy import create_engine, text
 
 from docketml.ledger.store import protocols as store
 from docketml.ledger.store.db import init_ledger
-from docketml.ledger.store.models import utcnow
 from docketml.ledger.store.runs import complete_run, create_run, insert_observations
 from docketml.protocols.loader import load_protocol_text
 
@@ -133,8 +132,10 @@ def populate(url: str, n_obs: int, groups: list[str], ci: str, resamples: int) -
     loaded = load_protocol_text(protocol_text(groups, ci, resamples), "bench-scale.yaml")
     with ledger.session() as session:
         row = store.register(session, loaded).row
-        row.status, row.frozen_at = "frozen", utcnow()
-        session.flush()
+        # the freeze trigger (revision 0004) needs a passing sign-check: a stub that passes
+        row, _report, _new = store.freeze(
+            session, row.protocol_id, lambda _p: {"passed": True, "checks": []}
+        )
         run = create_run(
             session, protocol_pk=row.id, protocol_sha256=row.sha256, job="probe", kind="python",
             config={}, status="running",
