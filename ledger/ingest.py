@@ -436,9 +436,19 @@ def parse_results(protocol: Protocol, path: Path, data: bytes, job: str) -> Pars
 
 
 def ingest_file(
-    session: Session, protocol_id: str, path: Path, job: str | None = None
+    session: Session,
+    protocol_id: str,
+    path: Path,
+    job: str | None = None,
+    *,
+    seed: int | None = None,
 ) -> dict[str, Any]:
     """Validate ``path`` and record it as a run of ``protocol_id``'s latest frozen version.
+
+    ``seed``: the run's seed. A job that declares ``replicates`` needs one of its seeds (else
+    :class:`UserError`); for other jobs it is stored as given (None if not given). Which
+    ingested runs feed the verdict is :func:`docketml.ledger.verdicts.select_runs` (a second
+    ingest of the same job and seed is recorded but never replaces the first under ``first``).
 
     Raises :class:`ledger.errors.CheckFailed` (not frozen), :class:`ledger.errors.UserError`
     (bad file: every problem with its line; nothing written).
@@ -453,6 +463,14 @@ def ingest_file(
         raise UserError(
             f"--job {job!r} is not a job of {protocol_id}; jobs: {', '.join(names) or '(none)'} "
             f"(or omit --job to record the run as {DEFAULT_JOB!r})"
+        )
+    spec = protocol.job(job) if job in names else None
+    seeds = spec.declared_seeds() if spec is not None else None
+    if seeds is not None and seed not in seeds:
+        found = "no --seed" if seed is None else f"--seed {seed}"
+        raise UserError(
+            f"job {job!r} declares replicates seeds {seeds}: give --seed with one of them "
+            f"(found {found})"
         )
     try:
         data = read_bounded(path, MAX_INGEST_BYTES, "JSONL or CSV file")
@@ -490,6 +508,7 @@ def ingest_file(
         },
         source="ingest",
         input_sha256=digest,
+        seed=seed,
     )
     start_run(session, run.id, worker="ingest")
     complete_run(
@@ -520,6 +539,7 @@ def ingest_file(
         "version": row.version,
         "protocol_sha256": row.sha256,
         "job": job,
+        "seed": seed,
         "file": str(path),
         "format": parsed.format,
         "file_sha256": digest,

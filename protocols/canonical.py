@@ -6,7 +6,8 @@ floats in Python's shortest round-trip repr; Decimals as strings of their normal
 sorted, no whitespace, UTF-8. Derived-metric expressions are written in one spelling
 (``ast.unparse``: ``a-b``, ``a - b`` and ``(a - b)`` are the same expression). Comments, key order,
 quoting style, omitted defaults and expression spacing therefore do not change the hash; any change
-of a value does. Job fields added later (``entry``, ``command``) are left out when unset.
+of a value does. Job fields added later (``entry``, ``command``, ``replicates``, ``select``) are
+left out when unset.
 """
 
 from __future__ import annotations

@@ -1234,3 +1234,33 @@ def evaluate(
     results = [hyp_result(h.id) for h in protocol.hypotheses]
     primary = protocol.primary_hypothesis()
     return {"verdict": by_hyp[primary]["verdict"], "primary": primary, "hypotheses": results}
+
+
+def headline_rule(protocol: Protocol, job: str) -> str | None:
+    """The rule whose point estimate is ``job``'s headline statistic (for ``select: median_of``):
+    the first ``threshold`` or ``regime_wins`` rule, in declaration order, with ``job:`` naming
+    ``job``; None if there is none (the protocol cross-check refuses median_of then)."""
+    for name, rule in protocol.decision_rules.items():
+        if isinstance(rule, ThresholdRule | RegimeWinsRule) and rule.job == job:
+            return name
+    return None
+
+
+def headline_statistic(protocol: Protocol, job: str, source: SourceData) -> float | None:
+    """``job``'s headline statistic on one replicate's data: the point estimate of
+    :func:`headline_rule` evaluated on ``source`` alone -- for ``threshold`` its ``value`` (the
+    mean, pooled AUROC or metric), for ``regime_wins`` the mean over its group rows of ``delta``
+    (candidate AUROC minus the best baseline's). None when the rule cannot be evaluated on it.
+    Point estimates do not depend on resampling, so the bootstrap is capped at 100 resamples."""
+    name = headline_rule(protocol, job)
+    if name is None:
+        return None
+    result = evaluate_rule(protocol, name, Dataset(sources={job: source}), resamples_cap=100)
+    if result["kind"] == "threshold":
+        value = result.get("value")
+    else:
+        deltas = [r["delta"] for r in result.get("groups", []) if r.get("delta") is not None]
+        value = float(np.mean(deltas)) if deltas else None
+    if value is None or not math.isfinite(float(value)):
+        return None
+    return float(value)
