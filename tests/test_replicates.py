@@ -158,9 +158,8 @@ def test_seed_flip_second_ingest_does_not_change_the_verdict_under_first(
     assert after["verdict"] == "PROVEN"
     assert after["inputs_sha256"] == before["inputs_sha256"]
     assert after["recorded"] == "look"
-    note = (
-        f"2 runs of probe exist (1 declared); the verdict used #{good['run_id']} under select: first"
-    )
+    used = good["run_id"]
+    note = f"2 runs of probe exist (1 declared); the verdict used #{used} under select: first"
     assert after["reruns"] == [note]
     (sel,) = after["selection"]
     assert sel["runs"] == [good["run_id"], bad["run_id"]] and sel["used"] == [good["run_id"]]
@@ -168,9 +167,7 @@ def test_seed_flip_second_ingest_does_not_change_the_verdict_under_first(
     assert text.exit_code == 0 and note in " ".join(text.output.split())
 
 
-def test_select_all_pools_every_replicate_and_names_a_missing_seed(
-    docket, tmp_path: Path
-) -> None:
+def test_select_all_pools_every_replicate_and_names_a_missing_seed(docket, tmp_path: Path) -> None:
     freeze(
         docket,
         tmp_path,
