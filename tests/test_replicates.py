@@ -165,6 +165,9 @@ def test_seed_flip_second_ingest_does_not_change_the_verdict_under_first(
     assert sel["runs"] == [good["run_id"], bad["run_id"]] and sel["used"] == [good["run_id"]]
     text = docket("verdict", PID)
     assert text.exit_code == 0 and note in " ".join(text.output.split())
+    r = docket("report", PID, "--out", str(tmp_path / "report"))
+    assert r.exit_code == 0, r.output
+    assert note in (tmp_path / "report" / "index.html").read_text(encoding="utf-8")
 
 
 def test_select_all_pools_every_replicate_and_names_a_missing_seed(docket, tmp_path: Path) -> None:
