@@ -6,18 +6,25 @@ Contract of :func:`compute_verdict`:
   sha256 with status ``succeeded``. Runs bound to any other version of the protocol are ignored;
   the result says how many (per version) and lists the amendment chain.
 * Which runs feed a rule (see :func:`ledger.rules.rule_sources`):
-    - a rule with ``job: X`` (and each job of a ``non_inferiority`` rule) reads the **latest
-      succeeded run of X** (an ingest run recorded with ``--job X`` counts as a run of X);
-    - a rule without ``job:`` reads **every succeeded run** of the version, merged in run-id
-      order (:func:`docketml.ledger.store.results.load_payload`, which also decides which metric
-      row of a run counts).
+    - a rule with ``job: X`` (and each job of a ``non_inferiority`` rule) reads the runs of X
+      chosen by X's ``select`` policy, :func:`select_runs` (default ``first``: the **earliest
+      succeeded run of X**, never replaced by a rerun; an ingest run recorded with ``--job X``
+      counts as a run of X);
+    - a rule without ``job:`` reads the chosen runs of **every job with a succeeded run**,
+      merged in the order of each job's first used run
+      (:func:`docketml.ledger.store.results.load_parts`, which also decides which metric row of
+      a run counts and how ``select: all`` pools replicates).
+* Reruns are shown: ``selection`` lists, per job, every succeeded run and the ones used;
+  ``reruns`` has one sentence per job with more succeeded runs than the protocol declared
+  ("3 runs of probe_v7 exist (1 declared); the verdict used #8 under select: first").
 * ``silent_noop`` runs taint: if the latest finished (succeeded or silent_noop) run of a job a
   source depends on is ``silent_noop`` -- the source's job itself and, for runner-produced data,
   its ``after:`` ancestors; for the merged source, every job with runs -- each rule reading that
   source is INCONCLUSIVE, naming the run and the knobs that never took effect.
 * The verdict is recorded in ``verdicts`` with ``inputs_sha256`` =
   :func:`docketml.ledger.store.results.inputs_sha256` of its sources. ``details_json`` keeps the
-  full result and the run ids of every source, so
+  full result and the run ids of every source (and, in ``inputs.parts``, which of them were
+  pooled), so
   :func:`recompute_inputs_sha256` can re-derive the hash from the current observation rows (the
   audit compares the two to detect tampering).
 """

@@ -13,8 +13,8 @@ Data model
   the scalar metrics recorded by the source's runs, and ``problems`` (reasons the source cannot
   be trusted, e.g. a ``silent_noop`` run): any rule reading a source with problems is
   INCONCLUSIVE and says why.
-* :class:`Dataset` maps a job name to its source; the key ``None`` is "every succeeded run,
-  merged" (used by rules without ``job:``). A rule whose source is absent is INCONCLUSIVE.
+* :class:`Dataset` maps a job name to its source; the key ``None`` is "the chosen runs of every
+  job, merged" (used by rules without ``job:``). A rule whose source is absent is INCONCLUSIVE.
 
 Labels (``protocol.labels``)
 ----------------------------
@@ -148,7 +148,7 @@ class GroupSamples:
 
 @dataclass
 class SourceData:
-    """Everything one data source (a job's latest succeeded run, or every run merged) holds."""
+    """Everything one data source (a job's chosen runs, or every job's merged) holds."""
 
     groups: dict[str, GroupSamples] = field(default_factory=dict)
     metrics: dict[str, MetricValue] = field(default_factory=dict)
@@ -216,7 +216,7 @@ class SourceData:
 
 @dataclass
 class Dataset:
-    """Data sources by job name (``None`` = every succeeded run merged)."""
+    """Data sources by job name (``None`` = the chosen runs of every job, merged)."""
 
     sources: dict[str | None, SourceData] = field(default_factory=dict)
     unavailable: dict[str | None, str] = field(default_factory=dict)
