@@ -238,3 +238,25 @@ def test_docket_run_runs_each_declared_seed_once(docket_sqlite, tmp_path: Path) 
     data = verdict(docket_sqlite)
     assert data["selection"][0]["used"] == [o["run_id"] for o in out]
     assert data["reruns"] == []
+
+
+def test_start_run_records_the_replicate_seed_it_is_given(docket_sqlite, tmp_path: Path) -> None:
+    import docketml
+    from docketml.ledger.errors import UserError
+
+    freeze(
+        docket_sqlite,
+        tmp_path,
+        "{name: probe, kind: python, entry: 'x.y:z', replicates: {seeds: [3, 7]}, select: all}",
+    )
+    for seed, value in ((7, 2.0), (3, 4.0)):
+        with docketml.start_run(PID, "probe", ledger=docket_sqlite.url, seed=seed) as run:
+            assert run.seed == seed
+            for k in range(10):
+                run.observe(group="g1", item=f"i{k}", signal="s", value=value, label=k % 2)
+    with pytest.raises(UserError, match="seed 5 is not one of its replicates"):
+        with docketml.start_run(PID, "probe", ledger=docket_sqlite.url, seed=5):
+            pass
+    data = verdict(docket_sqlite)
+    assert data["hypotheses"][0]["value"] == 3.0  # the mean of the two replicates
+    assert data["selection"][0]["missing_seeds"] == []
