@@ -113,8 +113,9 @@ class JobSelection:
         return [rid for part in self.parts for rid in part]
 
     def note(self) -> str | None:
-        """ "3 runs of probe_v7 exist (1 declared); the verdict used #8 under select: first" when
-        more succeeded runs exist than the protocol declared (one per seed, or one), else None."""
+        """The rerun sentence, e.g. ``3 runs of probe_v7 exist (1 declared); the verdict used #8
+        under select: first``, when more succeeded runs exist than the protocol declared (one per
+        seed, or one); else None."""
         declared = len(self.seeds) if self.seeds is not None else 1
         if len(self.runs) <= declared:
             return None
