@@ -520,6 +520,21 @@ def ingest_file(
     )
     latest = store.latest(session, protocol_id)
     notes = []
+    prior = select(RunRow.id).where(
+        RunRow.protocol_sha256 == row.sha256,
+        RunRow.job == job,
+        RunRow.status == "succeeded",
+        RunRow.id != run.id,
+    )
+    if seeds is not None:
+        prior = prior.where(RunRow.seed == seed)
+    kept = session.scalars(prior.order_by(RunRow.id).limit(1)).first()
+    if kept is not None:
+        of = f"job {job!r}" + ("" if seeds is None else f" seed {seed}")
+        notes.append(
+            f"{of} already has succeeded run #{kept}: this run is recorded, but the verdict "
+            f"keeps using #{kept} (a rerun never replaces a job's first run)"
+        )
     if latest.id != row.id:
         notes.append(
             f"bound to v{row.version} (the latest frozen version); v{latest.version} is "

@@ -154,6 +154,7 @@ def test_seed_flip_second_ingest_does_not_change_the_verdict_under_first(
     before = verdict(docket)
     assert before["verdict"] == "PROVEN" and before["reruns"] == []
     bad = ingest(docket, tmp_path, rows([-1.0 + 0.01 * k for k in range(40)]))
+    assert any(f"keeps using #{good['run_id']}" in n for n in bad["notes"])
     after = verdict(docket)
     assert after["verdict"] == "PROVEN"
     assert after["inputs_sha256"] == before["inputs_sha256"]
