@@ -355,8 +355,12 @@ def start_run(
     *,
     ledger: Any = None,
     hardware: str | None = None,
+    seed: int | None = None,
 ) -> Iterator[Run]:
     """Open a run of ``job`` under the latest frozen version of ``protocol`` (module docstring).
+
+    ``seed``: for a job that declares ``replicates``, which of its seeds this run is (default:
+    its first declared seed; another value is refused); for other jobs leave it unset.
 
     ``ledger``: a URL, an open ``Ledger``, or None for ``DOCKET_DB`` / the default SQLite ledger.
     With no arguments inside a ``python`` job or a ``command`` job's child, attaches to that run
@@ -371,7 +375,7 @@ def start_run(
         with _child_run(protocol, job, ledger) as run:
             yield run
         return
-    with _owned_run(protocol, job, ledger, hardware) as run:
+    with _owned_run(protocol, job, ledger, hardware, seed) as run:
         yield run
 
 
@@ -385,7 +389,11 @@ def _check_match(protocol: str | None, job: str | None, have_p: str, have_j: str
 
 @contextmanager
 def _owned_run(
-    protocol_id: str | None, job_name: str | None, ledger_arg: Any, hardware: str | None
+    protocol_id: str | None,
+    job_name: str | None,
+    ledger_arg: Any,
+    hardware: str | None,
+    seed: int | None = None,
 ) -> Iterator[Run]:
     from docketml.ledger.store import protocols as store
     from docketml.runners.execute.artifacts import run_dir
@@ -400,7 +408,12 @@ def _owned_run(
         _declared_job(protocol, row.version, job_name)
         pk = row.id
     opened = open_job(
-        ledger, pk, str(job_name), hardware=hardware, worker=f"api:{socket.gethostname()}"
+        ledger,
+        pk,
+        str(job_name),
+        hardware=hardware,
+        worker=f"api:{socket.gethostname()}",
+        seed=seed,
     )
     knobs = KnobAudit(opened.job.params)
     run = Run(

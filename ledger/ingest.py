@@ -602,10 +602,16 @@ def ingest_file(
     texts: Path | None = None,
     cost: IngestCost | None = None,
     provenance: dict[str, Any] | None = None,
+    seed: int | None = None,
 ) -> dict[str, Any]:
     """Validate ``path`` (and the optional ``metrics`` / ``texts`` files) and record them as one
     run of ``protocol_id``'s latest frozen version, with ``provenance`` and ``cost`` (module
     docstring).
+
+    ``seed``: the run's seed. A job that declares ``replicates`` needs one of its seeds (else
+    :class:`UserError`); for other jobs it is stored as given (None if not given). Which
+    ingested runs feed the verdict is :func:`docketml.ledger.verdicts.select_runs` (a second
+    ingest of the same job and seed is recorded but never replaces the first under ``first``).
 
     Raises :class:`ledger.errors.CheckFailed` (not frozen), :class:`ledger.errors.UserError`
     (bad file: every problem of every file with its line; unknown hardware; nothing written).
@@ -649,6 +655,14 @@ def ingest_file(
                 f"{', '.join(names) or '(none)'} (or omit --job to record the run as "
                 f"{DEFAULT_JOB!r})"
             )
+        spec = protocol.job(job) if job in names else None
+        seeds = spec.declared_seeds() if spec is not None else None
+        if seeds is not None and seed not in seeds:
+            found = "no --seed" if seed is None else f"--seed {seed}"
+            raise UserError(
+                f"job {job!r} declares replicates seeds {seeds}: give --seed with one of them "
+                f"(found {found})"
+            )
         parsed = parse_results(protocol, path, data, job)
         _refuse_problems([(path, line, msg) for line, msg in parsed.problems] + side_problems)
         digest = hashlib.sha256(data).hexdigest()
@@ -658,12 +672,19 @@ def ingest_file(
             if row.sha256 != sha256:  # frozen meanwhile: validate against the new version
                 continue
             run_id, earlier, latest, cost_row = _record(
-                session, row, job, path, parsed, digest, started, extras
+                session, row, job, path, parsed, digest, started, extras, seed
             )
+            kept = _first_run(session, row, job, run_id, seed if seeds is not None else None)
         break
     else:  # pragma: no cover - needs MAX_REVALIDATIONS freezes during one ingest
         raise UserError(f"{protocol_id} kept changing while {path} was ingested; try again")
     notes = []
+    if kept is not None:
+        of = f"job {job!r}" + ("" if seeds is None else f" seed {seed}")
+        notes.append(
+            f"{of} already has succeeded run #{kept}: this run is recorded, but the verdict "
+            f"keeps using #{kept} (a rerun never replaces a job's first run)"
+        )
     if latest != (version, "frozen"):
         notes.append(
             f"bound to v{version} (the latest frozen version); v{latest[0]} is "
@@ -683,6 +704,7 @@ def ingest_file(
         "version": version,
         "protocol_sha256": sha256,
         "job": job,
+        "seed": seed,
         "file": str(path),
         "format": parsed.format,
         "file_sha256": digest,
@@ -739,6 +761,7 @@ def _record(
     digest: str,
     started: float,
     extras: _Extras,
+    seed: int | None,
 ) -> tuple[int, list[int], tuple[int, str], Any]:
     """Write the validated files as a succeeded run of ``row`` in the caller's (write)
     transaction; return (run id, earlier ingests of the same file, (latest version, status),
@@ -776,6 +799,7 @@ def _record(
         source="ingest",
         input_sha256=digest,
         git_sha=provenance.get("git_commit"),
+        seed=seed,
     )
     start_run(session, run.id, worker="ingest")
     complete_run(
@@ -801,3 +825,19 @@ def _record(
         )
     latest = store.latest(session, row.protocol_id)
     return run.id, earlier, (latest.version, latest.status), cost_row
+
+
+def _first_run(
+    session: Session, row: ProtocolRow, job: str, run_id: int, seed: int | None
+) -> int | None:
+    """The job's (and, for a replicated job, the seed's) earliest other succeeded run, if any:
+    the one the verdict keeps using under ``select: first``."""
+    prior = select(RunRow.id).where(
+        RunRow.protocol_sha256 == row.sha256,
+        RunRow.job == job,
+        RunRow.status == "succeeded",
+        RunRow.id != run_id,
+    )
+    if seed is not None:
+        prior = prior.where(RunRow.seed == seed)
+    return session.scalars(prior.order_by(RunRow.id).limit(1)).first()

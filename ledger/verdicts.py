@@ -6,18 +6,25 @@ Contract of :func:`compute_verdict`:
   sha256 with status ``succeeded``. Runs bound to any other version of the protocol are ignored;
   the result says how many (per version) and lists the amendment chain.
 * Which runs feed a rule (see :func:`ledger.rules.rule_sources`):
-    - a rule with ``job: X`` (and each job of a ``non_inferiority`` rule) reads the **latest
-      succeeded run of X** (an ingest run recorded with ``--job X`` counts as a run of X);
-    - a rule without ``job:`` reads **every succeeded run** of the version, merged in run-id
-      order (:func:`docketml.ledger.store.results.load_payload`, which also decides which metric
-      row of a run counts).
+    - a rule with ``job: X`` (and each job of a ``non_inferiority`` rule) reads the runs of X
+      chosen by X's ``select`` policy, :func:`select_runs` (default ``first``: the **earliest
+      succeeded run of X**, never replaced by a rerun; an ingest run recorded with ``--job X``
+      counts as a run of X);
+    - a rule without ``job:`` reads the chosen runs of **every job with a succeeded run**,
+      merged in the order of each job's first used run
+      (:func:`docketml.ledger.store.results.load_parts`, which also decides which metric row of
+      a run counts and how ``select: all`` pools replicates).
+* Reruns are shown: ``selection`` lists, per job, every succeeded run and the ones used;
+  ``reruns`` has one sentence per job with more succeeded runs than the protocol declared
+  ("3 runs of probe_v7 exist (1 declared); the verdict used #8 under select: first").
 * ``silent_noop`` runs taint: if the latest finished (succeeded or silent_noop) run of a job a
   source depends on is ``silent_noop`` -- the source's job itself and, for runner-produced data,
   its ``after:`` ancestors; for the merged source, every job with runs -- each rule reading that
   source is INCONCLUSIVE, naming the run and the knobs that never took effect.
 * The verdict is recorded in ``verdicts`` with ``inputs_sha256`` =
   :func:`docketml.ledger.store.results.inputs_sha256` of its sources. ``details_json`` keeps the
-  full result and the run ids of every source, so
+  full result and the run ids of every source (and, in ``inputs.parts``, which of them were
+  pooled), so
   :func:`recompute_inputs_sha256` can re-derive the hash from the current observation rows (the
   audit compares the two to detect tampering).
 """
@@ -25,8 +32,9 @@ Contract of :func:`compute_verdict`:
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,8 +47,15 @@ from .results import MetricValue
 from .store import looks
 from .store import protocols as store
 from .store.models import ProtocolRow, RunRow, VerdictRow, utcnow
-from .store.results import SourcePayload, inputs_sha256, load_payload
-from .verdict.rules import Dataset, SourceData, evaluate, rule_sources
+from .store.results import SourcePayload, inputs_sha256, load_parts, load_payload
+from .verdict.rules import (
+    Dataset,
+    SourceData,
+    evaluate,
+    headline_rule,
+    headline_statistic,
+    rule_sources,
+)
 
 ALL_RUNS = "*"  # the key of the merged source in details / canonical inputs
 
@@ -87,12 +102,125 @@ def _noop_message(run: RunRow) -> str:
 
 
 @dataclass
+class JobSelection:
+    """Which runs of one job feed the verdict, under its ``select`` policy (:func:`select_runs`)."""
+
+    job: str
+    select: str
+    seeds: list[int] | None  # the declared replicate seeds (None: no replicates declared)
+    runs: list[int]  # every succeeded run of the job bound to the version, id order
+    parts: list[list[int]] = field(default_factory=list)  # used runs; a part is pooled
+    missing_seeds: list[int] = field(default_factory=list)
+    headline: dict[str, float | None] = field(default_factory=dict)  # median_of: seed -> value
+    problem: str | None = None
+
+    @property
+    def used(self) -> list[int]:
+        return [rid for part in self.parts for rid in part]
+
+    def note(self) -> str | None:
+        """The rerun sentence, e.g. ``3 runs of probe_v7 exist (1 declared); the verdict used #8
+        under select: first``, when more succeeded runs exist than the protocol declared (one per
+        seed, or one); else None."""
+        declared = len(self.seeds) if self.seeds is not None else 1
+        if len(self.runs) <= declared:
+            return None
+        used = ", ".join(f"#{r}" for r in self.used) or "no run"
+        return (
+            f"{len(self.runs)} runs of {self.job} exist ({declared} declared); the verdict used "
+            f"{used} under select: {self.select}"
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "job": self.job,
+            "select": self.select,
+            "seeds": self.seeds,
+            "runs": self.runs,
+            "used": self.used,
+            "missing_seeds": self.missing_seeds,
+            "headline": self.headline,
+            "problem": self.problem,
+            "note": self.note(),
+        }
+
+
+def select_runs(
+    session: Session, protocol: Protocol, job: str, succeeded: Sequence[RunRow]
+) -> JobSelection:
+    """THE rule of which succeeded runs of ``job`` feed a verdict (``succeeded``: the version's
+    succeeded runs, id order; runs of other jobs are ignored). Defined once, here:
+
+    * no ``replicates``: the job's earliest succeeded run (``select: first``); a rerun (``docket
+      run --force``, a second ``docket ingest --job``) never replaces it.
+    * ``replicates: {seeds: [...]}``: a run counts for seed S if its ``seed`` is S, and only the
+      earliest succeeded run of each declared seed is a replicate (runs of undeclared seeds and
+      later runs of a seed are never used).
+
+      - ``first``: the earliest of those replicates.
+      - ``all``: every declared seed's replicate, pooled per item
+        (:func:`docketml.ledger.store.results.pool_payloads`: the mean of an item's value over the
+        replicates); a declared seed without a succeeded run makes the source unavailable (its
+        rules INCONCLUSIVE) naming the missing seed(s).
+      - ``median_of``: every declared seed needs a replicate (else as ``all``); each replicate's
+        headline statistic (:func:`docketml.ledger.verdict.rules.headline_statistic`) is computed
+        on its data alone, the replicates are sorted by (value, declared seed order) and the one
+        at index ``(n - 1) // 2`` is used (the median for odd n, the lower median for even n).
+
+    A job that is not declared (the default ingest job) is treated as a job without replicates.
+    """
+    spec = next((j for j in protocol.jobs if j.name == job), None)
+    policy = spec.selection() if spec is not None else "first"
+    seeds = spec.declared_seeds() if spec is not None else None
+    mine = [r for r in succeeded if r.job == job]
+    sel = JobSelection(job, policy, seeds, [r.id for r in mine])
+    if seeds is None:
+        sel.parts = [[mine[0].id]] if mine else []
+        return sel
+    first: dict[int, RunRow] = {}
+    for r in mine:
+        if r.seed in seeds and r.seed not in first:
+            first[int(r.seed)] = r
+    if policy == "first":
+        sel.parts = [[min(r.id for r in first.values())]] if first else []
+        return sel
+    sel.missing_seeds = [s for s in seeds if s not in first]
+    if sel.missing_seeds:
+        sel.problem = (
+            f"job {job!r} declares replicates {seeds} under select: {policy}; no succeeded run "
+            f"of seed(s) {', '.join(map(str, sel.missing_seeds))}"
+        )
+        return sel
+    if policy == "all":
+        sel.parts = [[first[s].id for s in seeds]]
+        return sel
+    ranked: list[tuple[float, int, int]] = []
+    for k, s in enumerate(seeds):
+        rid = first[s].id
+        src = _to_source(load_payload(session, [rid]), f"run #{rid}", [])
+        value = headline_statistic(protocol, job, src)
+        sel.headline[str(s)] = value
+        if value is None:
+            sel.problem = (
+                f"job {job!r} (select: median_of): the headline statistic "
+                f"({headline_rule(protocol, job)}) cannot be computed on seed {s} (run #{rid})"
+            )
+        ranked.append((math.inf if value is None else value, k, rid))
+    if sel.problem is None:
+        ranked.sort()
+        sel.parts = [[ranked[(len(ranked) - 1) // 2][2]]]
+    return sel
+
+
+@dataclass
 class LoadedData:
     """What :func:`load_dataset` found for one frozen protocol version."""
 
     dataset: Dataset
     payloads: dict[str, SourcePayload]
     runs: list[RunRow]  # every succeeded run of the version, id order
+    parts: dict[str, list[list[int]]] = field(default_factory=dict)  # per source key
+    selections: dict[str, JobSelection] = field(default_factory=dict)  # per job with runs
 
 
 def load_dataset(
@@ -100,15 +228,17 @@ def load_dataset(
     row: ProtocolRow,
     protocol: Protocol,
     *,
-    pinned: dict[str, list[int]] | None = None,
+    pinned: dict[str, list[list[int]]] | None = None,
     as_of: datetime | None = None,
 ) -> LoadedData:
-    """The engine's input for ``row`` (a frozen version): one source per job a rule reads.
+    """The engine's input for ``row`` (a frozen version): one source per job a rule reads, each
+    job's runs chosen by :func:`select_runs`; the merged source (rules without ``job:``) merges
+    the chosen runs of every job with runs, in order of each job's first used run.
 
-    By default each source reads the runs the module docstring names. To re-derive a recorded
-    verdict, ``pinned`` (its ``details_json["inputs"]["sources"]``: source key -> run ids) fixes
-    the runs of each source instead, and ``as_of`` (its ``computed_at``) limits the runs that can
-    taint a source (``silent_noop``) to those finished by then."""
+    To re-derive a recorded verdict, ``pinned`` (source key -> its recorded parts, see
+    :func:`rederive_verdict`) fixes the runs of each source instead, and ``as_of`` (its
+    ``computed_at``) limits the runs that count (selection, ``silent_noop`` taints) to those
+    finished by then."""
     finished = list(
         session.scalars(
             select(RunRow)
@@ -123,16 +253,15 @@ def load_dataset(
         cut = _aware(as_of)
         finished = [r for r in finished if r.finished_at and _aware(r.finished_at) <= cut]
     succeeded = [r for r in finished if r.status == "succeeded"]
-    pinned_runs: dict[int, RunRow] = {}
-    if pinned is not None:
-        ids = sorted({int(i) for v in pinned.values() for i in v})
-        if ids:
-            pinned_runs = {
-                r.id: r for r in session.scalars(select(RunRow).where(RunRow.id.in_(ids)))
-            }
     latest_finished: dict[str, RunRow] = {}
     for r in finished:
         latest_finished[r.job] = r
+    selections: dict[str, JobSelection] = {}
+
+    def selection(job: str) -> JobSelection:
+        if job not in selections:
+            selections[job] = select_runs(session, protocol, job, succeeded)
+        return selections[job]
 
     def taints(jobs: Iterable[str]) -> list[str]:
         out = []
@@ -149,27 +278,41 @@ def load_dataset(
                 needed.append(job)
     dataset = Dataset()
     payloads: dict[str, SourcePayload] = {}
+    all_parts: dict[str, list[list[int]]] = {}
+    by_id = {r.id: r for r in succeeded}
     for job in needed:
-        if pinned is not None:
-            chosen = [pinned_runs[i] for i in pinned.get(_source_key(job), []) if i in pinned_runs]
-        elif job is None:
-            chosen = succeeded
-        else:
-            chosen = [r for r in succeeded if r.job == job][-1:]
         if job is None:
-            name = f"all {len(chosen)} succeeded run(s)"
             jobs = sorted({r.job for r in finished})
+            chosen_parts = sorted(
+                (p for j in dict.fromkeys(r.job for r in succeeded) for p in selection(j).parts),
+                key=min,
+            )
+            name = f"the chosen runs of {len({r.job for r in succeeded})} job(s)"
             deps = sorted({a for j in jobs for a in _ancestors(protocol, j)} - set(jobs))
             problems = taints(jobs + deps)
+            problems += [
+                selection(j).problem or "" for j in dict.fromkeys(r.job for r in succeeded)
+            ]
+            problems = [p for p in problems if p]
         else:
-            if chosen:
-                name = f"job {job!r} run #{chosen[0].id}"
-                upstream = [] if chosen[0].source == "ingest" else _ancestors(protocol, job)
+            sel = selection(job)
+            chosen_parts = sel.parts
+            ids = sel.used
+            if ids:
+                how = "" if sel.select == "first" else f" (select: {sel.select})"
+                name = (
+                    f"job {job!r} run{'s' if len(ids) > 1 else ''} "
+                    + ", ".join(f"#{i}" for i in ids)
+                    + how
+                )
+                upstream = [] if by_id[ids[0]].source == "ingest" else _ancestors(protocol, job)
             else:
                 name = f"job {job!r}"
                 upstream = _ancestors(protocol, job)
             problems = taints([job] + upstream)
-            if not chosen:
+            if sel.problem:
+                problems.append(sel.problem)
+            elif not ids:
                 last = latest_finished.get(job)
                 if last is None or last.status != "silent_noop":
                     other = session.scalars(
@@ -183,15 +326,21 @@ def load_dataset(
                         f"job {job!r} has no succeeded run bound to {row.protocol_id} "
                         f"v{row.version}{tail}"
                     )
-        payload = load_payload(session, [r.id for r in chosen])
-        payloads[_source_key(job)] = payload
-        if not chosen:
+        key = _source_key(job)
+        if pinned is not None:  # re-deriving: the runs the verdict recorded, whatever selects now
+            chosen_parts = [list(p) for p in pinned.get(key, [])]
+        payload = load_parts(session, chosen_parts)
+        payloads[key] = payload
+        all_parts[key] = [list(p) for p in chosen_parts]
+        if not chosen_parts:
             if job is None:
                 problems.append(f"no succeeded run is bound to {row.protocol_id} v{row.version}")
             dataset.unavailable[job] = "; ".join(problems)
+        elif job is not None and selections[job].problem:
+            dataset.unavailable[job] = "; ".join(problems)
         else:
             dataset.sources[job] = _to_source(payload, name, problems)
-    return LoadedData(dataset, payloads, succeeded)
+    return LoadedData(dataset, payloads, succeeded, all_parts, selections)
 
 
 def _amendments(session: Session, row: ProtocolRow) -> dict[str, Any]:
@@ -270,7 +419,12 @@ def compute_verdict(session: Session, protocol_id: str, *, record: bool = True) 
             for rid in used
             if rid in runs_by_id
         ],
-        "inputs": {"sources": {k: p.run_ids for k, p in sorted(loaded.payloads.items())}},
+        "inputs": {
+            "sources": {k: p.run_ids for k, p in sorted(loaded.payloads.items())},
+            "parts": {k: v for k, v in sorted(loaded.parts.items())},
+        },
+        "selection": [s.as_dict() for _, s in sorted(loaded.selections.items())],
+        "reruns": [n for _, s in sorted(loaded.selections.items()) if (n := s.note())],
         "hypotheses": result["hypotheses"],
     }
     if record:
@@ -310,7 +464,11 @@ def recompute_inputs_sha256(session: Session, verdict_row: VerdictRow) -> str:
     ``verdict_row.inputs_sha256`` means the inputs changed after the verdict."""
     details = json.loads(verdict_row.details_json)
     sources = details.get("inputs", {}).get("sources", {})
-    payloads = {key: load_payload(session, list(ids)) for key, ids in sources.items()}
+    parts = details.get("inputs", {}).get("parts", {})
+    payloads = {
+        key: load_parts(session, parts[key]) if key in parts else load_payload(session, list(ids))
+        for key, ids in sources.items()
+    }
     return inputs_sha256(payloads)
 
 
@@ -334,7 +492,11 @@ def rederive_verdict(session: Session, verdict_row: VerdictRow) -> dict[str, Any
     if row is None:
         raise ValueError(f"protocol row {verdict_row.protocol_pk} does not exist")
     protocol = store.parse_row(row)
-    pinned = {str(k): [int(i) for i in v] for k, v in sources.items()}
+    parts = details.get("inputs", {}).get("parts") or {}
+    pinned = {
+        str(k): [[int(i) for i in p] for p in parts[k]] if k in parts else [[int(i)] for i in v]
+        for k, v in sources.items()
+    }
     loaded = load_dataset(session, row, protocol, pinned=pinned, as_of=verdict_row.computed_at)
     result = evaluate(protocol, loaded.dataset)
     return {

@@ -203,6 +203,40 @@ def _check_user_job(i: int, job: Any) -> list[Problem]:
     return problems
 
 
+def _check_replicates(protocol: Protocol) -> list[Problem]:
+    """``select: all | median_of`` needs ``replicates``; ``seed`` and ``replicates`` exclude each
+    other (the replicates are the seeds); ``median_of`` needs a ``threshold`` or ``regime_wins``
+    rule with ``job:`` naming the job (its point estimate is the headline statistic)."""
+    problems: list[Problem] = []
+    for i, job in enumerate(protocol.jobs):
+        if job.select in ("all", "median_of") and job.replicates is None:
+            problems.append(
+                (
+                    ("jobs", i, "select"),
+                    f"select: {job.select} needs replicates: {{seeds: [...]}} on the job",
+                )
+            )
+        if job.seed is not None and job.replicates is not None:
+            problems.append(
+                (
+                    ("jobs", i, "seed"),
+                    "give either seed or replicates (the replicates are the job's seeds)",
+                )
+            )
+        if job.select == "median_of" and not any(
+            isinstance(rule, ThresholdRule | RegimeWinsRule) and rule.job == job.name
+            for rule in protocol.decision_rules.values()
+        ):
+            problems.append(
+                (
+                    ("jobs", i, "select"),
+                    "select: median_of needs a threshold or regime_wins rule with "
+                    f"job: {job.name} (its point estimate is the headline statistic)",
+                )
+            )
+    return problems
+
+
 def _duplicates(base: tuple[str | int, ...], names: Sequence[str]) -> list[Problem]:
     """One problem per repeated entry of a list that must hold each name once."""
     first: dict[str, int] = {}
@@ -505,5 +539,6 @@ def cross_check(
         if claim.job not in jobs:
             problems.append((("claims", name, "job"), "unknown job: " + _one_of(claim.job, jobs)))
     problems.extend(_check_jobs(protocol, admission))
+    problems.extend(_check_replicates(protocol))
     problems.extend(_check_runnable(protocol, job_kinds, hardware))
     return problems

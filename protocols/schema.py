@@ -194,6 +194,28 @@ class DerivedMetric(StrictModel):
     sign_check: list[SignCheckExample] = Field(default_factory=list)
 
 
+class Replicates(StrictModel):
+    """The seeds a job is run with, declared before any run: ``docket run`` runs the job once per
+    seed (the seed is the run's ``seed``), and ``docket ingest --seed S`` records one of them."""
+
+    seeds: list[Seed] = Field(min_length=1, max_length=1000)
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique(cls, value: list[int]) -> list[int]:
+        repeated = sorted({s for s in value if value.count(s) > 1})
+        if repeated:
+            raise ValueError(f"duplicate seed(s) {repeated}; list each seed once")
+        return value
+
+
+SelectPolicy = Literal["first", "all", "median_of"]
+"""Which runs of a job feed the verdict (docs/protocol.md "Replicates and run selection"):
+``first`` (the default) the earliest succeeded run, later reruns never replace it; ``all`` every
+declared seed's first succeeded run, observations averaged per item; ``median_of`` the declared
+seed whose headline statistic is the (lower) median."""
+
+
 class JobSpec(StrictModel):
     """A job the runners execute: its kind, dependencies, knobs and resources."""
 
@@ -213,9 +235,20 @@ class JobSpec(StrictModel):
     command: list[Annotated[str, StringConstraints(min_length=1)]] | None = Field(
         default=None, min_length=1
     )
+    # replicate seeds and how the verdict combines them; unset = one run, ``select: first``
+    replicates: Replicates | None = None
+    select: SelectPolicy | None = None
+
+    def selection(self) -> str:
+        """The job's selection policy: ``select`` if declared, else ``first``."""
+        return self.select or "first"
+
+    def declared_seeds(self) -> list[int] | None:
+        """The declared replicate seeds, or None for a job without ``replicates``."""
+        return list(self.replicates.seeds) if self.replicates is not None else None
 
 
-OPTIONAL_JOB_FIELDS = ("entry", "command")
+OPTIONAL_JOB_FIELDS = ("entry", "command", "replicates", "select")
 """JobSpec fields added after protocols were first hashed: omitted from the canonical JSON when
 unset, so every protocol written before them keeps its sha256 (protocols/canonical.py)."""
 

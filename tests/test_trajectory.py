@@ -24,7 +24,9 @@ decision_rules:
 """
 
 
-def _record(url: str, metrics: list[dict], status: str = "succeeded") -> int:
+def _record(
+    url: str, metrics: list[dict], status: str = "succeeded", job: str = "trajectory"
+) -> int:
     """A run of the frozen version with ``metrics``, through the ledger's run API."""
     led = init_ledger(url)
     with led.session() as session:
@@ -33,7 +35,7 @@ def _record(url: str, metrics: list[dict], status: str = "succeeded") -> int:
             session,
             protocol_pk=row.id,
             protocol_sha256=row.sha256,
-            job="trajectory",
+            job=job,
             kind="poe_trajectory",
             config={},
         )
@@ -140,3 +142,33 @@ def test_unfrozen_and_empty(tmp_path: Path, docket_sqlite: DocketCli) -> None:
     assert not (tmp_path / "x.png").exists()
     unknown = docket_sqlite("trajectory", "nope")
     assert unknown.exit_code == 2 and "unknown protocol 'nope'" in unknown.output
+
+
+def test_two_jobs_never_interleave_and_job_selects_one(
+    tmp_path: Path, docket_sqlite: DocketCli
+) -> None:
+    (tmp_path / "p.yaml").write_text(PROTOCOL)
+    assert docket_sqlite("protocol", "register", "p.yaml").exit_code == 0
+    assert docket_sqlite("protocol", "freeze", "traj-demo").exit_code == 0
+    a = _record(docket_sqlite.url, _series({100: 3.0, 200: 2.5}, "bpb"), job="train_a")
+    b = _record(docket_sqlite.url, _series({100: 9.0, 300: 8.0}, "bpb"), job="train_b")
+    _record(docket_sqlite.url, _series({100: 0.5}, "alpha"), job="train_a")
+    data = json.loads(docket_sqlite("trajectory", "traj-demo", "--json").output)
+    assert data["metrics"] == ["alpha", "train_a/bpb", "train_b/bpb"]
+    assert [(p["step"], p["value"], p["run_id"]) for p in data["series"]["train_a/bpb"]] == [
+        (100, 3.0, a),
+        (200, 2.5, a),
+    ]
+    assert {p["job"] for p in data["series"]["train_b/bpb"]} == {"train_b"}
+    only = json.loads(docket_sqlite("trajectory", "traj-demo", "--job", "train_b", "--json").output)
+    assert only["metrics"] == ["bpb"]
+    assert [(p["step"], p["value"], p["run_id"]) for p in only["series"]["bpb"]] == [
+        (100, 9.0, b),
+        (300, 8.0, b),
+    ]
+    by_metric = json.loads(
+        docket_sqlite("trajectory", "traj-demo", "--metric", "bpb", "--json").output
+    )
+    assert by_metric["metrics"] == ["train_a/bpb", "train_b/bpb"]
+    r = docket_sqlite("trajectory", "traj-demo", "--job", "nope")
+    assert r.exit_code == 2 and "train_a, train_b" in r.output and "Traceback" not in r.output

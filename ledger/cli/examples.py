@@ -85,6 +85,7 @@ HELP: dict[str, tuple[str, tuple[str, ...]]] = {
             "docket ingest my-study scores.csv --job probe_base --json",
             "docket ingest my-study res.jsonl --metrics m.jsonl --texts t.jsonl \\",
             "    --hardware a40 --seconds 5400",
+            "docket ingest my-study seed1.jsonl --job probe_v7 --seed 1",
         ),
     ),
     "init": ("Create or upgrade the ledger.", ("docket init", "docket --db sqlite:///l.db init")),
@@ -117,6 +118,10 @@ HELP: dict[str, tuple[str, tuple[str, ...]]] = {
     "protocol amend": (
         "Register FILE as a new version.",
         ('docket protocol amend my-study study.yaml --reason "n per class 30 -> 60"',),
+    ),
+    "protocol diff": (
+        "What changed between two versions.",
+        ("docket protocol diff my-study 1 2", "docket protocol diff my-study 1 2 --json"),
     ),
     "protocol freeze": (
         "Sign-check, then freeze the latest.",
@@ -166,7 +171,10 @@ HELP: dict[str, tuple[str, tuple[str, ...]]] = {
     "runs": ("Inspect recorded runs.", ("docket runs list --status failed",)),
     "runs list": (
         "List recorded runs.",
-        ("docket runs list --protocol my-study", "docket runs list --status abandoned --json"),
+        (
+            "docket runs list my-study --job probe_v7",
+            "docket runs list --status abandoned --json",
+        ),
     ),
     "runs reap": ("Mark runs whose lease expired abandoned.", ("docket runs reap --json",)),
     "runs show": ("One run: config, metrics, signals, texts.", ("docket runs show 12 --texts",)),
@@ -177,7 +185,10 @@ HELP: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "trajectory": (
         "Recorded metrics against checkpoint step.",
-        ("docket trajectory my-study --metric bpb --out bpb.png",),
+        (
+            "docket trajectory my-study --metric bpb --out bpb.png",
+            "docket trajectory my-study --job train_v2 --json",
+        ),
     ),
     "verdict": (
         "Compute and record a protocol's verdict.",

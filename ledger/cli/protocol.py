@@ -419,6 +419,34 @@ def show_cmd(
     emit(data, as_json, human)
 
 
+@protocol_group.command("diff")
+@click.argument("protocol_id")
+@click.argument("version_a", type=int)
+@click.argument("version_b", type=int)
+@json_option
+@pass_env
+def diff_cmd(env: Env, protocol_id: str, version_a: int, version_b: int, as_json: bool) -> None:
+    """Field-by-field differences between two versions of a protocol (canonical JSON, dotted
+    paths: what an amendment changed). Read-only."""
+    with env.ledger().read_session() as session:
+        data = store.diff_versions(session, protocol_id, version_a, version_b)
+
+    def show(value: Any) -> str:
+        return "" if value is None else json.dumps(value, sort_keys=True)
+
+    def human(c: Any) -> None:
+        title = f"{protocol_id} v{version_a} -> v{version_b}"
+        if data["amendment_reason"]:
+            c.print(f"v{version_b} amendment reason: {data['amendment_reason']}")
+        if not data["changes"]:
+            c.print(f"{title}: no differences (same canonical JSON)")
+            return
+        rows = [(d["path"], d["change"], show(d["old"]), show(d["new"])) for d in data["changes"]]
+        c.print(table(title, ["path", "change", f"v{version_a}", f"v{version_b}"], rows))
+
+    emit(data, as_json, human)
+
+
 @protocol_group.command("list")
 @json_option
 @pass_env

@@ -53,6 +53,11 @@ def report_cmd(env: Env, protocol_id: str, out_dir: Path, embed: bool, as_json: 
     metavar="NAME",
     help="Only this metric (repeatable; default: every metric recorded with a step).",
 )
+@click.option(
+    "--job",
+    metavar="NAME",
+    help="Only this job's runs (default: every job; a metric of several jobs is one series each).",
+)
 @out_option(
     "plot",
     "Also write a PNG with one panel per metric against checkpoint step.",
@@ -61,7 +66,12 @@ def report_cmd(env: Env, protocol_id: str, out_dir: Path, embed: bool, as_json: 
 @json_option
 @pass_env
 def trajectory_cmd(
-    env: Env, protocol_id: str, metrics: tuple[str, ...], plot: Path | None, as_json: bool
+    env: Env,
+    protocol_id: str,
+    metrics: tuple[str, ...],
+    job: str | None,
+    plot: Path | None,
+    as_json: bool,
 ) -> None:
     """Recorded metrics against checkpoint step, from the succeeded runs of the protocol's
     latest frozen version."""
@@ -70,7 +80,7 @@ def trajectory_cmd(
     if plot is not None:
         require_extra("plots")
     with env.ledger().read_session() as session:
-        traj = trajectory(session, protocol_id, list(metrics) or None)
+        traj = trajectory(session, protocol_id, list(metrics) or None, job=job)
     data = traj.as_dict()
     if plot is not None:
         plot_trajectory(traj, plot)

@@ -8,7 +8,8 @@ from typing import Any
 import click
 
 from ..billing.money import format_usd
-from ..errors import CheckFailed
+from ..errors import CheckFailed, UserError
+from ..ingest import DEFAULT_JOB
 from ..store import protocols as store
 from ..store.runs import list_runs, reap_abandoned, run_summary
 from .common import LEDGER_ID, Env, emit, json_option, pass_env, table
@@ -87,7 +88,9 @@ def runs_group() -> None:
 
 
 @runs_group.command("list")
+@click.argument("protocol", required=False, metavar="[PROTOCOL_ID]")
 @click.option("--protocol", "protocol_id", help="Only runs of this protocol (all versions).")
+@click.option("--job", help="Only runs of this job (with a protocol: one of its jobs).")
 @click.option(
     "--status",
     type=click.Choice(
@@ -96,17 +99,37 @@ def runs_group() -> None:
 )
 @json_option
 @pass_env
-def runs_list(env: Env, protocol_id: str | None, status: str | None, as_json: bool) -> None:
+def runs_list(
+    env: Env,
+    protocol: str | None,
+    protocol_id: str | None,
+    job: str | None,
+    status: str | None,
+    as_json: bool,
+) -> None:
     """List runs; a running run whose lease expired shows as "running (lease expired)".
 
-    Read-only: nothing is written (``docket runs reap`` marks such runs abandoned)."""
+    PROTOCOL_ID (or --protocol) keeps the runs of that protocol, all versions; --job the runs
+    of one job. Read-only: nothing is written (``docket runs reap`` marks such runs abandoned)."""
+    if protocol and protocol_id and protocol != protocol_id:
+        raise UserError(f"give the protocol once: {protocol!r} and --protocol {protocol_id!r}")
+    protocol_id = protocol or protocol_id
     with env.ledger().read_session() as session:
         pks: list[int] | None = None
         if protocol_id:
             pks = [v.id for v in store.chain(session, protocol_id)]
             if not pks:
                 store.latest(session, protocol_id)
-        data = [run_summary(r) for r in list_runs(session, protocol_pks=pks, status=status)]
+            if job is not None:
+                names = {j.name for v in store.chain(session, protocol_id)
+                         for j in store.parse_row(v).jobs} | {DEFAULT_JOB}  # fmt: skip
+                if job not in names:
+                    raise UserError(
+                        f"--job {job!r} is not a job of {protocol_id}; jobs: "
+                        + ", ".join(sorted(names))
+                    )
+        runs = list_runs(session, protocol_pks=pks, status=status, job=job)
+        data = [run_summary(r) for r in runs]
 
     def human(c: Any) -> None:
         rows = [

@@ -37,6 +37,8 @@ def print_verdict(data: dict[str, Any], c: Any) -> None:
     c.print(data["ignored_runs"]["note"])
     used = ", ".join(f"#{r['id']} {r['job']}" for r in data["runs"]) or "none"
     c.print(f"runs used: {used}")
+    for note in data.get("reruns", []):
+        c.print(f"note: {note}")
     for h in data["hypotheses"]:
         title = f"{h['id']} ({h['rule']}, {h['kind']}): {h['verdict']}"
         if h["kind"] == "regime_wins":
@@ -218,6 +220,12 @@ def verdict_cmd(env: Env, protocol_id: str, history: bool, as_json: bool) -> Non
     help="Device the job ran on (e.g. cuda:0); default cuda for GPU hardware, cpu for other "
     "hardware, unknown without --hardware.",
 )
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    help="The replicate seed these results were produced with (required for a job that "
+    "declares replicates; one of its seeds).",
+)
 @json_option
 @pass_env
 def ingest_cmd(
@@ -231,6 +239,7 @@ def ingest_cmd(
     seconds: str | None,
     usd: str | None,
     device: str | None,
+    seed: int | None,
     as_json: bool,
 ) -> None:
     """Record per-sample results produced elsewhere (JSONL or CSV) as a run of PROTOCOL_ID's
@@ -271,13 +280,16 @@ def ingest_cmd(
         texts=texts,
         cost=cost,
         provenance=where,
+        seed=seed,
     )
 
     def human(c: Any) -> None:
         c.print(
             f"ingested {data['items']} items x {len(data['signals'])} signals "
             f"({data['observations']} observations) from {data['file']} as run #{data['run_id']} "
-            f"(job {data['job']}) of {data['protocol']} v{data['version']}"
+            f"(job {data['job']}"
+            + ("" if data["seed"] is None else f", seed {data['seed']}")
+            + f") of {data['protocol']} v{data['version']}"
         )
         c.print(f"file sha256 {data['file_sha256']}")
         if data["metrics"] or data["texts"]:

@@ -1097,6 +1097,8 @@ def _results_html(report: Report, writer: FigureWriter, images: Images) -> str:
         ignored = v.get("ignored_runs") or {}
         if isinstance(ignored, dict) and ignored.get("count"):
             out.append(f'<p class="note">{e(ignored.get("note"))}</p>')
+        for note in v.get("reruns") or []:  # runs beyond what the protocol declared
+            out.append(f'<div class="warn rerun">{e(note)}</div>')
     hv_all = _hypothesis_rows(report)
     roc_by_h: dict[str, list[RocGroup]] = {}
     for rg in report.roc:

@@ -10,6 +10,10 @@ Contract of :func:`trajectory`:
   stepped rows is a :class:`UserError` listing the ones that do.
 * When several runs recorded the same metric at the same step (a job re-run with ``--force``),
   the row of the latest run (highest run id) wins; the run id is kept on each point.
+* ``job``: only the runs of that job (a :class:`UserError` names the jobs with stepped metrics
+  when it has none). Series never interleave jobs: a metric recorded by one job is the series
+  ``<metric>``; a metric recorded by several jobs is one series per job, ``<job>/<metric>``
+  (``metrics`` names the metric, and selects each of its series).
 * Output is deterministic: metric names sorted, steps ascending.
 
 :func:`plot_trajectory` writes one PNG with a panel per metric (matplotlib, Agg backend).
@@ -93,7 +97,12 @@ class Trajectory:
         }
 
 
-def trajectory(session: Session, protocol_id: str, metrics: list[str] | None = None) -> Trajectory:
+def trajectory(
+    session: Session,
+    protocol_id: str,
+    metrics: list[str] | None = None,
+    job: str | None = None,
+) -> Trajectory:
     """The stepped metrics of ``protocol_id``'s latest frozen version (see module docstring)."""
     row = store.latest_frozen(session, protocol_id)
     query = (
@@ -106,29 +115,46 @@ def trajectory(session: Session, protocol_id: str, metrics: list[str] | None = N
         )
         .order_by(MetricRow.name, MetricRow.step, MetricRow.run_id, MetricRow.id)
     )
-    latest: dict[tuple[str, int], TrajectoryPoint] = {}
-    for metric, job in session.execute(query):
-        # ordered by run id then row id: a later run overwrites an earlier one
-        latest[(metric.name, int(metric.step))] = TrajectoryPoint(
+    latest: dict[tuple[str, str, int], TrajectoryPoint] = {}
+    jobs_seen: set[str] = set()
+    for metric, run_job in session.execute(query):
+        jobs_seen.add(run_job)
+        if job is not None and run_job != job:
+            continue
+        # ordered by run id then row id: a later run of the job overwrites an earlier one
+        latest[(metric.name, run_job, int(metric.step))] = TrajectoryPoint(
             step=int(metric.step),
             value=float(metric.value),
             ci_low=metric.ci_low,
             ci_high=metric.ci_high,
             run_id=metric.run_id,
-            job=job,
+            job=run_job,
         )
+    if job is not None and job not in jobs_seen:
+        known = ", ".join(sorted(jobs_seen)) or "none"
+        raise UserError(
+            f"--job {job!r}: no metric with a checkpoint step recorded by that job in "
+            f"{protocol_id} v{row.version}; jobs that recorded one: {known}"
+        )
+    jobs_of: dict[str, set[str]] = {}
+    for name, run_job, _step in latest:
+        jobs_of.setdefault(name, set()).add(run_job)
     series: dict[str, list[TrajectoryPoint]] = {}
-    for (name, _step), point in sorted(latest.items()):
-        series.setdefault(name, []).append(point)
+    base: dict[str, str] = {}  # series name -> metric name
+    for (name, run_job, _step), point in sorted(latest.items()):
+        key = name if len(jobs_of[name]) == 1 else f"{run_job}/{name}"
+        base[key] = name
+        series.setdefault(key, []).append(point)
     if metrics:
-        unknown = [m for m in metrics if m not in series]
+        unknown = [m for m in metrics if m not in jobs_of]
         if unknown:
-            known = ", ".join(sorted(series)) or "none (no metric with a checkpoint step)"
+            known = ", ".join(sorted(jobs_of)) or "none (no metric with a checkpoint step)"
             raise UserError(
                 f"no trajectory recorded for {', '.join(unknown)} in {protocol_id} "
                 f"v{row.version}; recorded: {known}"
             )
-        series = {m: series[m] for m in dict.fromkeys(metrics)}
+        wanted = list(dict.fromkeys(metrics))
+        series = {k: series[k] for m in wanted for k in sorted(series) if base[k] == m}
     pks = [v.id for v in store.chain(session, protocol_id) if v.id != row.id]
     ignored = 0
     if pks:

@@ -251,3 +251,87 @@ def list_protocols(session: Session) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def version_row(session: Session, protocol_id: str, version: int) -> ProtocolRow:
+    """Version ``version`` of ``protocol_id``; :class:`UserError` naming the versions there are."""
+    versions = chain(session, protocol_id)
+    if not versions:
+        latest(session, protocol_id)  # raises a UserError naming known ids
+    for v in versions:
+        if v.version == version:
+            return v
+    have = ", ".join(str(v.version) for v in versions)
+    raise UserError(f"{protocol_id} has no version {version}; versions: {have}")
+
+
+def _keyed(items: list[Any]) -> dict[str, Any] | None:
+    """A list of mappings that all carry a unique ``name`` (jobs) or ``id`` (hypotheses), keyed
+    by it; None for any other list (compared by index)."""
+    for key in ("name", "id"):
+        if items and all(isinstance(i, dict) and isinstance(i.get(key), str) for i in items):
+            names = [i[key] for i in items]
+            if len(set(names)) == len(names):
+                return dict(zip(names, items, strict=True))
+    return None
+
+
+def json_diff(old: Any, new: Any, path: str = "") -> list[dict[str, Any]]:
+    """Every leaf difference between two JSON values, in path order: ``{"path", "change"
+    (added | removed | changed), "old", "new"}``. Paths are dotted (``decision_rules.r1.bound``);
+    list elements are ``[i]``, or ``[name]`` for lists of mappings with unique ``name``/``id``
+    (``jobs[probe_v7].params.mc_weight``), so inserting a job does not shift every later one."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[dict[str, Any]] = []
+        for k in sorted(set(old) | set(new)):
+            sub = f"{path}.{k}" if path else str(k)
+            if k not in new:
+                out.append({"path": sub, "change": "removed", "old": old[k], "new": None})
+            elif k not in old:
+                out.append({"path": sub, "change": "added", "old": None, "new": new[k]})
+            else:
+                out += json_diff(old[k], new[k], sub)
+        return out
+    if isinstance(old, list) and isinstance(new, list):
+        ko, kn = _keyed(old), _keyed(new)
+        if ko is not None and kn is not None:
+            out = []
+            for k in list(ko) + [k for k in kn if k not in ko]:
+                sub = f"{path}[{k}]"
+                if k not in kn:
+                    out.append({"path": sub, "change": "removed", "old": ko[k], "new": None})
+                elif k not in ko:
+                    out.append({"path": sub, "change": "added", "old": None, "new": kn[k]})
+                else:
+                    out += json_diff(ko[k], kn[k], sub)
+            return out
+        out = []
+        for i in range(max(len(old), len(new))):
+            sub = f"{path}[{i}]"
+            if i >= len(new):
+                out.append({"path": sub, "change": "removed", "old": old[i], "new": None})
+            elif i >= len(old):
+                out.append({"path": sub, "change": "added", "old": None, "new": new[i]})
+            else:
+                out += json_diff(old[i], new[i], sub)
+        return out
+    if old == new and type(old) is type(new):
+        return []
+    return [{"path": path, "change": "changed", "old": old, "new": new}]
+
+
+def diff_versions(session: Session, protocol_id: str, a: int, b: int) -> dict[str, Any]:
+    """Field-by-field differences from version ``a`` to version ``b`` of ``protocol_id``, on
+    their canonical JSON (so formatting, comments and written-out defaults never show):
+    ``{"protocol", "from", "to", "from_sha256", "to_sha256", "amendment_reason" (of b),
+    "changes": json_diff(...)}``."""
+    ra, rb = version_row(session, protocol_id, a), version_row(session, protocol_id, b)
+    return {
+        "protocol": protocol_id,
+        "from": a,
+        "to": b,
+        "from_sha256": ra.sha256,
+        "to_sha256": rb.sha256,
+        "amendment_reason": rb.amendment_reason,
+        "changes": json_diff(json.loads(ra.canonical_json), json.loads(rb.canonical_json)),
+    }

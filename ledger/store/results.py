@@ -11,6 +11,12 @@ These two rules live here and nowhere else; the verdict, the report, ``docket re
 * **Merging runs** (:func:`load_payload`): the runs are merged in the order given; a later run
   overrides an earlier one for the same ``(group, item, signal)`` observation and for the same
   metric name.
+* **Pooling replicates** (:func:`pool_payloads`, ``select: all``): per ``(group, item, signal)``
+  the arithmetic mean of the value over the replicates that recorded it; the item's label is that
+  of the first replicate (declared seed order) recording it; per metric name the mean of the
+  replicates' effective values, with no CI (a pooled metric has none). :func:`load_parts` reads a
+  source stored as parts (each part a list of run ids pooled this way, a one-run part is that
+  run) merged in order like :func:`load_payload`.
 * **The canonical inputs** of a verdict (:func:`canonical_inputs`): per source key (sorted) its
   run ids, its effective observations ``[group, item, signal, label, repr(value)]`` sorted, and
   its effective metrics ``[name, repr(value), repr(ci_low), repr(ci_high)]`` sorted, as compact
@@ -36,7 +42,9 @@ __all__ = [
     "canonical_inputs",
     "effective_metrics",
     "inputs_sha256",
+    "load_parts",
     "load_payload",
+    "pool_payloads",
     "metric_rank",
     "run_metrics",
 ]
@@ -114,6 +122,40 @@ def load_payload(session: Session, run_ids: Sequence[int]) -> SourcePayload:
         for name, r in effective_metrics(by_run[rid]).items():
             mets[name] = (float(r.value), r.ci_low, r.ci_high)
     return SourcePayload(list(run_ids), obs, mets)
+
+
+def pool_payloads(payloads: Sequence[SourcePayload]) -> SourcePayload:
+    """The replicates ``payloads`` (declared seed order) pooled (module docstring); the run ids
+    are theirs, concatenated."""
+    sums: dict[tuple[str, str, str], list[float]] = {}
+    labels: dict[tuple[str, str, str], int | None] = {}
+    msums: dict[str, list[float]] = {}
+    for p in payloads:
+        for key, (label, value) in p.observations.items():
+            sums.setdefault(key, []).append(value)
+            labels.setdefault(key, label)
+        for name, (value, _lo, _hi) in p.metrics.items():
+            msums.setdefault(name, []).append(value)
+    obs = {k: (labels[k], math.fsum(v) / len(v)) for k, v in sums.items()}
+    mets = {n: (math.fsum(v) / len(v), None, None) for n, v in msums.items()}
+    return SourcePayload([rid for p in payloads for rid in p.run_ids], obs, mets)
+
+
+def load_parts(session: Session, parts: Sequence[Sequence[int]]) -> SourcePayload:
+    """A source stored as ``parts`` (module docstring): each part pooled, the parts merged in
+    order (a later part overrides an earlier one). All one-run parts = :func:`load_payload`."""
+    flat = [rid for part in parts for rid in part]
+    if all(len(part) == 1 for part in parts):
+        return load_payload(session, flat)
+    merged = SourcePayload(flat, {}, {})
+    for part in parts:
+        if len(part) == 1:
+            p = load_payload(session, list(part))
+        else:
+            p = pool_payloads([load_payload(session, [rid]) for rid in part])
+        merged.observations.update(p.observations)
+        merged.metrics.update(p.metrics)
+    return merged
 
 
 def _r(x: float | None) -> str | None:

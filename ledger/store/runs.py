@@ -333,11 +333,18 @@ def succeeded_runs(session: Session, protocol_sha256: str, job: str | None = Non
 
 
 def list_runs(
-    session: Session, *, protocol_pks: Sequence[int] | None = None, status: str | None = None
+    session: Session,
+    *,
+    protocol_pks: Sequence[int] | None = None,
+    status: str | None = None,
+    job: str | None = None,
 ) -> list[RunRow]:
     """Runs in id order; with ``protocol_pks``, only runs of those protocol versions; with
-    ``status``, only runs in that status. Reads only (it never reaps)."""
+    ``status``, only runs in that status; with ``job``, only runs of that job. Reads only (it
+    never reaps)."""
     query = select(RunRow).order_by(RunRow.id)
+    if job is not None:
+        query = query.where(RunRow.job == job)
     if protocol_pks is not None:
         query = query.where(RunRow.protocol_pk.in_(list(protocol_pks)))
     if status:

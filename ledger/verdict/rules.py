@@ -13,8 +13,8 @@ Data model
   the scalar metrics recorded by the source's runs, and ``problems`` (reasons the source cannot
   be trusted, e.g. a ``silent_noop`` run): any rule reading a source with problems is
   INCONCLUSIVE and says why.
-* :class:`Dataset` maps a job name to its source; the key ``None`` is "every succeeded run,
-  merged" (used by rules without ``job:``). A rule whose source is absent is INCONCLUSIVE.
+* :class:`Dataset` maps a job name to its source; the key ``None`` is "the chosen runs of every
+  job, merged" (used by rules without ``job:``). A rule whose source is absent is INCONCLUSIVE.
 
 Labels (``protocol.labels``)
 ----------------------------
@@ -165,7 +165,7 @@ class GroupSamples:
 
 @dataclass
 class SourceData:
-    """Everything one data source (a job's latest succeeded run, or every run merged) holds."""
+    """Everything one data source (a job's chosen runs, or every job's merged) holds."""
 
     groups: dict[str, GroupSamples] = field(default_factory=dict)
     metrics: dict[str, MetricValue] = field(default_factory=dict)
@@ -233,7 +233,7 @@ class SourceData:
 
 @dataclass
 class Dataset:
-    """Data sources by job name (``None`` = every succeeded run merged)."""
+    """Data sources by job name (``None`` = the chosen runs of every job, merged)."""
 
     sources: dict[str | None, SourceData] = field(default_factory=dict)
     unavailable: dict[str | None, str] = field(default_factory=dict)
@@ -1493,3 +1493,33 @@ def evaluate(
     results = [hyp_result(h.id) for h in protocol.hypotheses]
     primary = protocol.primary_hypothesis()
     return {"verdict": by_hyp[primary]["verdict"], "primary": primary, "hypotheses": results}
+
+
+def headline_rule(protocol: Protocol, job: str) -> str | None:
+    """The rule whose point estimate is ``job``'s headline statistic (for ``select: median_of``):
+    the first ``threshold`` or ``regime_wins`` rule, in declaration order, with ``job:`` naming
+    ``job``; None if there is none (the protocol cross-check refuses median_of then)."""
+    for name, rule in protocol.decision_rules.items():
+        if isinstance(rule, ThresholdRule | RegimeWinsRule) and rule.job == job:
+            return name
+    return None
+
+
+def headline_statistic(protocol: Protocol, job: str, source: SourceData) -> float | None:
+    """``job``'s headline statistic on one replicate's data: the point estimate of
+    :func:`headline_rule` evaluated on ``source`` alone -- for ``threshold`` its ``value`` (the
+    mean, pooled AUROC or metric), for ``regime_wins`` the mean over its group rows of ``delta``
+    (candidate AUROC minus the best baseline's). None when the rule cannot be evaluated on it.
+    Point estimates do not depend on resampling, so the bootstrap is capped at 100 resamples."""
+    name = headline_rule(protocol, job)
+    if name is None:
+        return None
+    result = evaluate_rule(protocol, name, Dataset(sources={job: source}), resamples_cap=100)
+    if result["kind"] == "threshold":
+        value = result.get("value")
+    else:
+        deltas = [r["delta"] for r in result.get("groups", []) if r.get("delta") is not None]
+        value = float(np.mean(deltas)) if deltas else None
+    if value is None or not math.isfinite(float(value)):
+        return None
+    return float(value)

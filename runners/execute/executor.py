@@ -49,6 +49,7 @@ from docketml.ledger.store.runs import (
     reap_abandoned,
     run_by_worker,
     start_run,
+    succeeded_runs,
 )
 from docketml.protocols.schema import JobSpec, Protocol
 
@@ -70,10 +71,12 @@ class JobOutcome:
     cost_micros: int = 0
     error: str | None = None
     silent_noop_knobs: list[str] = field(default_factory=list)
+    seed: int | None = None  # the replicate seed, for a job that declares replicates
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "job": self.job,
+            "seed": self.seed,
             "status": self.status,
             "run_id": self.run_id,
             "wall_s": self.wall_s,
@@ -227,6 +230,7 @@ def open_job(
     over_budget_reason: str | None = None,
     device: str = "cpu",
     token: str | None = None,
+    seed: int | None = None,
 ) -> OpenedRun:
     """Open a run of one job of a frozen protocol version: reap abandoned runs, check the kind,
     hardware, dependencies and budget, create the run bound to the version's sha256 with its
@@ -236,11 +240,15 @@ def open_job(
     keep the lease alive (:class:`Heartbeat`) and end the run with :func:`finish_job`.
 
     Shared by :func:`execute_job` (built-in executors) and :func:`docketml.start_run` (user code).
+    ``seed``: the replicate seed to run with (one of the job's declared ``replicates`` seeds;
+    :class:`UserError` otherwise); None = the job's seed, else the protocol's (for a job with
+    replicates: its first declared seed).
     """
     catalog = catalog or load_catalog()
     lease_s = lease_seconds() if lease_s is None else lease_s
     kinds = job_kinds()
     worker_id = f"{worker}#{token or uuid.uuid4().hex[:12]}"
+    seed_override = seed
     device = _device_for(ledger, protocol_pk, job_name, hardware, catalog, device)
     where = provenance(device)  # git calls and the torch import stay outside the transaction
     attempts = 0
@@ -265,7 +273,17 @@ def open_job(
         except UnknownHardwareError as exc:
             raise UserError(str(exc.args[0])) from None
         inputs = _inputs(session, row, job)
-        seed = int(job.seed if job.seed is not None else protocol.seed)
+        declared = job.declared_seeds()
+        if seed_override is not None and declared is not None and seed_override not in declared:
+            raise UserError(
+                f"job {job.name!r}: seed {seed_override} is not one of its replicates {declared}"
+            )
+        if seed_override is not None:
+            seed = int(seed_override)
+        elif declared is not None:
+            seed = declared[0]
+        else:
+            seed = int(job.seed if job.seed is not None else protocol.seed)
         existing = run_by_worker(session, worker_id) if attempts > 1 else None
         if existing is not None:  # an earlier attempt of this unit committed
             return existing.id, row.protocol_id, protocol, job, hw, inputs, seed
@@ -406,8 +424,10 @@ def execute_job(
     over_budget_reason: str | None = None,
     device: str = "cpu",
     token: str | None = None,
+    seed: int | None = None,
 ) -> JobOutcome:
     """Run one job of a frozen protocol version and record it (see module docstring).
+    ``seed``: the replicate seed (see :func:`open_job`).
 
     The run is stored with ``worker = "<worker>#<token>"`` (``token``: a fresh random id unless
     given; the Ray executor passes its own so the driver can find the run of a task whose worker
@@ -431,6 +451,7 @@ def execute_job(
         over_budget_reason=over_budget_reason,
         device=device,
         token=token,
+        seed=seed,
     )
     job, hw = opened.job, opened.hw
     knobs = KnobAudit(job.params)
@@ -466,7 +487,10 @@ def execute_job(
         wall_s = time.perf_counter() - started
         beat.stopped.set()
         beat.join(timeout=5)
-    return finish_job(ledger, opened, result=result, knobs=knobs, wall_s=wall_s, error=error)
+    outcome = finish_job(ledger, opened, result=result, knobs=knobs, wall_s=wall_s, error=error)
+    if job.replicates is not None:
+        outcome.seed = opened.seed
+    return outcome
 
 
 def _journal_over_budget(
@@ -529,17 +553,25 @@ def run_protocol(
 
     Jobs that already succeeded under this version are skipped (``up_to_date``) unless ``force``
     or the job is named with ``job``. A failed job's dependants are skipped and say why.
+    A job that declares ``replicates`` is run once per declared seed (one outcome each); a seed
+    that already has a succeeded run is ``up_to_date`` unless ``force`` (which runs every seed
+    again; the verdict still uses each seed's first run, ``ledger.verdicts.select_runs``).
+    The Ray executor refuses jobs with replicates (:class:`UserError`).
     """
     if allow_over_budget and not (over_budget_reason or "").strip():
         raise UserError('--allow-over-budget needs --reason "..." (it is written to the journal)')
 
-    def resolve(session: Any) -> tuple[int, Protocol, list[JobSpec], set[str]]:
+    def resolve(session: Any) -> tuple[int, Protocol, list[JobSpec], set[Any]]:
         reap_abandoned(session)
         row = store.latest_frozen(session, protocol_id)
         protocol = store.parse_row(row)
         jobs = plan(protocol, job)
         require_extras(jobs, executor)  # before anything runs; raising rolls the reap back
         done = {j.name for j in protocol.jobs if latest_succeeded(session, row.sha256, j.name)}
+        for j in protocol.jobs:
+            if j.replicates is not None:
+                have = {r.seed for r in succeeded_runs(session, row.sha256, j.name)}
+                done |= {(j.name, s) for s in j.replicates.seeds if s in have}  # type: ignore[misc]
         return row.id, protocol, jobs, done
 
     protocol_pk, protocol, jobs, done_before = transact(ledger, resolve)
@@ -552,6 +584,13 @@ def run_protocol(
     ensure_artifacts_root(ledger.engine.url.render_as_string(hide_password=False))
     if executor == "ray":
         from .ray_executor import run_with_ray
+
+        replicated = [j.name for j in jobs if j.replicates is not None]
+        if replicated:
+            raise UserError(
+                f"--executor ray does not run replicates yet (job(s) {', '.join(replicated)} "
+                "declare replicates); use --executor local"
+            )
 
         return run_with_ray(
             ledger,
@@ -581,23 +620,36 @@ def run_protocol(
                     spec.name, "skipped", error=f"dependency {blocked[0]!r} {failed[blocked[0]]}"
                 )
                 failed[spec.name] = "was skipped"
-            elif spec.name in done_before and not force and job is None:
+            elif spec.replicates is None and spec.name in done_before and not force and job is None:
                 outcome = JobOutcome(spec.name, "up_to_date")
             else:
-                bars.start_job(spec.name)
-                outcome = execute_job(
-                    ledger,
-                    protocol_pk,
-                    spec.name,
-                    hardware=hardware,
-                    catalog=catalog,
-                    progress=bars.update,
-                    worker=f"local:{os.getpid()}",
-                    allow_over_budget=allow_over_budget,
-                    over_budget_reason=over_budget_reason,
-                )
-                if outcome.status not in ("succeeded",):
-                    failed[spec.name] = outcome.status
+                outcome = None
+                for seed in spec.declared_seeds() or [None]:
+                    again = force or job is not None
+                    if seed is not None and (spec.name, seed) in done_before and not again:
+                        one = JobOutcome(spec.name, "up_to_date", seed=seed)
+                    else:
+                        bars.start_job(spec.name)
+                        one = execute_job(
+                            ledger,
+                            protocol_pk,
+                            spec.name,
+                            hardware=hardware,
+                            catalog=catalog,
+                            progress=bars.update,
+                            worker=f"local:{os.getpid()}",
+                            allow_over_budget=allow_over_budget,
+                            over_budget_reason=over_budget_reason,
+                            seed=seed,
+                        )
+                        if one.status not in ("succeeded",):
+                            failed[spec.name] = one.status
+                    if outcome is not None:  # every replicate but the last is reported here
+                        outcomes.append(outcome)
+                        if on_outcome:
+                            on_outcome(outcome)
+                    outcome = one
+            assert outcome is not None
             bars.finish_job(spec.name, outcome.status)
             outcomes.append(outcome)
             if on_outcome:
