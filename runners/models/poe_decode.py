@@ -252,6 +252,37 @@ class PositionStats:
     conf0_margin: Tensor
 
 
+def window_stats(logits: Tensor, targets: Tensor) -> dict[str, Tensor]:
+    """Per-position results of one batch of windows: ``logits`` (K, B, T, V) of every stage,
+    ``targets`` (B, T); returns the :class:`PositionStats` fields for its ``B*T`` positions."""
+    logits = logits.float()
+    k_total = logits.size(0)
+    flat_t = targets.reshape(-1)
+    stage_lp = F.log_softmax(logits, dim=-1).flatten(1, 2)  # (K, N, V)
+    prefix_lp = torch.stack([poe_log_probs(logits, j + 1) for j in range(k_total)]).flatten(1, 2)
+    idx = flat_t.view(1, -1, 1).expand(k_total, -1, 1)
+    top2 = stage_lp[0].exp().topk(2, dim=-1).values
+    return {
+        "nll_stage": -stage_lp.gather(-1, idx).squeeze(-1),
+        "nll_prefix": -prefix_lp.gather(-1, idx).squeeze(-1),
+        "correct_stage": stage_lp.argmax(-1) == flat_t,
+        "correct_prefix": prefix_lp.argmax(-1) == flat_t,
+        "conf0_max_prob": top2[:, 0],
+        "conf0_margin": top2[:, 0] - top2[:, 1],
+    }
+
+
+def merge_stats(parts: list[dict[str, Tensor]]) -> PositionStats:
+    """Concatenate :func:`window_stats` results along the position dimension (moved to CPU)."""
+    cat_dims = {"conf0_max_prob": 0, "conf0_margin": 0}
+    return PositionStats(
+        **{
+            name: torch.cat([p[name] for p in parts], dim=cat_dims.get(name, 1)).cpu()
+            for name in PositionStats.__dataclass_fields__
+        }
+    )
+
+
 @torch.inference_mode()
 def position_stats(model: PoELM, data: bytes, seq_len: int, batch_size: int = 16) -> PositionStats:
     """Evaluate ``data`` in non-overlapping windows of ``seq_len`` bytes (a shorter tail is
@@ -261,28 +292,12 @@ def position_stats(model: PoELM, data: bytes, seq_len: int, batch_size: int = 16
         raise ValueError(f"evaluation text of {len(data)} bytes is shorter than seq_len={seq_len}")
     windows = torch.tensor(list(data[: n_windows * seq_len]), dtype=torch.long).view(-1, seq_len)
     device = model.lm_head.weight.device
-    parts: dict[str, list[Tensor]] = {name: [] for name in PositionStats.__dataclass_fields__}
-    k_total = model.cfg.n_stages
+    parts: list[dict[str, Tensor]] = []
     for lo in range(0, n_windows, batch_size):
         targets = windows[lo : lo + batch_size].to(device)
         inputs = torch.cat([torch.full_like(targets[:, :1], BOS), targets[:, :-1]], dim=1)
-        logits = model.forward_stages(inputs).float()  # (K, B, T, V)
-        flat_t = targets.reshape(-1)
-        stage_lp = F.log_softmax(logits, dim=-1).flatten(1, 2)  # (K, N, V)
-        prefix_lp = torch.stack([poe_log_probs(logits, j + 1) for j in range(k_total)])
-        prefix_lp = prefix_lp.flatten(1, 2)
-        idx = flat_t.view(1, -1, 1).expand(k_total, -1, 1)
-        parts["nll_stage"].append(-stage_lp.gather(-1, idx).squeeze(-1))
-        parts["nll_prefix"].append(-prefix_lp.gather(-1, idx).squeeze(-1))
-        parts["correct_stage"].append(stage_lp.argmax(-1) == flat_t)
-        parts["correct_prefix"].append(prefix_lp.argmax(-1) == flat_t)
-        top2 = stage_lp[0].exp().topk(2, dim=-1).values
-        parts["conf0_max_prob"].append(top2[:, 0])
-        parts["conf0_margin"].append(top2[:, 0] - top2[:, 1])
-    cat_dims = {"conf0_max_prob": 0, "conf0_margin": 0}
-    return PositionStats(
-        **{name: torch.cat(ts, dim=cat_dims.get(name, 1)).cpu() for name, ts in parts.items()}
-    )
+        parts.append(window_stats(model.forward_stages(inputs), targets))
+    return merge_stats(parts)
 
 
 def bits_per_byte(nll_nats: Tensor) -> float:
