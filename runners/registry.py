@@ -39,6 +39,7 @@ FAMILIES: dict[str, tuple[str, ...]] = {
         "poe_speculative",
         "poe_routing",
         "poe_trajectory",
+        "poe_train_heads",
     ),
 }
 

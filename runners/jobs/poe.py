@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from ..context import JobContext, JobFn, JobResult, MetricValue, Observation, sha256_file
+from ..models.hf import is_hf_ref
 from ..models.poe import (
     BOS,
     PoEConfig,
@@ -55,7 +56,7 @@ from ..models.poe_decode import (
 
 CORPUS_PATH = Path(__file__).resolve().parent.parent / "data" / "corpus.txt"
 HELD_OUT_FRACTION = 0.1
-STRUCTURAL_KEYS = frozenset({"model", "layout", "checkpoint"})
+STRUCTURAL_KEYS = frozenset({"model", "layout", "checkpoint", "boundaries", "heads"})
 MAX_CPU_TRAIN_PARAMS = 100_000_000
 
 _PROBE = {"checkpoint": None, "input": None, "model": None}
@@ -403,28 +404,38 @@ def _eval_stats(ctx: JobContext, model: PoELM) -> PositionStats:
     return position_stats(model, held_out[:n_bytes], seq_len, int(knobs.get("batch_size")))
 
 
-def _bpb_metrics(stats: PositionStats) -> list[MetricValue]:
-    """bpb/acc of every stage alone, of every proper prefix K' = 2..K-1, and of the full PoE."""
+def bpb_metrics(stats: PositionStats, n_bytes: int | None = None) -> list[MetricValue]:
+    """bpb/acc of every stage alone, of every proper prefix K' = 2..K-1, and of the full PoE.
+
+    ``n_bytes``: UTF-8 bytes of the predicted text when a token is not one byte (``hf:``
+    models); see :func:`~docketml.runners.models.poe_decode.bits_per_byte`."""
     k_total = stats.nll_stage.size(0)
     values: dict[str, float] = {}
     for k in range(k_total):
-        values[f"bpb_stage{k}"] = bits_per_byte(stats.nll_stage[k])
+        values[f"bpb_stage{k}"] = bits_per_byte(stats.nll_stage[k], n_bytes)
         values[f"acc_stage{k}"] = float(stats.correct_stage[k].double().mean())
     for j in range(2, k_total):
-        values[f"bpb_prefix{j}"] = bits_per_byte(stats.nll_prefix[j - 1])
+        values[f"bpb_prefix{j}"] = bits_per_byte(stats.nll_prefix[j - 1], n_bytes)
         values[f"acc_prefix{j}"] = float(stats.correct_prefix[j - 1].double().mean())
-    values["bpb_full"] = bits_per_byte(stats.nll_prefix[-1])
+    values["bpb_full"] = bits_per_byte(stats.nll_prefix[-1], n_bytes)
     values["acc_full"] = float(stats.correct_prefix[-1].double().mean())
     return [MetricValue(name, value) for name, value in values.items()]
 
 
 def run_probe(ctx: JobContext) -> JobResult:
-    """``poe_probe``: per-stage, prefix-K' and full-PoE bits per byte and top-1 accuracy."""
+    """``poe_probe``: per-stage, prefix-K' and full-PoE bits per byte and top-1 accuracy.
+
+    With ``model: "hf:PATH"`` (and ``boundaries``) or ``heads: <job>`` the stages are those of a
+    Hugging Face decoder (:func:`docketml.runners.jobs.hf_poe.probe_hf_stages`)."""
+    if is_hf_ref(ctx.params.get("model")) or ctx.params.get("heads") is not None:
+        from .hf_poe import probe_hf_stages
+
+        return probe_hf_stages(ctx)
     ctx.knobs.set_defaults(DEFAULTS["poe_probe"])
     model, step = _load(ctx, _checkpoint_path(ctx))
     stats = _eval_stats(ctx, model)
     extra = {"step": step, "n_positions": int(stats.nll_stage.size(1)), "layout": model.cfg.layout}
-    return JobResult(metrics=_bpb_metrics(stats), extra=extra)
+    return JobResult(metrics=bpb_metrics(stats), extra=extra)
 
 
 def _speculative(
@@ -588,10 +599,19 @@ def run_trajectory(ctx: JobContext) -> JobResult:
     return JobResult(metrics=metrics, extra=extra)
 
 
+def run_train_heads(ctx: JobContext) -> JobResult:
+    """``poe_train_heads``: additive stage heads on a frozen ``hf:`` decoder
+    (:func:`docketml.runners.jobs.hf_poe.train_heads`)."""
+    from .hf_poe import train_heads
+
+    return train_heads(ctx)
+
+
 JOBS: dict[str, JobFn] = {
     "poe_train": run_train,
     "poe_probe": run_probe,
     "poe_speculative": run_speculative,
     "poe_routing": run_routing,
     "poe_trajectory": run_trajectory,
+    "poe_train_heads": run_train_heads,
 }

@@ -300,9 +300,13 @@ def position_stats(model: PoELM, data: bytes, seq_len: int, batch_size: int = 16
     return merge_stats(parts)
 
 
-def bits_per_byte(nll_nats: Tensor) -> float:
-    """Mean NLL (nats per byte) converted to bits per byte: ``mean / ln 2``."""
-    return float(nll_nats.double().mean()) / math.log(2.0)
+def bits_per_byte(nll_nats: Tensor, n_bytes: int | None = None) -> float:
+    """NLL (nats) of predicted tokens converted to bits per byte: ``sum / n_bytes / ln 2``, with
+    ``n_bytes`` the UTF-8 byte count of the predicted text (default: one byte per token, as in
+    the byte-level PoE model, i.e. ``mean / ln 2``)."""
+    total = float(nll_nats.double().sum())
+    n = nll_nats.numel() if n_bytes is None else n_bytes
+    return total / max(n, 1) / math.log(2.0)
 
 
 @dataclass
