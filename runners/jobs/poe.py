@@ -1,7 +1,10 @@
 """PoE jobs: train the PoE LM and probe it (BPB, speculative decoding, routing, trajectory).
 
 Kinds (``JOBS``): ``poe_train``, ``poe_probe``, ``poe_speculative``, ``poe_routing``,
-``poe_trajectory``. Every job's knobs and defaults are in ``DEFAULTS[kind]``; the keys in
+``poe_trajectory``, and ``poe_train_heads`` (stage heads on a frozen ``hf:`` decoder;
+``poe_probe`` with ``model: "hf:PATH"`` or ``heads`` probes such a decoder; both in
+``runners/jobs/hf_poe.py``). Every job's knobs and defaults are in ``DEFAULTS[kind]`` (the
+``hf:`` ones in ``hf_poe``); the keys in
 ``STRUCTURAL_KEYS`` define the model and are ignored by the silent-no-op check (they still fire
 where they are applied).
 
