@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,11 @@ from docketml.runners.jobs.hf_poe import fit_heads  # noqa: E402
 from docketml.runners.jobs.poe import JOBS, _corpus_split  # noqa: E402
 from docketml.runners.jobs.preflight import model_checks  # noqa: E402
 from docketml.runners.models.hf import HFModelError, load_hf  # noqa: E402
-from docketml.runners.models.hf_stages import HFStages  # noqa: E402
+from docketml.runners.models.hf_stages import (  # noqa: E402
+    HFStages,
+    greedy_decode,
+    speculative_decode,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -230,3 +235,39 @@ def test_heads_from_another_checkpoint_are_refused(ckpt: Path, tmp_path: Path) -
         run_job("poe_probe", tmp_path, params, {"h": heads_file})
     with pytest.raises(HFModelError, match="field 'heads' is 'nope'"):
         run_job("poe_probe", tmp_path, {**params, "heads": "nope"}, {"h": heads_file})
+
+
+def test_speculative_decoding_equals_greedy_poe_and_transformers_generate(ckpt: Path) -> None:
+    hf = load_hf(ckpt)
+    stages = HFStages(hf, BOUNDARIES)
+    torch.manual_seed(5)
+    for head in stages.heads:  # non-trivial stage heads, so drafts and the PoE disagree often
+        torch.nn.init.normal_(head.weight, std=0.3)
+    rng = random.Random(0)
+    held_out = _corpus_split()[1]
+    accepted = proposed = 0
+    for i in range(10):
+        start = rng.randrange(len(held_out) - 40)
+        prompt = list(held_out[start : start + rng.randrange(4, 30)])
+        plain = greedy_decode(stages, prompt, 12)
+        for k, draft in ((1 + i % 4, 0), (3, 1)):
+            spec, stats = speculative_decode(stages, prompt, 12, k_draft=k, draft_stage=draft)
+            assert spec == plain, (i, k, draft)
+            accepted, proposed = accepted + stats.accepted, proposed + stats.proposed
+    assert 0 < accepted < proposed  # drafts were both accepted and rejected
+    # the draft runs only the layers up to its boundary: deeper layers' cache does not grow
+    ids = torch.tensor([list(b"abc")])
+    _, cache = stages.stage_states(ids, use_cache=True)
+    _, cache = stages.stage_states(ids[:, :1], cache, use_cache=True, n_stages=1)
+    assert [layer.keys.size(-2) for layer in cache.layers] == [4, 3, 3, 3]
+    # one stage ending at the last layer with a zero head is the model: transformers' generate
+    one = HFStages(hf, [SMALL["num_hidden_layers"]])
+    prompt = list(b"The small river")
+    out = hf.model.generate(
+        torch.tensor([prompt]),
+        max_new_tokens=12,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=0,
+    )
+    assert greedy_decode(one, prompt, 12) == out[0, len(prompt) :].tolist()

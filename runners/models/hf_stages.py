@@ -36,6 +36,8 @@ import torch
 from torch import Tensor, nn
 
 from .hf import HFModel, HFModelError, cache_kwarg, cache_of, check_boundaries
+from .poe import poe_log_probs
+from .poe_decode import SpecStats
 
 HEADS_FORMAT = "docket-hf-stage-heads-v1"
 
@@ -104,11 +106,21 @@ class HFStages(nn.Module):
         return self.boundaries[n_stages - 1] / len(self.decoder.layers)
 
     def stage_states(
-        self, input_ids: Tensor, cache: Any = None, use_cache: bool = False
+        self,
+        input_ids: Tensor,
+        cache: Any = None,
+        use_cache: bool = False,
+        n_stages: int | None = None,
     ) -> tuple[list[Tensor], Any]:
-        """Normalised residual streams ``x_k = norm(h_k)`` (each (B, T, d)) at every boundary,
-        and the decoder's KV cache (``None`` unless ``use_cache``). With a ``cache`` the
-        ``input_ids`` continue the cached positions (the decoder's own cache semantics)."""
+        """Normalised residual streams ``x_k = norm(h_k)`` (each (B, T, d)) of the first
+        ``n_stages`` stages (default all), and the decoder's KV cache (``None`` unless
+        ``use_cache``). With a ``cache`` the ``input_ids`` continue the cached positions (the
+        decoder's own cache semantics). With ``n_stages < K`` only the layers up to boundary
+        ``n_stages - 1`` run (the decoder's layer list is cut for the call and restored), so only
+        their cache entries grow."""
+        n = self.n_stages if n_stages is None else n_stages
+        if not 1 <= n <= self.n_stages:
+            raise ValueError(f"n_stages must be in 1..{self.n_stages}, got {n}")
         captured: dict[int, Tensor] = {}
 
         def grab(k: int) -> Any:
@@ -117,23 +129,28 @@ class HFStages(nn.Module):
 
             return hook
 
+        layers = self.decoder.layers
         hooks = [
-            self.decoder.layers[b - 1].register_forward_hook(grab(k))
-            for k, b in enumerate(self.boundaries)
+            layers[b - 1].register_forward_hook(grab(k)) for k, b in enumerate(self.boundaries[:n])
         ]
         try:
+            if n < self.n_stages:
+                self.decoder.layers = nn.ModuleList(list(layers)[: self.boundaries[n - 1]])
             kwargs = {self._cache_kw: cache} if cache is not None else {}
             out = self.decoder(input_ids=input_ids, use_cache=use_cache, **kwargs)
         finally:
+            self.decoder.layers = layers
             for h in hooks:
                 h.remove()
-        states = [self.norm(captured[k]) for k in range(self.n_stages)]
+        states = [self.norm(captured[k]) for k in range(n)]
         return states, (cache_of(out) if use_cache else None)
 
-    def logits_from_states(self, states: list[Tensor]) -> Tensor:
-        """Stage logits (K, B, T, V): ``lm_head(x_k) + heads[k](x_k)``."""
+    def logits_from_states(self, states: list[Tensor], first: int = 0) -> Tensor:
+        """Stage logits (len(states), B, T, V): ``lm_head(x_k) + heads[k](x_k)`` for stages
+        ``first, first + 1, ...``."""
+        heads = list(self.heads)[first : first + len(states)]
         return torch.stack(
-            [self.lm_head(x) + head(x) for x, head in zip(states, self.heads, strict=True)]
+            [self.lm_head(x) + head(x) for x, head in zip(states, heads, strict=True)]
         )
 
     def stage_logits(
@@ -203,3 +220,105 @@ def read_heads(path: Path | str) -> dict[str, Any]:
         got = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise HFModelError(f"{path}: not a {HEADS_FORMAT} file (format={got!r})")
     return payload
+
+
+# -------------------------------------------------------------------------------- decoding
+
+
+def crop_cache(cache: Any, n: int) -> None:
+    """Keep the first ``n`` positions of every layer of a transformers dynamic KV cache (layers
+    may hold different lengths: a draft grows only the shallow ones). Supports the per-layer
+    ``cache.layers[i].keys/values`` layout and the older ``key_cache``/``value_cache`` lists."""
+    layers = getattr(cache, "layers", None)
+    if layers is not None and all(hasattr(layer, "keys") for layer in layers):
+        for layer in layers:
+            if getattr(layer, "keys", None) is not None and layer.keys.size(-2) > n:
+                layer.keys = layer.keys[..., :n, :]
+                layer.values = layer.values[..., :n, :]
+        return
+    if hasattr(cache, "key_cache"):
+        for i in range(len(cache.key_cache)):
+            cache.key_cache[i] = cache.key_cache[i][..., :n, :]
+            cache.value_cache[i] = cache.value_cache[i][..., :n, :]
+        return
+    raise HFModelError(f"KV cache {type(cache).__name__} cannot be rolled back per layer")
+
+
+@torch.inference_mode()
+def greedy_decode(stages: HFStages, prompt: list[int], max_new_tokens: int) -> list[int]:
+    """Greedy PoE continuation (batch 1, KV cache): each token is ``argmax poe_log_probs`` of
+    every stage's logits after the emitted prefix (ties to the lowest id)."""
+    ids = torch.tensor([prompt], device=stages.device)
+    logits, cache = stages.stage_logits(ids, use_cache=True)
+    out: list[int] = []
+    for i in range(max_new_tokens):
+        tok = int(poe_log_probs(logits[:, :, -1]).argmax(-1))
+        out.append(tok)
+        if i + 1 < max_new_tokens:
+            step = ids.new_tensor([[tok]])
+            logits, cache = stages.stage_logits(step, cache=cache, use_cache=True)
+    return out
+
+
+@torch.inference_mode()
+def speculative_decode(
+    stages: HFStages,
+    prompt: list[int],
+    max_new_tokens: int,
+    k_draft: int = 4,
+    draft_stage: int = 0,
+) -> tuple[list[int], SpecStats]:
+    """Self-speculative greedy PoE decoding: stage ``draft_stage`` alone drafts, the full PoE
+    verifies. Output equals :func:`greedy_decode` (up to near-ties, see below).
+
+    State: the KV cache holds ``n`` positions in every layer; ``pending`` is the full PoE's next
+    token (emitted, not yet cached). A round: (1) draft ``d_1..d_k`` greedily from the logits of
+    stage ``draft_stage`` alone, one token at a time, running only the layers up to its boundary
+    (those layers' cache grows to ``n + k``); (2) crop the cache to ``n`` and run the whole
+    decoder on ``[pending, d_1..d_k]`` in one pass, giving the full PoE's greedy token ``g_i``
+    after each position; (3) accept the longest prefix with ``d_i == g_{i-1}`` (``m`` tokens),
+    then ``g_m``; crop the cache to ``n + m + 1``. Every emitted token is the full PoE's greedy
+    token given the emitted prefix; the multi-token verify pass may round differently from
+    one-token steps, which matters only at a near-tie (the tests measure identity). Cost per
+    round: ``k`` draft steps of depth ``d`` plus one ``(k+1)``-token full pass (``k * d + 1``).
+    """
+    if k_draft < 1:
+        raise ValueError(f"k_draft must be >= 1, got {k_draft}")
+    if not 0 <= draft_stage < stages.n_stages:
+        raise ValueError(f"draft_stage must be in 0..{stages.n_stages - 1}, got {draft_stage}")
+    stats = SpecStats()
+    if max_new_tokens <= 0:
+        return [], stats
+    ids = torch.tensor([prompt], device=stages.device)
+    logits, cache = stages.stage_logits(ids, use_cache=True)
+    pending = int(poe_log_probs(logits[:, :, -1]).argmax(-1))
+    out, n = [pending], len(prompt)
+    while len(out) < max_new_tokens:
+        k = min(k_draft, max_new_tokens - len(out) - 1)
+        drafts: list[int] = []
+        tok = pending
+        for _ in range(k):
+            states, cache = stages.stage_states(
+                ids.new_tensor([[tok]]), cache, use_cache=True, n_stages=draft_stage + 1
+            )
+            draft_logits = stages.logits_from_states(states[draft_stage:], first=draft_stage)
+            tok = int(draft_logits[0, 0, -1].argmax(-1))
+            drafts.append(tok)
+        crop_cache(cache, n)
+        block = ids.new_tensor([[pending, *drafts]])
+        logits, cache = stages.stage_logits(block, cache=cache, use_cache=True)
+        full_tokens = poe_log_probs(logits)[0].argmax(-1).tolist()
+        m = 0
+        while m < k and drafts[m] == full_tokens[m]:
+            m += 1
+        out.extend(drafts[:m])
+        pending = full_tokens[m]
+        out.append(pending)
+        crop_cache(cache, n + m + 1)
+        n += m + 1
+        stats.proposed += k
+        stats.accepted += m
+        stats.rounds += 1
+        stats.accepted_per_round.append(m)
+    stats.emitted = len(out) - 1
+    return out, stats
