@@ -210,6 +210,22 @@ def test_trained_heads_lower_stage0_bpb_and_leave_the_trunk_unchanged(
     plain = _independent_bpb(ckpt)
     assert got["bpb_stage0"] < plain["s0"] - 0.1
 
+    # poe_speculative on the trained heads (model and boundaries from the heads file)
+    spec_params = {"heads": "heads", "draft_stage": 0, "k_draft": 3, "n_prompts": 4}
+    spec_params["max_new_tokens"] = 10
+    res, sctx = run_job(
+        "poe_speculative", tmp_path / "spec", spec_params, {"heads": trained.checkpoint}
+    )
+    got = {m.name: m.value for m in res.metrics}
+    assert got["identical_rate"] == 1.0
+    assert 0.0 <= got["alpha"] <= 1.0 and got["tokens_per_round"] >= 1.0
+    assert {o.signal for o in res.observations} == {
+        "speedup", "cpu_speedup", "alpha", "tokens_per_round", "identical",
+    }  # fmt: skip
+    assert len(res.texts) == 4
+    assert res.extra["draft_depth_fraction"] == BOUNDARIES[0] / SMALL["num_hidden_layers"]
+    assert sctx.knobs.silent_noops() == []
+
 
 @pytest.mark.parametrize("bad", [[3, 2], [0, 2], [1, 5], [], "3,5", [1.5, 2], [2, 2]])
 def test_bad_boundaries_are_refused_naming_job_and_field(

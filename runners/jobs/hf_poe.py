@@ -20,6 +20,16 @@ Evaluation text (``poe_probe``)
     ``bpb_prefix{j}``, ``acc_prefix{j}``, ``bpb_full``, ``acc_full``), the PoE aggregate being
     :func:`~docketml.runners.models.poe.poe_log_probs`.
 
+Speculative decoding (``poe_speculative``)
+    The built-in job's prompts (``n_prompts`` held-out snippets of ``prompt_len`` bytes starting
+    at a word, drawn with the job's seed), as text tokenised by the checkpoint's tokenizer; per
+    prompt, plain cached greedy PoE decoding and self-speculative decoding (stage
+    ``draft_stage`` drafts ``k_draft`` tokens, the full PoE verifies;
+    :func:`~docketml.runners.models.hf_stages.speculative_decode`) of ``max_new_tokens`` tokens,
+    timed alternately; the built-in job's metric and signal names (``identical_rate`` = share of
+    prompts whose two outputs are equal; ``projected_speedup`` uses the drafting stage's depth
+    fraction ``b_draft / num_layers``).
+
 Training (``poe_train_heads``)
     Random windows (``torch.Generator`` seeded with the job's seed) of ``seq_len + 1`` tokens of
     the built-in PoE training split, tokenised the same way; loss ``mean_k CE(logits_k)`` (every
@@ -42,12 +52,21 @@ from torch import Tensor
 
 from ..context import JobContext, JobResult, MetricValue, sha256_file
 from ..models.hf import HFModelError, hf_path, is_hf_ref, load_hf
-from ..models.hf_stages import HFStages, read_heads
-from ..models.poe_decode import PositionStats, merge_stats, window_stats
-from .poe import _corpus_split, bpb_metrics
+from ..models.hf_stages import HFStages, greedy_decode, read_heads, speculative_decode
+from ..models.poe_decode import PositionStats, merge_stats, time_decodes, window_stats
+from .poe import _corpus_split, bpb_metrics, held_out_prompts, speculative_summary
 
 _STAGES = {"model": None, "boundaries": None, "heads": None, "trust_remote_code": False}
 PROBE_DEFAULTS: dict[str, Any] = {**_STAGES, "eval_bytes": 32768, "seq_len": 128, "batch_size": 16}
+SPEC_DEFAULTS: dict[str, Any] = {
+    **_STAGES,
+    "k_draft": 4,
+    "draft_stage": 0,
+    "max_new_tokens": 64,
+    "n_prompts": 20,
+    "prompt_len": 32,
+    "decode_threads": 1,
+}
 TRAIN_DEFAULTS: dict[str, Any] = {
     **{k: v for k, v in _STAGES.items() if k != "heads"},
     "steps": 300,
@@ -165,6 +184,71 @@ def probe_hf_stages(ctx: JobContext) -> JobResult:
         "hf_checkpoint": stages.hf.record(),
     }
     return JobResult(metrics=bpb_metrics(stats, n_bytes), extra=extra)
+
+
+def speculative_hf_stages(ctx: JobContext) -> JobResult:
+    """``poe_speculative`` on an ``hf:`` decoder (module doc, "Speculative decoding")."""
+    knobs, where = ctx.knobs, f"job {ctx.job!r}"
+    knobs.set_defaults(SPEC_DEFAULTS)
+    stages = load_stages(ctx)
+    k_draft, draft = int(knobs.get("k_draft")), int(knobs.get("draft_stage"))
+    if k_draft < 1:
+        raise HFModelError(f"{where}: field 'k_draft' is {k_draft}; expected >= 1")
+    if not 0 <= draft < stages.n_stages:
+        raise HFModelError(
+            f"{where}: field 'draft_stage' is {draft}; expected 0..{stages.n_stages - 1}"
+        )
+    knobs.fire("k_draft")
+    knobs.fire("draft_stage")
+    max_new = int(knobs.get("max_new_tokens"))
+    knobs.fire("max_new_tokens")
+    _, held_out = _corpus_split()
+    prompts = held_out_prompts(
+        held_out, int(knobs.get("n_prompts")), int(knobs.get("prompt_len")), ctx.seed
+    )
+    knobs.fire("n_prompts")
+    knobs.fire("prompt_len")
+    tok = stages.hf.tokenizer
+    prompt_texts = [bytes(p[1:]).decode("utf-8", "replace") for p in prompts]
+    ids = [tok.encode(text) for text in prompt_texts]
+    limit = int(getattr(stages.hf.config, "max_position_embeddings", 2048))
+    if max(len(i) for i in ids) + max_new > limit:
+        raise HFModelError(f"{where}: prompts + max_new_tokens {max_new} exceed {limit} positions")
+
+    def compare(prompt: list[int], spec_first: bool = False) -> Any:
+        return time_decodes(
+            lambda: greedy_decode(stages, prompt, max_new),
+            lambda: speculative_decode(stages, prompt, max_new, k_draft, draft),
+            spec_first,
+        )
+
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(int(knobs.get("decode_threads")))
+    knobs.fire("decode_threads")
+    try:
+        compare(ids[0])  # warm-up, untimed
+        results = []
+        for i, prompt in enumerate(ids):
+            results.append(compare(prompt, spec_first=bool(i % 2)))
+            ctx.progress(i + 1, len(ids), "poe_speculative")
+    finally:
+        torch.set_num_threads(threads_before)
+    texts = [tok.decode(r.spec_tokens) for r in results]
+    d = stages.depth_fraction(draft + 1)
+    summary, observations, out_texts = speculative_summary(
+        results, prompt_texts, texts, max_new, k_draft, d
+    )
+    metrics = [MetricValue(name, value) for name, value in summary.items()]
+    extra = {
+        "draft_depth_fraction": d,
+        "boundaries": list(stages.boundaries),
+        "config": f"hf:{stages.hf.config.model_type}",
+        "hf_checkpoint": stages.hf.record(),
+        "timing": "batch 1, torch.inference_mode, decode_threads intra-op threads, perf_counter "
+        "(wall) and process_time (cpu) around each whole decode (prefill included), plain and "
+        "speculative alternate first per prompt, one untimed warm-up",
+    }
+    return JobResult(metrics=metrics, observations=observations, texts=out_texts, extra=extra)
 
 
 def fit_heads(

@@ -48,6 +48,7 @@ from ..models.poe import (
     save_checkpoint,
 )
 from ..models.poe_decode import (
+    DecodeComparison,
     PositionStats,
     RoutingResult,
     bits_per_byte,
@@ -469,9 +470,27 @@ def _speculative(
                 ctx.progress(i + 1, len(prompts), "poe_speculative")
     finally:
         torch.set_num_threads(threads_before)
+    prompt_texts = [_text(prompt[1:]) for prompt in prompts]
+    texts = [_text(res.spec_tokens) for res in results]
+    return speculative_summary(
+        results, prompt_texts, texts, max_new, k_draft, model.cfg.depth_fraction(1)
+    )
+
+
+def speculative_summary(
+    results: list[DecodeComparison],
+    prompt_texts: list[str],
+    texts: list[str],
+    max_new: int,
+    k_draft: int,
+    d0: float,
+) -> tuple[dict[str, float], list[Observation], dict[str, str]]:
+    """Metrics, per-prompt observations (``speedup``, ``cpu_speedup``, ``alpha``,
+    ``tokens_per_round``, ``identical``; item ``pNNN``) and texts (``prompt|continuation``) of
+    plain-vs-speculative decodes; ``d0`` is the drafting stage's depth fraction."""
     observations: list[Observation] = []
-    texts: dict[str, str] = {}
-    for i, (prompt, res) in enumerate(zip(prompts, results, strict=True)):
+    out_texts: dict[str, str] = {}
+    for i, res in enumerate(results):
         item = f"p{i:03d}"
         for signal, value in (
             ("speedup", res.speedup),
@@ -481,11 +500,10 @@ def _speculative(
             ("identical", 1.0 if res.identical else 0.0),
         ):
             observations.append(Observation("prompts", item, signal, float(value)))
-        texts[item] = _text(prompt[1:]) + "|" + _text(res.spec_tokens)
+        out_texts[item] = prompt_texts[i] + "|" + texts[i]
     proposed = sum(r.stats.proposed for r in results)
     accepted = sum(r.stats.accepted for r in results)
     alpha = accepted / proposed if proposed else float("nan")
-    d0 = model.cfg.depth_fraction(1)
     summary = {
         "speedup_mean": sum(r.speedup for r in results) / len(results),
         "speedup_total": sum(r.plain_s for r in results) / sum(r.spec_s for r in results),
@@ -499,7 +517,7 @@ def _speculative(
         "plain_tokens_per_s": len(results) * max_new / sum(r.plain_s for r in results),
         "spec_tokens_per_s": len(results) * max_new / sum(r.spec_s for r in results),
     }
-    return summary, observations, texts
+    return summary, observations, out_texts
 
 
 def _text(tokens: list[int]) -> str:
@@ -508,7 +526,14 @@ def _text(tokens: list[int]) -> str:
 
 
 def run_speculative(ctx: JobContext) -> JobResult:
-    """``poe_speculative``: self-speculative vs plain cached greedy decoding on held-out prompts."""
+    """``poe_speculative``: self-speculative vs plain cached greedy decoding on held-out prompts.
+
+    With ``model: "hf:PATH"`` or ``heads`` it runs on a Hugging Face decoder's stages
+    (:func:`docketml.runners.jobs.hf_poe.speculative_hf_stages`)."""
+    if is_hf_ref(ctx.params.get("model")) or ctx.params.get("heads") is not None:
+        from .hf_poe import speculative_hf_stages
+
+        return speculative_hf_stages(ctx)
     ctx.knobs.set_defaults(DEFAULTS["poe_speculative"])
     model, step = _load(ctx, _checkpoint_path(ctx))
     summary, observations, texts = _speculative(ctx, model)

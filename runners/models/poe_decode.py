@@ -345,21 +345,32 @@ def compare_decoding(
     decode incl. prefill). ``spec_first`` runs the speculative decode first (alternate it to
     cancel order effects)."""
 
+    return time_decodes(
+        lambda: greedy_decode(model, prompt, max_new_tokens, use_cache=True),
+        lambda: speculative_decode(model, prompt, max_new_tokens, k_draft),
+        spec_first,
+    )
+
+
+def time_decodes(
+    plain: Callable[[], list[int]],
+    spec: Callable[[], tuple[list[int], SpecStats]],
+    spec_first: bool = False,
+) -> DecodeComparison:
+    """Run and time one plain and one speculative decode (each under ``torch.inference_mode``,
+    ``time.perf_counter`` and ``time.process_time`` around the whole call); ``spec_first`` runs
+    the speculative one first."""
+
     def timed(fn: Callable[[], T]) -> tuple[T, float, float]:
         w0, c0 = time.perf_counter(), time.process_time()
-        value = fn()
+        with torch.inference_mode():
+            value = fn()
         return value, time.perf_counter() - w0, time.process_time() - c0
 
-    def plain() -> tuple[list[int], float, float]:
-        return timed(lambda: greedy_decode(model, prompt, max_new_tokens, use_cache=True))
-
-    def spec() -> tuple[tuple[list[int], SpecStats], float, float]:
-        return timed(lambda: speculative_decode(model, prompt, max_new_tokens, k_draft))
-
     if spec_first:
-        (spec_tokens, stats), spec_s, spec_cpu = spec()
-        plain_tokens, plain_s, plain_cpu = plain()
+        (spec_tokens, stats), spec_s, spec_cpu = timed(spec)
+        plain_tokens, plain_s, plain_cpu = timed(plain)
     else:
-        plain_tokens, plain_s, plain_cpu = plain()
-        (spec_tokens, stats), spec_s, spec_cpu = spec()
+        plain_tokens, plain_s, plain_cpu = timed(plain)
+        (spec_tokens, stats), spec_s, spec_cpu = timed(spec)
     return DecodeComparison(plain_tokens, spec_tokens, plain_s, spec_s, plain_cpu, spec_cpu, stats)
