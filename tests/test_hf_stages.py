@@ -287,3 +287,10 @@ def test_speculative_decoding_equals_greedy_poe_and_transformers_generate(ckpt: 
         pad_token_id=0,
     )
     assert greedy_decode(one, prompt, 12) == out[0, len(prompt) :].tolist()
+
+
+@pytest.mark.parametrize("kind", ["poe_routing", "poe_trajectory"])
+def test_kinds_without_hf_support_say_so(ckpt: Path, tmp_path: Path, kind: str) -> None:
+    params = {"model": f"hf:{ckpt}", "boundaries": BOUNDARIES}
+    with pytest.raises(HFModelError, match=f"kind '{kind}' runs on the built-in PoE model only"):
+        run_job(kind, tmp_path, params)

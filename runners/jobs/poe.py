@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from ..context import JobContext, JobFn, JobResult, MetricValue, Observation, sha256_file
-from ..models.hf import is_hf_ref
+from ..models.hf import HFModelError, is_hf_ref
 from ..models.poe import (
     BOS,
     PoEConfig,
@@ -386,6 +386,15 @@ def _checkpoint_path(ctx: JobContext) -> Path:
     return Path(next(iter(ctx.inputs.values())))
 
 
+def _builtin_only(ctx: JobContext) -> None:
+    """Refuse ``hf:`` models and ``heads`` on kinds that do not run on hf stages yet."""
+    if is_hf_ref(ctx.params.get("model")) or ctx.params.get("heads") is not None:
+        raise HFModelError(
+            f"job {ctx.job!r}: kind {ctx.kind!r} runs on the built-in PoE model only; hf: stage "
+            "heads work with poe_probe, poe_speculative and poe_train_heads"
+        )
+
+
 def _load(ctx: JobContext, path: Path) -> tuple[PoELM, int]:
     model, step = load_checkpoint(path)
     expected = ctx.knobs.get("model")
@@ -568,6 +577,7 @@ def _routing(ctx: JobContext, model: PoELM, stats: PositionStats) -> RoutingResu
 
 def run_routing(ctx: JobContext) -> JobResult:
     """``poe_routing``: largest fraction routed to stage 0 within accuracy loss ``cap``."""
+    _builtin_only(ctx)
     ctx.knobs.set_defaults(DEFAULTS["poe_routing"])
     model, step = _load(ctx, _checkpoint_path(ctx))
     res = _routing(ctx, model, _eval_stats(ctx, model))
@@ -600,6 +610,7 @@ def list_checkpoints(final_checkpoint: Path) -> list[tuple[int, Path]]:
 def run_trajectory(ctx: JobContext) -> JobResult:
     """``poe_trajectory``: probes on every checkpoint of the training dependency, one row per
     checkpoint and metric (bpb_full, bpb_stage0, acc_full, alpha, speedup, routed_fraction, ...)."""
+    _builtin_only(ctx)
     ctx.knobs.set_defaults(DEFAULTS["poe_trajectory"])
     checkpoints = list_checkpoints(_checkpoint_path(ctx))
     metrics: list[MetricValue] = []
