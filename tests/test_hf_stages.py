@@ -5,6 +5,7 @@ lower stage-0 BPB with the trunk untouched, and bad boundaries refused with a cl
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import random
@@ -294,3 +295,54 @@ def test_kinds_without_hf_support_say_so(ckpt: Path, tmp_path: Path, kind: str) 
     params = {"model": f"hf:{ckpt}", "boundaries": BOUNDARIES}
     with pytest.raises(HFModelError, match=f"kind '{kind}' runs on the built-in PoE model only"):
         run_job(kind, tmp_path, params)
+
+
+STAGES_PROTOCOL = """\
+docket: 1
+id: {pid}
+title: Stage heads of a local decoder
+hypotheses:
+  - {{id: H1, statement: stage 0 with trained heads is a usable exit, rule: r}}
+decision_rules:
+  r: {{kind: threshold, statistic: metric, metric: bpb_stage0, job: stages, op: "<=",
+      bound: 100.0}}
+jobs:
+  - {{name: heads, kind: poe_train_heads,
+      params: {{model: "hf:{path}", boundaries: {boundaries}, steps: 3, seq_len: 16}}}}
+  - {{name: stages, kind: poe_probe, after: [heads],
+      params: {{heads: heads, eval_bytes: 300, seq_len: 32}}}}
+"""
+
+
+def test_docket_run_trains_heads_stores_them_by_sha256_and_probes_them(
+    docket_sqlite: Any, ckpt: Path, tmp_path: Path
+) -> None:
+    import json
+
+    from test_costs import register_and_freeze
+
+    bad = STAGES_PROTOCOL.format(pid="hf_bad", path=ckpt, boundaries="[2, 9]")
+    path = tmp_path / "bad.yaml"
+    path.write_text(bad, encoding="utf-8")
+    pid = json.loads(docket_sqlite("protocol", "register", str(path), "--json").output)["id"]
+    frozen = docket_sqlite("protocol", "freeze", pid)
+    assert frozen.exit_code == 1, frozen.output
+    assert "field 'boundaries'" in frozen.output and "Traceback" not in frozen.output
+
+    text = STAGES_PROTOCOL.format(pid="hf_stages", path=ckpt, boundaries="[1, 3, 4]")
+    pid = register_and_freeze(docket_sqlite, tmp_path, text, name="ok.yaml")
+    ok = docket_sqlite("run", pid, "--no-progress")
+    assert ok.exit_code == 0, ok.output
+    runs = json.loads(docket_sqlite("runs", "list", "--json").output)
+    assert sorted(r["status"] for r in runs) == ["succeeded", "succeeded"], runs
+    shown = {
+        r["job"]: json.loads(docket_sqlite("runs", "show", str(r["id"]), "--json").output)
+        for r in runs
+    }
+    heads = shown["heads"]
+    assert heads["checkpoint_sha256"] == heads["extra"]["heads_sha256"]
+    stored = Path(heads["checkpoint_path"])
+    assert hashlib.sha256(stored.read_bytes()).hexdigest() == heads["checkpoint_sha256"]
+    probe = shown["stages"]
+    assert probe["extra"]["hf_checkpoint"]["sha256"] == heads["extra"]["hf_checkpoint"]["sha256"]
+    assert probe["extra"]["boundaries"] == [1, 3, 4]
