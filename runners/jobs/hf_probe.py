@@ -27,7 +27,6 @@ show``).
 
 from __future__ import annotations
 
-import inspect
 import math
 import time
 from collections.abc import Sequence
@@ -38,7 +37,7 @@ from torch import Tensor
 
 from ..context import JobContext, JobResult, MetricValue, Observation
 from ..data import REFUSAL, chat_prompt, load_chat
-from ..models.hf import HFModel, HFModelError, hf_path, load_hf
+from ..models.hf import HFModel, HFModelError, cache_kwarg, cache_of, hf_path, load_hf
 
 
 def router_signals(router_logits: Sequence[Tensor], first: int = 0) -> dict[str, float]:
@@ -74,18 +73,6 @@ def _router_logits(hf: HFModel, out: Any, n_tokens: int | None) -> list[Tensor]:
     return flat if n_tokens is None else [lg[-n_tokens:] for lg in flat]
 
 
-def _cache_kwarg(model: Any) -> str:
-    """The forward's KV-cache argument: ``cache`` (transformers >= 5.2x) or
-    ``past_key_values`` (earlier releases)."""
-    params = inspect.signature(model.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
-def _cache_of(out: Any) -> Any:
-    cache = out.get("cache")
-    return cache if cache is not None else out.get("past_key_values")
-
-
 @torch.no_grad()
 def probe_prompt(hf: HFModel, tokens: list[int], max_new: int) -> dict[str, Any]:
     """One prompt: router signals from the prompt forward, then greedy KV-cache generation."""
@@ -95,8 +82,8 @@ def probe_prompt(hf: HFModel, tokens: list[int], max_new: int) -> dict[str, Any]
     bos = hf.tokenizer.bos_token_id
     first = 1 if bos is not None and tokens[0] == bos and len(tokens) > 1 else 0
     signals = router_signals(_router_logits(hf, out, len(tokens)), first)
-    cache_kw = _cache_kwarg(hf.model)
-    past, logits = _cache_of(out), out.logits[:, -1]
+    cache_kw = cache_kwarg(hf.model)
+    past, logits = cache_of(out), out.logits[:, -1]
     generated: list[int] = []
     max_probs: list[float] = []
     eos = hf.tokenizer.eos_token_id
@@ -107,7 +94,7 @@ def probe_prompt(hf: HFModel, tokens: list[int], max_new: int) -> dict[str, Any]
         if eos is not None and int(tok) == eos:
             break
         out = hf.model(input_ids=tok.view(1, 1), use_cache=True, **{cache_kw: past})
-        past, logits = _cache_of(out), out.logits[:, -1]
+        past, logits = cache_of(out), out.logits[:, -1]
     return {"signals": signals, "tokens": generated, "max_probs": max_probs}
 
 

@@ -1,7 +1,10 @@
 """PoE jobs: train the PoE LM and probe it (BPB, speculative decoding, routing, trajectory).
 
 Kinds (``JOBS``): ``poe_train``, ``poe_probe``, ``poe_speculative``, ``poe_routing``,
-``poe_trajectory``. Every job's knobs and defaults are in ``DEFAULTS[kind]``; the keys in
+``poe_trajectory``, and ``poe_train_heads`` (stage heads on a frozen ``hf:`` decoder;
+``poe_probe`` with ``model: "hf:PATH"`` or ``heads`` probes such a decoder; both in
+``runners/jobs/hf_poe.py``). Every job's knobs and defaults are in ``DEFAULTS[kind]`` (the
+``hf:`` ones in ``hf_poe``); the keys in
 ``STRUCTURAL_KEYS`` define the model and are ignored by the silent-no-op check (they still fire
 where they are applied).
 
@@ -34,6 +37,7 @@ import torch
 from torch import Tensor
 
 from ..context import JobContext, JobFn, JobResult, MetricValue, Observation, sha256_file
+from ..models.hf import HFModelError, is_hf_ref
 from ..models.poe import (
     BOS,
     PoEConfig,
@@ -44,6 +48,7 @@ from ..models.poe import (
     save_checkpoint,
 )
 from ..models.poe_decode import (
+    DecodeComparison,
     PositionStats,
     RoutingResult,
     bits_per_byte,
@@ -55,7 +60,7 @@ from ..models.poe_decode import (
 
 CORPUS_PATH = Path(__file__).resolve().parent.parent / "data" / "corpus.txt"
 HELD_OUT_FRACTION = 0.1
-STRUCTURAL_KEYS = frozenset({"model", "layout", "checkpoint"})
+STRUCTURAL_KEYS = frozenset({"model", "layout", "checkpoint", "boundaries", "heads"})
 MAX_CPU_TRAIN_PARAMS = 100_000_000
 
 _PROBE = {"checkpoint": None, "input": None, "model": None}
@@ -381,6 +386,15 @@ def _checkpoint_path(ctx: JobContext) -> Path:
     return Path(next(iter(ctx.inputs.values())))
 
 
+def _builtin_only(ctx: JobContext) -> None:
+    """Refuse ``hf:`` models and ``heads`` on kinds that do not run on hf stages yet."""
+    if is_hf_ref(ctx.params.get("model")) or ctx.params.get("heads") is not None:
+        raise HFModelError(
+            f"job {ctx.job!r}: kind {ctx.kind!r} runs on the built-in PoE model only; hf: stage "
+            "heads work with poe_probe, poe_speculative and poe_train_heads"
+        )
+
+
 def _load(ctx: JobContext, path: Path) -> tuple[PoELM, int]:
     model, step = load_checkpoint(path)
     expected = ctx.knobs.get("model")
@@ -403,28 +417,38 @@ def _eval_stats(ctx: JobContext, model: PoELM) -> PositionStats:
     return position_stats(model, held_out[:n_bytes], seq_len, int(knobs.get("batch_size")))
 
 
-def _bpb_metrics(stats: PositionStats) -> list[MetricValue]:
-    """bpb/acc of every stage alone, of every proper prefix K' = 2..K-1, and of the full PoE."""
+def bpb_metrics(stats: PositionStats, n_bytes: int | None = None) -> list[MetricValue]:
+    """bpb/acc of every stage alone, of every proper prefix K' = 2..K-1, and of the full PoE.
+
+    ``n_bytes``: UTF-8 bytes of the predicted text when a token is not one byte (``hf:``
+    models); see :func:`~docketml.runners.models.poe_decode.bits_per_byte`."""
     k_total = stats.nll_stage.size(0)
     values: dict[str, float] = {}
     for k in range(k_total):
-        values[f"bpb_stage{k}"] = bits_per_byte(stats.nll_stage[k])
+        values[f"bpb_stage{k}"] = bits_per_byte(stats.nll_stage[k], n_bytes)
         values[f"acc_stage{k}"] = float(stats.correct_stage[k].double().mean())
     for j in range(2, k_total):
-        values[f"bpb_prefix{j}"] = bits_per_byte(stats.nll_prefix[j - 1])
+        values[f"bpb_prefix{j}"] = bits_per_byte(stats.nll_prefix[j - 1], n_bytes)
         values[f"acc_prefix{j}"] = float(stats.correct_prefix[j - 1].double().mean())
-    values["bpb_full"] = bits_per_byte(stats.nll_prefix[-1])
+    values["bpb_full"] = bits_per_byte(stats.nll_prefix[-1], n_bytes)
     values["acc_full"] = float(stats.correct_prefix[-1].double().mean())
     return [MetricValue(name, value) for name, value in values.items()]
 
 
 def run_probe(ctx: JobContext) -> JobResult:
-    """``poe_probe``: per-stage, prefix-K' and full-PoE bits per byte and top-1 accuracy."""
+    """``poe_probe``: per-stage, prefix-K' and full-PoE bits per byte and top-1 accuracy.
+
+    With ``model: "hf:PATH"`` (and ``boundaries``) or ``heads: <job>`` the stages are those of a
+    Hugging Face decoder (:func:`docketml.runners.jobs.hf_poe.probe_hf_stages`)."""
+    if is_hf_ref(ctx.params.get("model")) or ctx.params.get("heads") is not None:
+        from .hf_poe import probe_hf_stages
+
+        return probe_hf_stages(ctx)
     ctx.knobs.set_defaults(DEFAULTS["poe_probe"])
     model, step = _load(ctx, _checkpoint_path(ctx))
     stats = _eval_stats(ctx, model)
     extra = {"step": step, "n_positions": int(stats.nll_stage.size(1)), "layout": model.cfg.layout}
-    return JobResult(metrics=_bpb_metrics(stats), extra=extra)
+    return JobResult(metrics=bpb_metrics(stats), extra=extra)
 
 
 def _speculative(
@@ -455,9 +479,27 @@ def _speculative(
                 ctx.progress(i + 1, len(prompts), "poe_speculative")
     finally:
         torch.set_num_threads(threads_before)
+    prompt_texts = [_text(prompt[1:]) for prompt in prompts]
+    texts = [_text(res.spec_tokens) for res in results]
+    return speculative_summary(
+        results, prompt_texts, texts, max_new, k_draft, model.cfg.depth_fraction(1)
+    )
+
+
+def speculative_summary(
+    results: list[DecodeComparison],
+    prompt_texts: list[str],
+    texts: list[str],
+    max_new: int,
+    k_draft: int,
+    d0: float,
+) -> tuple[dict[str, float], list[Observation], dict[str, str]]:
+    """Metrics, per-prompt observations (``speedup``, ``cpu_speedup``, ``alpha``,
+    ``tokens_per_round``, ``identical``; item ``pNNN``) and texts (``prompt|continuation``) of
+    plain-vs-speculative decodes; ``d0`` is the drafting stage's depth fraction."""
     observations: list[Observation] = []
-    texts: dict[str, str] = {}
-    for i, (prompt, res) in enumerate(zip(prompts, results, strict=True)):
+    out_texts: dict[str, str] = {}
+    for i, res in enumerate(results):
         item = f"p{i:03d}"
         for signal, value in (
             ("speedup", res.speedup),
@@ -467,11 +509,10 @@ def _speculative(
             ("identical", 1.0 if res.identical else 0.0),
         ):
             observations.append(Observation("prompts", item, signal, float(value)))
-        texts[item] = _text(prompt[1:]) + "|" + _text(res.spec_tokens)
+        out_texts[item] = prompt_texts[i] + "|" + texts[i]
     proposed = sum(r.stats.proposed for r in results)
     accepted = sum(r.stats.accepted for r in results)
     alpha = accepted / proposed if proposed else float("nan")
-    d0 = model.cfg.depth_fraction(1)
     summary = {
         "speedup_mean": sum(r.speedup for r in results) / len(results),
         "speedup_total": sum(r.plain_s for r in results) / sum(r.spec_s for r in results),
@@ -485,7 +526,7 @@ def _speculative(
         "plain_tokens_per_s": len(results) * max_new / sum(r.plain_s for r in results),
         "spec_tokens_per_s": len(results) * max_new / sum(r.spec_s for r in results),
     }
-    return summary, observations, texts
+    return summary, observations, out_texts
 
 
 def _text(tokens: list[int]) -> str:
@@ -494,7 +535,14 @@ def _text(tokens: list[int]) -> str:
 
 
 def run_speculative(ctx: JobContext) -> JobResult:
-    """``poe_speculative``: self-speculative vs plain cached greedy decoding on held-out prompts."""
+    """``poe_speculative``: self-speculative vs plain cached greedy decoding on held-out prompts.
+
+    With ``model: "hf:PATH"`` or ``heads`` it runs on a Hugging Face decoder's stages
+    (:func:`docketml.runners.jobs.hf_poe.speculative_hf_stages`)."""
+    if is_hf_ref(ctx.params.get("model")) or ctx.params.get("heads") is not None:
+        from .hf_poe import speculative_hf_stages
+
+        return speculative_hf_stages(ctx)
     ctx.knobs.set_defaults(DEFAULTS["poe_speculative"])
     model, step = _load(ctx, _checkpoint_path(ctx))
     summary, observations, texts = _speculative(ctx, model)
@@ -529,6 +577,7 @@ def _routing(ctx: JobContext, model: PoELM, stats: PositionStats) -> RoutingResu
 
 def run_routing(ctx: JobContext) -> JobResult:
     """``poe_routing``: largest fraction routed to stage 0 within accuracy loss ``cap``."""
+    _builtin_only(ctx)
     ctx.knobs.set_defaults(DEFAULTS["poe_routing"])
     model, step = _load(ctx, _checkpoint_path(ctx))
     res = _routing(ctx, model, _eval_stats(ctx, model))
@@ -561,6 +610,7 @@ def list_checkpoints(final_checkpoint: Path) -> list[tuple[int, Path]]:
 def run_trajectory(ctx: JobContext) -> JobResult:
     """``poe_trajectory``: probes on every checkpoint of the training dependency, one row per
     checkpoint and metric (bpb_full, bpb_stage0, acc_full, alpha, speedup, routed_fraction, ...)."""
+    _builtin_only(ctx)
     ctx.knobs.set_defaults(DEFAULTS["poe_trajectory"])
     checkpoints = list_checkpoints(_checkpoint_path(ctx))
     metrics: list[MetricValue] = []
@@ -588,10 +638,19 @@ def run_trajectory(ctx: JobContext) -> JobResult:
     return JobResult(metrics=metrics, extra=extra)
 
 
+def run_train_heads(ctx: JobContext) -> JobResult:
+    """``poe_train_heads``: additive stage heads on a frozen ``hf:`` decoder
+    (:func:`docketml.runners.jobs.hf_poe.train_heads`)."""
+    from .hf_poe import train_heads
+
+    return train_heads(ctx)
+
+
 JOBS: dict[str, JobFn] = {
     "poe_train": run_train,
     "poe_probe": run_probe,
     "poe_speculative": run_speculative,
     "poe_routing": run_routing,
     "poe_trajectory": run_trajectory,
+    "poe_train_heads": run_train_heads,
 }

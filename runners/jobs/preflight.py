@@ -7,7 +7,9 @@ job (today: an ``hf:`` checkpoint), without loading weights:
   no remote code unless the job's params set ``trust_remote_code: true``
   (:func:`docketml.runners.models.hf.check_hf`);
 * a job whose kind reads router signals (``probe``) gets a mixture-of-experts config: one whose
-  config declares ``output_router_logits`` (Mixtral, Qwen-MoE, OLMoE and the like).
+  config declares ``output_router_logits`` (Mixtral, Qwen-MoE, OLMoE and the like);
+* a job declaring stage ``boundaries`` gets boundaries that fit the config's
+  ``num_hidden_layers`` (:func:`docketml.runners.models.hf.check_boundaries`).
 
 The sign-check calls it for every job (so ``docket protocol signcheck``/``freeze`` refuse a
 protocol whose checkpoint is missing or lacks router logits, naming the path), and the executor
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 from docketml.protocols.schema import JobSpec
 
-from ..models.hf import HFModelError, check_hf, hf_path, is_hf_ref
+from ..models.hf import HFModelError, check_boundaries, check_hf, hf_path, is_hf_ref
 
 ROUTER_SIGNAL_KINDS = frozenset({"probe"})
 """Job kinds that read router signals from the model."""
@@ -31,6 +33,10 @@ def model_checks(job: JobSpec) -> list[tuple[str, str | None]]:
     subject = str(ref)
     try:
         config = check_hf(hf_path(subject), bool(job.params.get("trust_remote_code", False)))
+        if job.params.get("boundaries") is not None:
+            layers = getattr(config, "num_hidden_layers", None)
+            if layers is not None:
+                check_boundaries(job.params["boundaries"], int(layers), subject)
     except HFModelError as exc:
         return [(subject, str(exc))]
     if job.kind in ROUTER_SIGNAL_KINDS and not hasattr(config, "output_router_logits"):

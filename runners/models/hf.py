@@ -120,6 +120,44 @@ def weights_sha256(files: Sequence[Path]) -> str:
     return h.hexdigest()
 
 
+def cache_kwarg(module: Any) -> str:
+    """The forward's KV-cache argument of a transformers module: ``cache`` (transformers >= 5.2x)
+    or ``past_key_values`` (earlier releases)."""
+    import inspect
+
+    params = inspect.signature(module.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def cache_of(out: Any) -> Any:
+    """The KV cache a transformers forward returned (``cache`` or ``past_key_values``)."""
+    cache = out.get("cache")
+    return cache if cache is not None else out.get("past_key_values")
+
+
+def check_boundaries(boundaries: Any, num_layers: int, where: str) -> tuple[int, ...]:
+    """Validate stage ``boundaries`` (layer counts at which stages end) against a decoder of
+    ``num_layers`` layers: a non-empty list of ints, strictly increasing, each within
+    ``1..num_layers`` (the last may equal ``num_layers``). ``where`` names the job for the
+    message; raises :class:`HFModelError` (exit 2) otherwise."""
+    ok = (
+        isinstance(boundaries, list | tuple)
+        and len(boundaries) > 0
+        and all(isinstance(b, int) and not isinstance(b, bool) for b in boundaries)
+    )
+    if ok:
+        ok = all(1 <= b <= num_layers for b in boundaries) and all(
+            a < b for a, b in zip(boundaries, boundaries[1:], strict=False)
+        )
+    if not ok:
+        raise HFModelError(
+            f"{where}: field 'boundaries' is {boundaries!r}; expected a non-empty list of "
+            f"strictly increasing layer counts within 1..{num_layers} (the checkpoint's "
+            "num_hidden_layers), e.g. [3, 5, 7]"
+        )
+    return tuple(int(b) for b in boundaries)
+
+
 def _transformers() -> Any:
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

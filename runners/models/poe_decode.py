@@ -252,6 +252,37 @@ class PositionStats:
     conf0_margin: Tensor
 
 
+def window_stats(logits: Tensor, targets: Tensor) -> dict[str, Tensor]:
+    """Per-position results of one batch of windows: ``logits`` (K, B, T, V) of every stage,
+    ``targets`` (B, T); returns the :class:`PositionStats` fields for its ``B*T`` positions."""
+    logits = logits.float()
+    k_total = logits.size(0)
+    flat_t = targets.reshape(-1)
+    stage_lp = F.log_softmax(logits, dim=-1).flatten(1, 2)  # (K, N, V)
+    prefix_lp = torch.stack([poe_log_probs(logits, j + 1) for j in range(k_total)]).flatten(1, 2)
+    idx = flat_t.view(1, -1, 1).expand(k_total, -1, 1)
+    top2 = stage_lp[0].exp().topk(2, dim=-1).values
+    return {
+        "nll_stage": -stage_lp.gather(-1, idx).squeeze(-1),
+        "nll_prefix": -prefix_lp.gather(-1, idx).squeeze(-1),
+        "correct_stage": stage_lp.argmax(-1) == flat_t,
+        "correct_prefix": prefix_lp.argmax(-1) == flat_t,
+        "conf0_max_prob": top2[:, 0],
+        "conf0_margin": top2[:, 0] - top2[:, 1],
+    }
+
+
+def merge_stats(parts: list[dict[str, Tensor]]) -> PositionStats:
+    """Concatenate :func:`window_stats` results along the position dimension (moved to CPU)."""
+    cat_dims = {"conf0_max_prob": 0, "conf0_margin": 0}
+    return PositionStats(
+        **{
+            name: torch.cat([p[name] for p in parts], dim=cat_dims.get(name, 1)).cpu()
+            for name in PositionStats.__dataclass_fields__
+        }
+    )
+
+
 @torch.inference_mode()
 def position_stats(model: PoELM, data: bytes, seq_len: int, batch_size: int = 16) -> PositionStats:
     """Evaluate ``data`` in non-overlapping windows of ``seq_len`` bytes (a shorter tail is
@@ -261,33 +292,21 @@ def position_stats(model: PoELM, data: bytes, seq_len: int, batch_size: int = 16
         raise ValueError(f"evaluation text of {len(data)} bytes is shorter than seq_len={seq_len}")
     windows = torch.tensor(list(data[: n_windows * seq_len]), dtype=torch.long).view(-1, seq_len)
     device = model.lm_head.weight.device
-    parts: dict[str, list[Tensor]] = {name: [] for name in PositionStats.__dataclass_fields__}
-    k_total = model.cfg.n_stages
+    parts: list[dict[str, Tensor]] = []
     for lo in range(0, n_windows, batch_size):
         targets = windows[lo : lo + batch_size].to(device)
         inputs = torch.cat([torch.full_like(targets[:, :1], BOS), targets[:, :-1]], dim=1)
-        logits = model.forward_stages(inputs).float()  # (K, B, T, V)
-        flat_t = targets.reshape(-1)
-        stage_lp = F.log_softmax(logits, dim=-1).flatten(1, 2)  # (K, N, V)
-        prefix_lp = torch.stack([poe_log_probs(logits, j + 1) for j in range(k_total)])
-        prefix_lp = prefix_lp.flatten(1, 2)
-        idx = flat_t.view(1, -1, 1).expand(k_total, -1, 1)
-        parts["nll_stage"].append(-stage_lp.gather(-1, idx).squeeze(-1))
-        parts["nll_prefix"].append(-prefix_lp.gather(-1, idx).squeeze(-1))
-        parts["correct_stage"].append(stage_lp.argmax(-1) == flat_t)
-        parts["correct_prefix"].append(prefix_lp.argmax(-1) == flat_t)
-        top2 = stage_lp[0].exp().topk(2, dim=-1).values
-        parts["conf0_max_prob"].append(top2[:, 0])
-        parts["conf0_margin"].append(top2[:, 0] - top2[:, 1])
-    cat_dims = {"conf0_max_prob": 0, "conf0_margin": 0}
-    return PositionStats(
-        **{name: torch.cat(ts, dim=cat_dims.get(name, 1)).cpu() for name, ts in parts.items()}
-    )
+        parts.append(window_stats(model.forward_stages(inputs), targets))
+    return merge_stats(parts)
 
 
-def bits_per_byte(nll_nats: Tensor) -> float:
-    """Mean NLL (nats per byte) converted to bits per byte: ``mean / ln 2``."""
-    return float(nll_nats.double().mean()) / math.log(2.0)
+def bits_per_byte(nll_nats: Tensor, n_bytes: int | None = None) -> float:
+    """NLL (nats) of predicted tokens converted to bits per byte: ``sum / n_bytes / ln 2``, with
+    ``n_bytes`` the UTF-8 byte count of the predicted text (default: one byte per token, as in
+    the byte-level PoE model, i.e. ``mean / ln 2``)."""
+    total = float(nll_nats.double().sum())
+    n = nll_nats.numel() if n_bytes is None else n_bytes
+    return total / max(n, 1) / math.log(2.0)
 
 
 @dataclass
@@ -326,21 +345,32 @@ def compare_decoding(
     decode incl. prefill). ``spec_first`` runs the speculative decode first (alternate it to
     cancel order effects)."""
 
+    return time_decodes(
+        lambda: greedy_decode(model, prompt, max_new_tokens, use_cache=True),
+        lambda: speculative_decode(model, prompt, max_new_tokens, k_draft),
+        spec_first,
+    )
+
+
+def time_decodes(
+    plain: Callable[[], list[int]],
+    spec: Callable[[], tuple[list[int], SpecStats]],
+    spec_first: bool = False,
+) -> DecodeComparison:
+    """Run and time one plain and one speculative decode (each under ``torch.inference_mode``,
+    ``time.perf_counter`` and ``time.process_time`` around the whole call); ``spec_first`` runs
+    the speculative one first."""
+
     def timed(fn: Callable[[], T]) -> tuple[T, float, float]:
         w0, c0 = time.perf_counter(), time.process_time()
-        value = fn()
+        with torch.inference_mode():
+            value = fn()
         return value, time.perf_counter() - w0, time.process_time() - c0
 
-    def plain() -> tuple[list[int], float, float]:
-        return timed(lambda: greedy_decode(model, prompt, max_new_tokens, use_cache=True))
-
-    def spec() -> tuple[tuple[list[int], SpecStats], float, float]:
-        return timed(lambda: speculative_decode(model, prompt, max_new_tokens, k_draft))
-
     if spec_first:
-        (spec_tokens, stats), spec_s, spec_cpu = spec()
-        plain_tokens, plain_s, plain_cpu = plain()
+        (spec_tokens, stats), spec_s, spec_cpu = timed(spec)
+        plain_tokens, plain_s, plain_cpu = timed(plain)
     else:
-        plain_tokens, plain_s, plain_cpu = plain()
-        (spec_tokens, stats), spec_s, spec_cpu = spec()
+        plain_tokens, plain_s, plain_cpu = timed(plain)
+        (spec_tokens, stats), spec_s, spec_cpu = timed(spec)
     return DecodeComparison(plain_tokens, spec_tokens, plain_s, spec_s, plain_cpu, spec_cpu, stats)
