@@ -133,8 +133,8 @@ def probe_batch(hf: HFModel, prompts: Sequence[list[int]], max_new: int) -> list
         rows = [lg.view(len(prompts), width, -1)[b, width - len(tokens) :] for lg in per_layer]
         first = 1 if bos is not None and tokens[0] == bos and len(tokens) > 1 else 0
         results.append({"signals": router_signals(rows, first), "tokens": [], "max_probs": []})
-    cache_kw = _cache_kwarg(hf.model)
-    past, logits = _cache_of(out), out.logits[:, -1]
+    cache_kw = cache_kwarg(hf.model)
+    past, logits = cache_of(out), out.logits[:, -1]
     last = positions[:, -1]
     live = [True] * len(prompts)
     eos = hf.tokenizer.eos_token_id
@@ -156,7 +156,7 @@ def probe_batch(hf: HFModel, prompts: Sequence[list[int]], max_new: int) -> list
             use_cache=True,
             **{cache_kw: past},
         )
-        past, logits = _cache_of(out), out.logits[:, -1]
+        past, logits = cache_of(out), out.logits[:, -1]
     return results
 
 
