@@ -632,7 +632,7 @@ def ingest_file(
             hardware = user_catalog()[cost.hardware].name
         except UnknownHardwareError as exc:
             raise UserError(f"--hardware: {exc.args[0]}") from None
-    data = _read(path, "JSONL or CSV file")
+    data: bytes | None = None
     side_problems: list[tuple[Path, int, str]] = []
     metric_rows: list[dict[str, Any]] = []
     text_rows: dict[str, str] = {}
@@ -663,6 +663,8 @@ def ingest_file(
                 f"job {job!r} declares replicates seeds {seeds}: give --seed with one of them "
                 f"(found {found})"
             )
+        if data is None:  # after the flags are known to be right
+            data = _read(path, "JSONL or CSV file")
         parsed = parse_results(protocol, path, data, job)
         _refuse_problems([(path, line, msg) for line, msg in parsed.problems] + side_problems)
         digest = hashlib.sha256(data).hexdigest()
