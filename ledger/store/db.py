@@ -69,17 +69,25 @@ def lock_timeout_seconds() -> float:
     locked": ``DOCKET_LOCK_TIMEOUT_S`` if set, else :data:`DEFAULT_LOCK_TIMEOUT_S`. Read when an
     engine is made. Non-numbers, NaN, infinities and values outside
     ``[MIN_LOCK_TIMEOUT_S, MAX_LOCK_TIMEOUT_S]`` are refused (:class:`UserError`, exit 2)."""
-    raw = os.environ.get("DOCKET_LOCK_TIMEOUT_S")
+    return env_seconds(
+        "DOCKET_LOCK_TIMEOUT_S", DEFAULT_LOCK_TIMEOUT_S, MIN_LOCK_TIMEOUT_S, MAX_LOCK_TIMEOUT_S
+    )
+
+
+def env_seconds(name: str, default: float, low: float, high: float) -> float:
+    """A duration setting from the environment: ``$name`` as a float in ``[low, high]``, else
+    ``default`` when unset or blank. Non-numbers, NaN, infinities and values outside the range
+    raise :class:`UserError` (exit 2) naming the variable and the range."""
+    raw = os.environ.get(name)
     if raw is None or not raw.strip():
-        return DEFAULT_LOCK_TIMEOUT_S
+        return default
     try:
         value = float(raw)
     except ValueError:
         value = math.nan
-    if not (MIN_LOCK_TIMEOUT_S <= value <= MAX_LOCK_TIMEOUT_S):  # False for NaN
+    if not (low <= value <= high):  # False for NaN
         raise UserError(
-            f"DOCKET_LOCK_TIMEOUT_S={raw!r}: expected a number of seconds between "
-            f"{MIN_LOCK_TIMEOUT_S:g} and {MAX_LOCK_TIMEOUT_S:g}"
+            f"{name}={raw!r}: expected a number of seconds between {low:g} and {high:g}"
         )
     return value
 

@@ -13,8 +13,6 @@ Contract:
 from __future__ import annotations
 
 import json
-import math
-import os
 import socket
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
@@ -26,7 +24,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from ..billing.hardware import HardwareCatalog
-from ..errors import UserError
+from .db import env_seconds
 from .models import MetricRow, ObservationRow, RunRow, RunTextRow, utcnow
 
 FINAL_STATUSES = ("succeeded", "failed", "abandoned", "silent_noop", "skipped")
@@ -42,19 +40,7 @@ def lease_seconds() -> float:
     without a beat is abandoned by the next writer (:func:`reap_abandoned`). Values outside
     ``[MIN_LEASE_S, MAX_LEASE_S]``, non-numbers, NaN and infinities are refused (:class:`UserError`,
     exit 2): ``0`` would spin the heartbeat and a negative lease would reap live runs."""
-    raw = os.environ.get("DOCKET_LEASE_S")
-    if raw is None or not raw.strip():
-        return DEFAULT_LEASE_S
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not (MIN_LEASE_S <= value <= MAX_LEASE_S):  # False for NaN
-        raise UserError(
-            f"DOCKET_LEASE_S={raw!r}: expected a number of seconds between {MIN_LEASE_S:g} and "
-            f"{MAX_LEASE_S:g}"
-        )
-    return value
+    return env_seconds("DOCKET_LEASE_S", DEFAULT_LEASE_S, MIN_LEASE_S, MAX_LEASE_S)
 
 
 OBS_CHUNK = 50_000

@@ -54,7 +54,7 @@ from ..context import JobContext, JobResult, MetricValue, sha256_file
 from ..models.hf import HFModelError, hf_path, is_hf_ref, load_hf
 from ..models.hf_stages import HFStages, greedy_decode, read_heads, speculative_decode
 from ..models.poe_decode import PositionStats, merge_stats, time_decodes, window_stats
-from .poe import _corpus_split, bpb_metrics, held_out_prompts, speculative_summary
+from .poe import _corpus_split, bpb_metrics, decode_prompts, speculative_summary
 
 _STAGES = {"model": None, "boundaries": None, "heads": None, "trust_remote_code": False}
 PROBE_DEFAULTS: dict[str, Any] = {**_STAGES, "eval_bytes": 32768, "seq_len": 128, "batch_size": 16}
@@ -202,12 +202,7 @@ def speculative_hf_stages(ctx: JobContext) -> JobResult:
     knobs.fire("draft_stage")
     max_new = int(knobs.get("max_new_tokens"))
     knobs.fire("max_new_tokens")
-    _, held_out = _corpus_split()
-    prompts = held_out_prompts(
-        held_out, int(knobs.get("n_prompts")), int(knobs.get("prompt_len")), ctx.seed
-    )
-    knobs.fire("n_prompts")
-    knobs.fire("prompt_len")
+    prompts = decode_prompts(ctx)
     tok = stages.hf.tokenizer
     prompt_texts = [bytes(p[1:]).decode("utf-8", "replace") for p in prompts]
     ids = [tok.encode(text) for text in prompt_texts]

@@ -197,6 +197,19 @@ def sample_batch(
     return inputs, targets
 
 
+def decode_prompts(ctx: JobContext) -> list[list[int]]:
+    """The decoding jobs' prompt set: :func:`held_out_prompts` of the held-out split with the
+    job's ``n_prompts`` and ``prompt_len`` knobs (both fired) and its seed."""
+    knobs = ctx.knobs
+    _, held_out = _corpus_split()
+    prompts = held_out_prompts(
+        held_out, int(knobs.get("n_prompts")), int(knobs.get("prompt_len")), ctx.seed
+    )
+    knobs.fire("n_prompts")
+    knobs.fire("prompt_len")
+    return prompts
+
+
 def held_out_prompts(held_out: bytes, n: int, length: int, seed: int) -> list[list[int]]:
     """``n`` prompts ``[BOS] + length bytes`` from the held-out text, starting at the beginning of a
     word (after a space) at positions drawn by ``random.Random(seed)``."""
@@ -459,12 +472,7 @@ def _speculative(
     knobs.fire("k_draft")
     max_new = int(knobs.get("max_new_tokens"))
     knobs.fire("max_new_tokens")
-    _, held_out = _corpus_split()
-    prompts = held_out_prompts(
-        held_out, int(knobs.get("n_prompts")), int(knobs.get("prompt_len")), ctx.seed
-    )
-    knobs.fire("n_prompts")
-    knobs.fire("prompt_len")
+    prompts = decode_prompts(ctx)
     threads_before = torch.get_num_threads()
     torch.set_num_threads(int(knobs.get("decode_threads")))  # batch-1 decoding of a small model
     knobs.fire("decode_threads")
