@@ -290,11 +290,12 @@ def test_speculative_decoding_equals_greedy_poe_and_transformers_generate(ckpt: 
     assert greedy_decode(one, prompt, 12) == out[0, len(prompt) :].tolist()
 
 
-@pytest.mark.parametrize("kind", ["poe_routing", "poe_trajectory"])
-def test_kinds_without_hf_support_say_so(ckpt: Path, tmp_path: Path, kind: str) -> None:
+def test_trajectory_takes_a_directory_of_checkpoints_not_one(ckpt: Path, tmp_path: Path) -> None:
     params = {"model": f"hf:{ckpt}", "boundaries": BOUNDARIES}
-    with pytest.raises(HFModelError, match=f"kind '{kind}' runs on the built-in PoE model only"):
-        run_job(kind, tmp_path, params)
+    with pytest.raises(HFModelError, match="is one checkpoint .*takes a directory"):
+        run_job("poe_trajectory", tmp_path, params)
+    with pytest.raises(HFModelError, match="field 'heads' does not apply to poe_trajectory"):
+        run_job("poe_trajectory", tmp_path, {**params, "heads": "h"})
 
 
 STAGES_PROTOCOL = """\

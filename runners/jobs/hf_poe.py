@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..context import JobContext, JobResult, MetricValue, sha256_file
+from ..context import JobContext, JobResult, MetricValue, Observation, sha256_file
 from ..models.hf import HFModelError, hf_path, is_hf_ref, load_hf
 from ..models.hf_stages import HFStages, greedy_decode, read_heads, speculative_decode
 from ..models.poe_decode import PositionStats, merge_stats, time_decodes, window_stats
@@ -162,11 +162,10 @@ def _seq_len(ctx: JobContext, stages: HFStages) -> int:
     return seq_len
 
 
-def probe_hf_stages(ctx: JobContext) -> JobResult:
-    """``poe_probe`` on an ``hf:`` decoder (module doc)."""
+def hf_eval_stats(ctx: JobContext, stages: HFStages) -> tuple[PositionStats, int]:
+    """``(stats, predicted_bytes)`` of the evaluation text (module doc) with the job's
+    ``eval_bytes``, ``seq_len`` and ``batch_size`` knobs (fired)."""
     knobs = ctx.knobs
-    knobs.set_defaults(PROBE_DEFAULTS)
-    stages = load_stages(ctx)
     _, held_out = _corpus_split()
     n_eval = int(knobs.get("eval_bytes"))
     if n_eval < len(held_out):
@@ -176,6 +175,14 @@ def probe_hf_stages(ctx: JobContext) -> JobResult:
     seq_len = _seq_len(ctx, stages)
     stats = hf_position_stats(stages, ids, seq_len, int(knobs.get("batch_size")))
     knobs.fire("batch_size")
+    return stats, n_bytes
+
+
+def probe_hf_stages(ctx: JobContext) -> JobResult:
+    """``poe_probe`` on an ``hf:`` decoder (module doc)."""
+    ctx.knobs.set_defaults(PROBE_DEFAULTS)
+    stages = load_stages(ctx)
+    stats, n_bytes = hf_eval_stats(ctx, stages)
     extra = {
         "n_positions": int(stats.nll_stage.size(1)),
         "n_bytes": n_bytes,
@@ -186,11 +193,12 @@ def probe_hf_stages(ctx: JobContext) -> JobResult:
     return JobResult(metrics=bpb_metrics(stats, n_bytes), extra=extra)
 
 
-def speculative_hf_stages(ctx: JobContext) -> JobResult:
-    """``poe_speculative`` on an ``hf:`` decoder (module doc, "Speculative decoding")."""
+def hf_speculative(
+    ctx: JobContext, stages: HFStages, report_progress: bool = True
+) -> tuple[dict[str, float], list[Observation], dict[str, str], float]:
+    """Plain vs self-speculative decoding of the job's prompts on ``stages`` (module doc,
+    "Speculative decoding"): ``(summary, observations, texts, draft depth fraction)``."""
     knobs, where = ctx.knobs, f"job {ctx.job!r}"
-    knobs.set_defaults(SPEC_DEFAULTS)
-    stages = load_stages(ctx)
     k_draft, draft = int(knobs.get("k_draft")), int(knobs.get("draft_stage"))
     if k_draft < 1:
         raise HFModelError(f"{where}: field 'k_draft' is {k_draft}; expected >= 1")
@@ -225,7 +233,8 @@ def speculative_hf_stages(ctx: JobContext) -> JobResult:
         results = []
         for i, prompt in enumerate(ids):
             results.append(compare(prompt, spec_first=bool(i % 2)))
-            ctx.progress(i + 1, len(ids), "poe_speculative")
+            if report_progress:
+                ctx.progress(i + 1, len(ids), "poe_speculative")
     finally:
         torch.set_num_threads(threads_before)
     texts = [tok.decode(r.spec_tokens) for r in results]
@@ -233,6 +242,14 @@ def speculative_hf_stages(ctx: JobContext) -> JobResult:
     summary, observations, out_texts = speculative_summary(
         results, prompt_texts, texts, max_new, k_draft, d
     )
+    return summary, observations, out_texts, d
+
+
+def speculative_hf_stages(ctx: JobContext) -> JobResult:
+    """``poe_speculative`` on an ``hf:`` decoder (module doc, "Speculative decoding")."""
+    ctx.knobs.set_defaults(SPEC_DEFAULTS)
+    stages = load_stages(ctx)
+    summary, observations, out_texts, d = hf_speculative(ctx, stages)
     metrics = [MetricValue(name, value) for name, value in summary.items()]
     extra = {
         "draft_depth_fraction": d,

@@ -2,8 +2,10 @@
 
 Kinds (``JOBS``): ``poe_train``, ``poe_probe``, ``poe_speculative``, ``poe_routing``,
 ``poe_trajectory``, and ``poe_train_heads`` (stage heads on a frozen ``hf:`` decoder;
-``poe_probe`` with ``model: "hf:PATH"`` or ``heads`` probes such a decoder; both in
-``runners/jobs/hf_poe.py``). Every job's knobs and defaults are in ``DEFAULTS[kind]`` (the
+``poe_probe`` / ``poe_speculative`` with ``model: "hf:PATH"`` or ``heads`` probe such a decoder;
+both in ``runners/jobs/hf_poe.py``; ``poe_routing`` and ``poe_trajectory`` on ``hf:`` in
+``runners/jobs/hf_trajectory.py``). ``poe_kv_identity`` and ``poe_concepts`` live in
+``runners/jobs/poe_concepts.py``, which the trajectory also runs per checkpoint. Every job's knobs and defaults are in ``DEFAULTS[kind]`` (the
 ``hf:`` ones in ``hf_poe``); the keys in
 ``STRUCTURAL_KEYS`` define the model and are ignored by the silent-no-op check (they still fire
 where they are applied).
@@ -400,11 +402,11 @@ def _checkpoint_path(ctx: JobContext) -> Path:
 
 
 def _builtin_only(ctx: JobContext) -> None:
-    """Refuse ``hf:`` models and ``heads`` on kinds that do not run on hf stages yet."""
-    if is_hf_ref(ctx.params.get("model")) or ctx.params.get("heads") is not None:
+    """Refuse ``heads`` on a built-in trajectory (heads belong to one ``hf:`` checkpoint)."""
+    if ctx.params.get("heads") is not None:
         raise HFModelError(
-            f"job {ctx.job!r}: kind {ctx.kind!r} runs on the built-in PoE model only; hf: stage "
-            "heads work with poe_probe, poe_speculative and poe_train_heads"
+            f"job {ctx.job!r}: field 'heads' does not apply to kind {ctx.kind!r} (stage heads "
+            "belong to one hf: checkpoint; a trajectory runs every checkpoint with zero heads)"
         )
 
 
@@ -565,7 +567,9 @@ def run_speculative(ctx: JobContext) -> JobResult:
     return JobResult(metrics=metrics, observations=observations, texts=texts, extra=extra)
 
 
-def _routing(ctx: JobContext, model: PoELM, stats: PositionStats) -> RoutingResult:
+def _routing(ctx: JobContext, d0: float, stats: PositionStats) -> RoutingResult:
+    """:func:`routing_at_cap` of ``stats`` with the job's ``routing_signal`` and ``cap``;
+    ``d0`` is stage 0's depth fraction."""
     knobs = ctx.knobs
     signal = knobs.get("routing_signal")
     if signal not in ("max_prob", "margin"):
@@ -579,16 +583,22 @@ def _routing(ctx: JobContext, model: PoELM, stats: PositionStats) -> RoutingResu
         stats.correct_stage[0],
         stats.correct_prefix[-1],
         cap,
-        model.cfg.depth_fraction(1),
+        d0,
     )
 
 
 def run_routing(ctx: JobContext) -> JobResult:
-    """``poe_routing``: largest fraction routed to stage 0 within accuracy loss ``cap``."""
-    _builtin_only(ctx)
+    """``poe_routing``: largest fraction routed to stage 0 within accuracy loss ``cap``.
+
+    With ``model: "hf:PATH"`` or ``heads`` it runs on a Hugging Face decoder's stages
+    (:func:`docketml.runners.jobs.hf_trajectory.routing_hf`)."""
+    if is_hf_ref(ctx.params.get("model")) or ctx.params.get("heads") is not None:
+        from .hf_trajectory import routing_hf
+
+        return routing_hf(ctx)
     ctx.knobs.set_defaults(DEFAULTS["poe_routing"])
     model, step = _load(ctx, _checkpoint_path(ctx))
-    res = _routing(ctx, model, _eval_stats(ctx, model))
+    res = _routing(ctx, model.cfg.depth_fraction(1), _eval_stats(ctx, model))
     metrics = [
         MetricValue("routed_fraction", res.routed_fraction),
         MetricValue("routing_projected_speedup", res.projected_speedup),
@@ -617,16 +627,29 @@ def list_checkpoints(final_checkpoint: Path) -> list[tuple[int, Path]]:
 
 def run_trajectory(ctx: JobContext) -> JobResult:
     """``poe_trajectory``: probes on every checkpoint of the training dependency, one row per
-    checkpoint and metric (bpb_full, bpb_stage0, acc_full, alpha, speedup, routed_fraction, ...)."""
+    checkpoint and metric (bpb_full, bpb_stage0, acc_full, alpha, speedup, routed_fraction, ...),
+    plus KV-cache identity and concept tracking per checkpoint
+    (:func:`docketml.runners.jobs.poe_concepts.checkpoint_probes`).
+
+    With ``model: "hf:DIR"`` (a directory of checkpoints) it runs on Hugging Face decoders
+    (:func:`docketml.runners.jobs.hf_trajectory.trajectory_hf`)."""
+    if is_hf_ref(ctx.params.get("model")):
+        from .hf_trajectory import trajectory_hf
+
+        return trajectory_hf(ctx)
     _builtin_only(ctx)
-    ctx.knobs.set_defaults(DEFAULTS["poe_trajectory"])
+    from .poe_concepts import TRAJECTORY_DEFAULTS, builtin_target, checkpoint_probes
+
+    ctx.knobs.set_defaults({**DEFAULTS["poe_trajectory"], **TRAJECTORY_DEFAULTS})
     checkpoints = list_checkpoints(_checkpoint_path(ctx))
     metrics: list[MetricValue] = []
+    observations: list[Observation] = []
+    texts: dict[str, str] = {}
     for done, (step, path) in enumerate(checkpoints):
         model, _ = _load(ctx, path)
         stats = _eval_stats(ctx, model)
         spec, _, _ = _speculative(ctx, model, report_progress=False)
-        route = _routing(ctx, model, stats)
+        route = _routing(ctx, model.cfg.depth_fraction(1), stats)
         values = {
             "bpb_full": bits_per_byte(stats.nll_prefix[-1]),
             "bpb_stage0": bits_per_byte(stats.nll_stage[0]),
@@ -641,9 +664,13 @@ def run_trajectory(ctx: JobContext) -> JobResult:
             "routing_projected_speedup": route.projected_speedup,
         }
         metrics.extend(MetricValue(name, value, step=step) for name, value in values.items())
+        more, obs, more_texts = checkpoint_probes(ctx, builtin_target(model), step)
+        metrics.extend(more)
+        observations.extend(obs)
+        texts.update(more_texts)
         ctx.progress(done + 1, len(checkpoints), "poe_trajectory")
     extra = {"checkpoints": [{"step": s, "path": str(p)} for s, p in checkpoints]}
-    return JobResult(metrics=metrics, extra=extra)
+    return JobResult(metrics=metrics, observations=observations, texts=texts, extra=extra)
 
 
 def run_train_heads(ctx: JobContext) -> JobResult:

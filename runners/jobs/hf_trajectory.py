@@ -1,0 +1,157 @@
+"""``poe_routing`` and ``poe_trajectory`` on ``hf:`` decoders.
+
+``poe_routing`` with ``model: "hf:PATH"`` + ``boundaries`` (or ``heads: <job>``)
+    The ``poe_probe`` evaluation text and windows (``runners/jobs/hf_poe.py``); every predicted
+    token is routed by stage 0's confidence (``routing_signal``: ``max_prob`` or ``margin``) and
+    :func:`~docketml.runners.models.poe_decode.routing_at_cap` picks the largest routed fraction
+    within the accuracy loss ``cap``; the cost model's ``d0`` is stage 0's depth fraction
+    ``b_0 / num_hidden_layers``. Metrics as the built-in job.
+
+``poe_trajectory`` with ``model: "hf:DIR"`` + ``boundaries`` (directory convention)
+    ``DIR`` is a directory of checkpoints: every subdirectory whose name ends in an integer
+    (``checkpoint-500`` as the transformers Trainer writes them, ``step-00100``, ``step500``)
+    and holds ``config.json`` is the checkpoint at that step (the integer); other entries are
+    ignored; two subdirectories with the same step, or none at all, are an error. Checkpoints
+    run in step order, each with zero stage heads (plain early exit at the boundaries: heads are
+    trained per checkpoint, so a heads file does not apply). Per checkpoint, at its step: the
+    built-in trajectory's metrics (``bpb_full``, ``bpb_stage0``, ``acc_full``, ``acc_stage0``,
+    ``alpha``, ``speedup``, ``cpu_speedup``, ``projected_speedup``, ``identical_rate``,
+    ``routed_fraction``, ``routing_projected_speedup``) plus :func:`~docketml.runners.jobs.
+    poe_concepts.checkpoint_probes` (KV identity, concepts). ``extra.checkpoints`` lists step,
+    path and weight sha256 of each.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from ..context import JobContext, JobResult, MetricValue, Observation
+from ..models.hf import HFModelError, hf_path, load_hf
+from ..models.hf_stages import HFStages
+from ..models.poe_decode import bits_per_byte
+from .hf_poe import PROBE_DEFAULTS, SPEC_DEFAULTS, hf_eval_stats, hf_speculative, load_stages
+from .poe import _ROUTE, _routing
+from .poe_concepts import TRAJECTORY_DEFAULTS, checkpoint_probes, hf_target
+
+ROUTING_DEFAULTS: dict[str, Any] = {**PROBE_DEFAULTS, **_ROUTE}
+TRAJECTORY_HF_DEFAULTS: dict[str, Any] = {
+    **PROBE_DEFAULTS,
+    **{k: v for k, v in SPEC_DEFAULTS.items() if k not in PROBE_DEFAULTS},
+    "eval_bytes": 16384,
+    "max_new_tokens": 48,
+    "n_prompts": 8,
+    **_ROUTE,
+    **TRAJECTORY_DEFAULTS,
+}
+_STEP = re.compile(r"(\d+)$")
+
+
+def list_hf_checkpoints(root: Path) -> list[tuple[int, Path]]:
+    """``(step, path)`` of every checkpoint subdirectory of ``root`` (module doc), by step."""
+    if not root.is_dir():
+        raise HFModelError(f"hf:{root}: no such local directory of checkpoints")
+    if (root / "config.json").is_file():
+        raise HFModelError(
+            f"hf:{root}: is one checkpoint (it holds config.json); poe_trajectory with an hf: "
+            "model takes a directory whose subdirectories (e.g. checkpoint-500) are checkpoints"
+        )
+    found: dict[int, Path] = {}
+    for sub in sorted(root.iterdir()):
+        match = _STEP.search(sub.name)
+        if not sub.is_dir() or match is None or not (sub / "config.json").is_file():
+            continue
+        step = int(match.group(1))
+        if step in found:
+            raise HFModelError(
+                f"hf:{root}: {found[step].name} and {sub.name} are both the checkpoint at step "
+                f"{step}"
+            )
+        found[step] = sub
+    if not found:
+        raise HFModelError(
+            f"hf:{root}: no checkpoint subdirectories (a directory whose name ends in the step, "
+            "e.g. checkpoint-500, holding config.json); poe_trajectory with an hf: model takes "
+            "a directory of checkpoints"
+        )
+    return sorted(found.items())
+
+
+def routing_hf(ctx: JobContext) -> JobResult:
+    """``poe_routing`` on ``hf:`` stages (module doc)."""
+    ctx.knobs.set_defaults(ROUTING_DEFAULTS)
+    stages = load_stages(ctx)
+    stats, n_bytes = hf_eval_stats(ctx, stages)
+    res = _routing(ctx, stages.depth_fraction(1), stats)
+    metrics = [
+        MetricValue("routed_fraction", res.routed_fraction),
+        MetricValue("routing_projected_speedup", res.projected_speedup),
+        MetricValue("acc_full", res.acc_full),
+        MetricValue("acc_stage0", res.acc_stage0),
+        MetricValue("acc_mixed", res.acc_mixed),
+    ]
+    extra = {
+        "d0": stages.depth_fraction(1),
+        "n_positions": int(stats.nll_stage.size(1)),
+        "boundaries": list(stages.boundaries),
+        "config": f"hf:{stages.hf.config.model_type}",
+        "hf_checkpoint": stages.hf.record(),
+        "cost_model": "routed position costs d0 (stage-0 depth fraction b_0 / num_layers), "
+        "others 1; speedup = 1 / (f*d0 + (1-f))",
+    }
+    return JobResult(metrics=metrics, extra=extra)
+
+
+def trajectory_hf(ctx: JobContext) -> JobResult:
+    """``poe_trajectory`` over a directory of ``hf:`` checkpoints (module doc)."""
+    knobs, where = ctx.knobs, f"job {ctx.job!r}"
+    knobs.set_defaults(TRAJECTORY_HF_DEFAULTS)
+    if knobs.get("heads") is not None:
+        raise HFModelError(
+            f"{where}: field 'heads' does not apply to poe_trajectory (stage heads belong to one "
+            "checkpoint; the trajectory runs every checkpoint with zero heads)"
+        )
+    boundaries = knobs.get("boundaries")
+    if boundaries is None:
+        raise HFModelError(f"{where}: field 'boundaries' is required with model 'hf:...'")
+    checkpoints = list_hf_checkpoints(hf_path(str(knobs.get("model"))))
+    metrics: list[MetricValue] = []
+    observations: list[Observation] = []
+    texts: dict[str, str] = {}
+    records = []
+    for done, (step, path) in enumerate(checkpoints):
+        hf = load_hf(path, bool(knobs.get("trust_remote_code")), device=ctx.device)
+        knobs.fire("trust_remote_code")
+        knobs.fire("model")
+        stages = HFStages(hf, boundaries, where)
+        knobs.fire("boundaries")
+        stats, n_bytes = hf_eval_stats(ctx, stages)
+        spec, _, _, _ = hf_speculative(ctx, stages, report_progress=False)
+        route = _routing(ctx, stages.depth_fraction(1), stats)
+        values = {
+            "bpb_full": bits_per_byte(stats.nll_prefix[-1], n_bytes),
+            "bpb_stage0": bits_per_byte(stats.nll_stage[0], n_bytes),
+            "acc_full": float(stats.correct_prefix[-1].double().mean()),
+            "acc_stage0": float(stats.correct_stage[0].double().mean()),
+            "alpha": spec["alpha"],
+            "speedup": spec["speedup_total"],
+            "cpu_speedup": spec["cpu_speedup_total"],
+            "projected_speedup": spec["projected_speedup"],
+            "identical_rate": spec["identical_rate"],
+            "routed_fraction": route.routed_fraction,
+            "routing_projected_speedup": route.projected_speedup,
+        }
+        metrics.extend(MetricValue(name, value, step=step) for name, value in values.items())
+        more, obs, more_texts = checkpoint_probes(ctx, hf_target(stages), step)
+        metrics.extend(more)
+        observations.extend(obs)
+        texts.update(more_texts)
+        records.append({"step": step, "path": str(path), "sha256": hf.sha256})
+        ctx.progress(done + 1, len(checkpoints), "poe_trajectory")
+    extra = {
+        "checkpoints": records,
+        "boundaries": list(boundaries),
+        "convention": "subdirectories named *<step> holding config.json, in step order",
+    }
+    return JobResult(metrics=metrics, observations=observations, texts=texts, extra=extra)
