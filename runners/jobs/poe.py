@@ -5,8 +5,8 @@ Kinds (``JOBS``): ``poe_train``, ``poe_probe``, ``poe_speculative``, ``poe_routi
 ``poe_probe`` / ``poe_speculative`` with ``model: "hf:PATH"`` or ``heads`` probe such a decoder;
 both in ``runners/jobs/hf_poe.py``; ``poe_routing`` and ``poe_trajectory`` on ``hf:`` in
 ``runners/jobs/hf_trajectory.py``). ``poe_kv_identity`` and ``poe_concepts`` live in
-``runners/jobs/poe_concepts.py``, which the trajectory also runs per checkpoint. Every job's knobs and defaults are in ``DEFAULTS[kind]`` (the
-``hf:`` ones in ``hf_poe``); the keys in
+``runners/jobs/poe_concepts.py``, which the trajectory also runs per checkpoint. Every job's
+knobs and defaults are in ``DEFAULTS[kind]`` (the ``hf:`` ones in ``hf_poe``); the keys in
 ``STRUCTURAL_KEYS`` define the model and are ignored by the silent-no-op check (they still fire
 where they are applied).
 
