@@ -309,3 +309,25 @@ def test_builtin_trajectory_records_kv_identity_and_concepts_per_checkpoint(
         assert acc == sum(hits.values()) / 2
     kv = [o for o in res.observations if o.signal == "kv_identical"]
     assert len(kv) == 4 and all(o.value == 1.0 for o in kv)
+
+
+def test_preflight_checks_concepts_and_checkpoint_directories(ckpt: Path, tmp_path: Path) -> None:
+    from docketml.protocols.schema import JobSpec
+    from docketml.runners.jobs.preflight import model_checks
+
+    bad = JobSpec(name="c", kind="poe_concepts", params={"concepts": [{"prompt": "p"}]})
+    [(subject, problem)] = model_checks(bad)
+    assert subject == "concepts" and problem is not None
+    assert "job 'c': field 'concepts[0].expect'" in problem
+    root = tmp_path / "run"
+    _llama(root / "checkpoint-1", 1)
+    _llama(root / "checkpoint-2", 2)
+    traj = JobSpec(
+        name="t", kind="poe_trajectory", params={"model": f"hf:{root}", "boundaries": [2, 4]}
+    )
+    assert model_checks(traj) == [(f"hf:{root / f'checkpoint-{i}'}", None) for i in (1, 2)]
+    wide = JobSpec(name="t", kind="poe_trajectory", params={**traj.params, "boundaries": [2, 9]})
+    assert all("field 'boundaries'" in (p or "") for _, p in model_checks(wide))
+    one = JobSpec(name="t", kind="poe_trajectory", params={**traj.params, "model": f"hf:{ckpt}"})
+    [(_, problem)] = model_checks(one)
+    assert problem is not None and "is one checkpoint" in problem

@@ -9,7 +9,11 @@ job (today: an ``hf:`` checkpoint), without loading weights:
 * a job whose kind reads router signals (``probe``) gets a mixture-of-experts config: one whose
   config declares ``output_router_logits`` (Mixtral, Qwen-MoE, OLMoE and the like);
 * a job declaring stage ``boundaries`` gets boundaries that fit the config's
-  ``num_hidden_layers`` (:func:`docketml.runners.models.hf.check_boundaries`).
+  ``num_hidden_layers`` (:func:`docketml.runners.models.hf.check_boundaries`);
+* ``poe_trajectory`` with ``model: "hf:DIR"``: ``DIR`` is a directory of checkpoints
+  (:func:`docketml.runners.jobs.hf_trajectory.list_hf_checkpoints`), each checked as above;
+* a declared ``concepts`` prompt set (``poe_concepts``, ``poe_trajectory``) has the shape
+  :func:`docketml.runners.models.greedy_checks.parse_concepts` requires (subject ``concepts``).
 
 The sign-check calls it for every job (so ``docket protocol signcheck``/``freeze`` refuse a
 protocol whose checkpoint is missing or lacks router logits, naming the path), and the executor
@@ -19,18 +23,43 @@ from __future__ import annotations
 
 from docketml.protocols.schema import JobSpec
 
+from ..models.greedy_checks import parse_concepts
 from ..models.hf import HFModelError, check_boundaries, check_hf, hf_path, is_hf_ref
 
 ROUTER_SIGNAL_KINDS = frozenset({"probe"})
 """Job kinds that read router signals from the model."""
 
 
+CONCEPT_KINDS = frozenset({"poe_concepts", "poe_trajectory"})
+"""Job kinds that read a ``concepts`` prompt set."""
+
+
 def model_checks(job: JobSpec) -> list[tuple[str, str | None]]:
-    """``[(subject, problem)]`` for the job's checkpoint; empty when it declares none."""
+    """``[(subject, problem)]`` for the job's checkpoint and declared inputs; empty when it
+    declares none."""
+    out: list[tuple[str, str | None]] = []
+    if job.kind in CONCEPT_KINDS and job.params.get("concepts") is not None:
+        try:
+            parse_concepts(job.params["concepts"], f"job {job.name!r}")
+            out.append(("concepts", None))
+        except ValueError as exc:
+            out.append(("concepts", str(exc)))
     ref = job.params.get("model")
     if not is_hf_ref(ref):
-        return []
-    subject = str(ref)
+        return out
+    if job.kind == "poe_trajectory":
+        from .hf_trajectory import list_hf_checkpoints
+
+        try:
+            paths = [path for _, path in list_hf_checkpoints(hf_path(str(ref)))]
+        except HFModelError as exc:
+            return [*out, (str(ref), str(exc))]
+        return out + [item for path in paths for item in _checkpoint_check(job, f"hf:{path}")]
+    return out + _checkpoint_check(job, str(ref))
+
+
+def _checkpoint_check(job: JobSpec, subject: str) -> list[tuple[str, str | None]]:
+    """One ``hf:`` checkpoint directory against what ``job`` needs (module doc)."""
     try:
         config = check_hf(hf_path(subject), bool(job.params.get("trust_remote_code", False)))
         if job.params.get("boundaries") is not None:
