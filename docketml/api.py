@@ -150,7 +150,7 @@ class Run:
             )
         if isinstance(item, bool) or not isinstance(item, str | int) or str(item) == "":
             raise UserError(f"item: expected a non-empty string or integer, found {item!r}")
-        if signal not in self._signals:
+        if not isinstance(signal, str) or not self.protocol.declares_signal(signal):
             known = ", ".join(sorted(self._signals)) or "(none declared)"
             raise UserError(
                 f"signal: {signal!r} is not declared by protocol {self.protocol.id}; expected "

@@ -302,7 +302,7 @@ class _Validator:
             self.problem(line, why)
         values: dict[str, float] = {}
         for name, raw in signals.items():
-            if name not in self.known:
+            if not self.protocol.declares_signal(name):
                 known = ", ".join(sorted(self.known)) or "(none declared)"
                 self.problem(line, f"unknown signal {name!r}; the protocol declares: {known}")
                 continue
@@ -317,7 +317,7 @@ class _Validator:
     def finish(self, present_everywhere: set[str]) -> None:
         """Missing-signal checks (needs the whole file), then build the observations."""
         wanted = list(self.required) + sorted(present_everywhere - set(self.required))
-        wanted = [w for w in wanted if w in self.known]
+        wanted = [w for w in wanted if self.protocol.declares_signal(w)]
         problem_lines = {line for line, _ in self.parsed.problems}
         for line, group, item, lab, values in self.rows:
             absent = [w for w in wanted if w not in values]

@@ -16,7 +16,14 @@ from collections.abc import Collection, Sequence
 from typing import Any
 
 from .errors import did_you_mean
-from .schema import CombinationRule, NonInferiorityRule, Protocol, RegimeWinsRule, ThresholdRule
+from .schema import (
+    SIGNAL_FAMILIES,
+    CombinationRule,
+    NonInferiorityRule,
+    Protocol,
+    RegimeWinsRule,
+    ThresholdRule,
+)
 
 Problem = tuple[tuple[str | int, ...], str]
 
@@ -320,6 +327,20 @@ def _check_jobs(protocol: Protocol, admission: bool = True) -> list[Problem]:
     return problems
 
 
+def _declared(protocol: Protocol, name: str) -> bool:
+    """A rule may read ``name``: declared by name or by family, and not a family name."""
+    return protocol.declares_signal(name)
+
+
+def _unknown_signal(name: str, signals: set[str]) -> str:
+    if name in SIGNAL_FAMILIES:
+        return (
+            f"{name} is a signal family (pattern {SIGNAL_FAMILIES[name]}); a rule names its "
+            "members, e.g. router_entropy_L0"
+        )
+    return "unknown signal: " + _one_of(name, signals)
+
+
 def cross_check(
     protocol: Protocol,
     *,
@@ -336,6 +357,15 @@ def cross_check(
     problems: list[Problem] = []
     new = admission
     signals = set(protocol.signals)
+    for name in sorted(signals & set(SIGNAL_FAMILIES)):
+        spec = protocol.signals[name]
+        if spec.role == "baseline":
+            problems.append(
+                (
+                    ("signals", name, "role"),
+                    f"{name} is a signal family; name its members as baselines instead",
+                )
+            )
     groups = set(protocol.groups)
     jobs = {job.name for job in protocol.jobs}
     hyp_ids = [h.id for h in protocol.hypotheses]
@@ -393,10 +423,8 @@ def cross_check(
             if not protocol.groups:
                 problems.append((base, "a regime_wins rule needs the protocol's groups"))
             for j, cand in enumerate(rule.candidates):
-                if cand not in signals:
-                    problems.append(
-                        (base + ("candidates", j), "unknown signal: " + _one_of(cand, signals))
-                    )
+                if not _declared(protocol, cand):
+                    problems.append((base + ("candidates", j), _unknown_signal(cand, signals)))
             if new:
                 problems += _duplicates(base + ("candidates",), rule.candidates)
                 problems += _duplicates(base + ("baselines",), rule.baselines or [])
@@ -410,10 +438,8 @@ def cross_check(
                     )
                 )
             for j, b in enumerate(rule.baselines or []):
-                if b not in signals:
-                    problems.append(
-                        (base + ("baselines", j), "unknown signal: " + _one_of(b, signals))
-                    )
+                if not _declared(protocol, b):
+                    problems.append((base + ("baselines", j), _unknown_signal(b, signals)))
                 if b in rule.candidates:
                     problems.append(
                         (base + ("baselines", j), f"{b!r} is both candidate and baseline")
@@ -467,19 +493,15 @@ def cross_check(
                     problems.append(
                         (base + ("signal",), f"statistic {rule.statistic} needs a signal")
                     )
-                elif rule.signal not in signals:
-                    problems.append(
-                        (base + ("signal",), "unknown signal: " + _one_of(rule.signal, signals))
-                    )
+                elif not _declared(protocol, rule.signal):
+                    problems.append((base + ("signal",), _unknown_signal(rule.signal, signals)))
                 if rule.statistic == "auroc" and protocol.labels is None:
                     problems.append((base, "statistic auroc needs a top-level labels: section"))
             if rule.statistic == "metric" and rule.metric is None:
                 problems.append((base + ("metric",), "statistic metric needs a metric name"))
         elif isinstance(rule, NonInferiorityRule):
-            if rule.signal not in signals:
-                problems.append(
-                    (base + ("signal",), "unknown signal: " + _one_of(rule.signal, signals))
-                )
+            if not _declared(protocol, rule.signal):
+                problems.append((base + ("signal",), _unknown_signal(rule.signal, signals)))
             for key in ("candidate_job", "reference_job"):
                 value = getattr(rule, key)
                 if value not in jobs:

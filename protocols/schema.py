@@ -7,6 +7,7 @@ checked by :func:`protocols.crosscheck.cross_check`, which reports paths so erro
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
@@ -23,6 +24,21 @@ VerdictName = Literal["PROVEN", "PARTIAL", "DISPROVEN"]
 Probability = Annotated[float, Field(gt=0.0, lt=1.0)]
 # A seed every backend can store (BIGINT) and numpy/torch accept: 0 <= seed < 2**63.
 Seed = Annotated[int, Field(ge=0, lt=2**63)]
+
+
+SIGNAL_FAMILIES: dict[str, str] = {"router_entropy_per_layer": r"router_entropy_L(?:0|[1-9][0-9]*)"}
+"""Signal families: a name that, declared under ``signals:``, stands for every signal whose name
+fully matches its pattern (``router_entropy_per_layer`` = the per-layer router entropies
+``router_entropy_L0``, ``router_entropy_L1``, ...). A member declared by its own name keeps its
+own spec; the family name itself is never an observation (rules name the members)."""
+
+
+def signal_family(name: str) -> str | None:
+    """The family whose pattern ``name`` fully matches (:data:`SIGNAL_FAMILIES`), else None."""
+    for family, pattern in SIGNAL_FAMILIES.items():
+        if re.fullmatch(pattern, name):
+            return family
+    return None
 
 
 class StrictModel(BaseModel):
@@ -316,6 +332,20 @@ class Protocol(StrictModel):
             if job.name == name:
                 return job
         raise KeyError(name)
+
+    def signal_spec(self, name: str) -> SignalSpec | None:
+        """The spec of signal ``name``: its own entry under ``signals:``, else its family's
+        (:data:`SIGNAL_FAMILIES`) when the family is declared, else None."""
+        spec = self.signals.get(name)
+        if spec is not None:
+            return spec
+        family = signal_family(name)
+        return None if family is None else self.signals.get(family)
+
+    def declares_signal(self, name: str) -> bool:
+        """True when observations of ``name`` belong to this protocol: declared by name or by
+        family, and not a family name itself."""
+        return name not in SIGNAL_FAMILIES and self.signal_spec(name) is not None
 
     def primary_hypothesis(self) -> str:
         return self.primary or self.hypotheses[0].id

@@ -30,6 +30,11 @@ SIGNALS: dict[str, SignalInfo] = {
     "router_entropy_var": SignalInfo(
         "positive", "variance of router-gate entropy over prompt positions"
     ),
+    "router_entropy_per_layer": SignalInfo(
+        "positive",
+        "family: router_entropy_L{l}, layer l's router-gate entropy in nats averaged over prompt "
+        "positions (one observation per layer; the protocols' SIGNAL_FAMILIES pattern)",
+    ),
     "router_conf": SignalInfo(
         "negative",
         "1 - router_entropy_mean / log(n_experts) (log 3 for the built-in model; a confidence)",

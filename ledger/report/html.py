@@ -362,7 +362,7 @@ def _curve(
     ys = np.array([lab for _, lab in kept], dtype=int)
     if not kept or ys.all() or not ys.any():
         return None
-    spec = protocol.signals.get(signal)
+    spec = protocol.signal_spec(signal)
     sign = -1.0 if spec is not None and spec.higher_means == "negative" else 1.0
     scores = sign * np.array([v for v, _ in kept])
     fpr, tpr, _ = roc_points(scores, ys)

@@ -264,7 +264,7 @@ def rule_sources(rule: Any) -> list[str | None]:
 
 
 def _orient(protocol: Protocol, signal: str) -> float:
-    spec = protocol.signals.get(signal)
+    spec = protocol.signal_spec(signal)
     return -1.0 if spec is not None and spec.higher_means == "negative" else 1.0
 
 

@@ -67,6 +67,7 @@ from docketml.protocols.schema import (
     Protocol,
     RegimeWinsRule,
     ThresholdRule,
+    signal_family,
 )
 
 from ..results import MetricValue
@@ -159,10 +160,15 @@ def check_metrics(protocol: Protocol) -> list[dict[str, Any]]:
 
 
 def check_polarity(protocol: Protocol, registry: Mapping[str, str] | None) -> list[dict[str, Any]]:
-    """Declared ``higher_means`` against the runners' registry."""
+    """Declared ``higher_means`` against the runners' registry. A signal the registry does not
+    name is checked against its family's entry (``router_entropy_L3`` against
+    ``router_entropy_per_layer``, :data:`~docketml.protocols.schema.SIGNAL_FAMILIES`)."""
     out = []
     for name, spec in protocol.signals.items():
         known = None if registry is None else registry.get(name)
+        family = signal_family(name)
+        if known is None and registry is not None and family is not None:
+            known = registry.get(family)
         if known is None:
             out.append(
                 _check(
@@ -215,7 +221,7 @@ def _grid(n: int) -> np.ndarray:
 
 
 def _sign(protocol: Protocol, signal: str) -> float:
-    spec = protocol.signals.get(signal)
+    spec = protocol.signal_spec(signal)
     return -1.0 if spec is not None and spec.higher_means == "negative" else 1.0
 
 
