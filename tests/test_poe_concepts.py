@@ -155,6 +155,18 @@ def test_builtin_kv_identity_matches_a_numpy_full_reforward(tmp_path: Path) -> N
     got = {m.name: m.value for m in res.metrics}
     assert got["kv_identical_rate"] == 1.0 and got["kv_first_divergence_min"] == n
     assert res.extra["step"] == 7
+    # poe_concepts on the same checkpoint grades the same greedy continuations
+    first = res.texts["p000"].split("|", 1)[1]
+    concepts = [
+        {"id": "hit", "prompt": PROMPTS[0], "expect": first[2:5] or first},
+        {"id": "miss", "prompt": PROMPTS[0], "expect": first + "\u2603"},
+    ]
+    con, cctx = run_job(
+        "poe_concepts", tmp_path, {"concepts": concepts, "max_new_tokens": n}, {"t": path}
+    )
+    assert cctx.knobs.silent_noops() == []
+    assert {o.item: o.value for o in con.observations} == {"hit": 1.0, "miss": 0.0}
+    assert con.texts["hit"] == res.texts["p000"]
 
 
 def test_hf_concepts_graded_against_generate(ckpt: Path, tmp_path: Path) -> None:
@@ -319,6 +331,10 @@ def test_preflight_checks_concepts_and_checkpoint_directories(ckpt: Path, tmp_pa
     [(subject, problem)] = model_checks(bad)
     assert subject == "concepts" and problem is not None
     assert "job 'c': field 'concepts[0].expect'" in problem
+    bad = JobSpec(name="k", kind="poe_kv_identity", params={"prompts": ["ok", ""]})
+    assert model_checks(bad) == [
+        ("prompts", "job 'k': field 'prompts[1]' must be a non-empty string")
+    ]
     root = tmp_path / "run"
     _llama(root / "checkpoint-1", 1)
     _llama(root / "checkpoint-2", 2)

@@ -51,6 +51,7 @@ from ..models.greedy_checks import (
     builtin_text,
     kv_identity,
     parse_concepts,
+    parse_prompts,
 )
 from ..models.hf import HFModelError, is_hf_ref
 
@@ -145,13 +146,10 @@ def load_target(ctx: JobContext) -> Target:
 
 def _prompt_texts(ctx: JobContext) -> list[str]:
     """Declared ``prompts``, else the built-in decoding prompts as text."""
-    declared = ctx.knobs.get("prompts")
+    declared = parse_prompts(ctx.knobs.get("prompts"), f"job {ctx.job!r}")
     if declared is not None:
-        ok = isinstance(declared, list) and declared
-        if not ok or not all(isinstance(p, str) and p for p in declared):
-            raise ValueError(f"job {ctx.job!r}: field 'prompts' must be a list of strings")
         ctx.knobs.fire("prompts")
-        return list(declared)
+        return declared
     from .poe import decode_prompts
 
     return [builtin_text(p[1:]) for p in decode_prompts(ctx)]

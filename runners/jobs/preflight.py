@@ -12,8 +12,9 @@ job (today: an ``hf:`` checkpoint), without loading weights:
   ``num_hidden_layers`` (:func:`docketml.runners.models.hf.check_boundaries`);
 * ``poe_trajectory`` with ``model: "hf:DIR"``: ``DIR`` is a directory of checkpoints
   (:func:`docketml.runners.jobs.hf_trajectory.list_hf_checkpoints`), each checked as above;
-* a declared ``concepts`` prompt set (``poe_concepts``, ``poe_trajectory``) has the shape
-  :func:`docketml.runners.models.greedy_checks.parse_concepts` requires (subject ``concepts``).
+* a declared ``concepts`` prompt set (``poe_concepts``, ``poe_trajectory``) and ``prompts``
+  list (``poe_kv_identity``, ``poe_trajectory``) have the shape
+  :mod:`docketml.runners.models.greedy_checks` requires (subjects ``concepts``, ``prompts``).
 
 The sign-check calls it for every job (so ``docket protocol signcheck``/``freeze`` refuse a
 protocol whose checkpoint is missing or lacks router logits, naming the path), and the executor
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 from docketml.protocols.schema import JobSpec
 
-from ..models.greedy_checks import parse_concepts
+from ..models.greedy_checks import parse_concepts, parse_prompts
 from ..models.hf import HFModelError, check_boundaries, check_hf, hf_path, is_hf_ref
 
 ROUTER_SIGNAL_KINDS = frozenset({"probe"})
@@ -32,18 +33,25 @@ ROUTER_SIGNAL_KINDS = frozenset({"probe"})
 
 CONCEPT_KINDS = frozenset({"poe_concepts", "poe_trajectory"})
 """Job kinds that read a ``concepts`` prompt set."""
+PROMPT_KINDS = frozenset({"poe_kv_identity", "poe_trajectory"})
+"""Job kinds that read a declared ``prompts`` list."""
 
 
 def model_checks(job: JobSpec) -> list[tuple[str, str | None]]:
     """``[(subject, problem)]`` for the job's checkpoint and declared inputs; empty when it
     declares none."""
     out: list[tuple[str, str | None]] = []
-    if job.kind in CONCEPT_KINDS and job.params.get("concepts") is not None:
-        try:
-            parse_concepts(job.params["concepts"], f"job {job.name!r}")
-            out.append(("concepts", None))
-        except ValueError as exc:
-            out.append(("concepts", str(exc)))
+    declared = (
+        ("concepts", CONCEPT_KINDS, parse_concepts),
+        ("prompts", PROMPT_KINDS, parse_prompts),
+    )
+    for field, kinds, parse in declared:
+        if job.kind in kinds and job.params.get(field) is not None:
+            try:
+                parse(job.params[field], f"job {job.name!r}")
+                out.append((field, None))
+            except ValueError as exc:
+                out.append((field, str(exc)))
     ref = job.params.get("model")
     if not is_hf_ref(ref):
         return out

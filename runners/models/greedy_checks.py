@@ -139,6 +139,19 @@ DEFAULT_CONCEPTS: tuple[Concept, ...] = (
 """The default prompt set: common facts a language model of real text learns."""
 
 
+def parse_prompts(value: Any, where: str) -> list[str] | None:
+    """The ``prompts`` param: ``None`` (the job's default prompts) or a non-empty list of
+    non-empty strings; ``ValueError`` naming ``where`` and the field otherwise."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"{where}: field 'prompts' must be a non-empty list of strings")
+    for i, prompt in enumerate(value):
+        if not isinstance(prompt, str) or not prompt:
+            raise ValueError(f"{where}: field 'prompts[{i}]' must be a non-empty string")
+    return list(value)
+
+
 def parse_concepts(value: Any, where: str) -> list[Concept]:
     """The ``concepts`` param: ``None`` (the defaults) or a non-empty list of mappings with
     ``prompt`` (non-empty string), ``expect`` (a non-empty string or a non-empty list of them)
