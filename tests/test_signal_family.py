@@ -91,3 +91,31 @@ def test_polarity_registry_covers_the_family_and_its_members() -> None:
     checks = {c["target"]: c for c in check_polarity(protocol, registry)}
     assert not checks["router_entropy_L2"]["passed"]
     assert "flip every AUROC" in checks["router_entropy_L2"]["cause"]
+
+
+def test_ingest_accepts_family_members_and_refuses_the_family_name(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from docketml.ledger.ingest import parse_results
+
+    protocol = _load(FAMILY + BASELINE, "[router_entropy_L1]")
+    rows = [
+        {
+            "group": g,
+            "item": f"{g}-{i}",
+            "label": "",
+            "signals": {"router_entropy_L0": 0.1 * i, "router_entropy_L1": 0.2 * i,
+                        "max_softmax_mean": 0.5},
+        }
+        for g in ("in_domain", "ood")
+        for i in range(3)
+    ]  # fmt: skip
+    data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    parsed = parse_results(protocol, tmp_path / "r.jsonl", data, "probe")
+    assert parsed.problems == []
+    rows[0]["signals"]["router_entropy_per_layer"] = 1.0
+    data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    parsed = parse_results(protocol, tmp_path / "r.jsonl", data, "probe")
+    assert [(line, msg.split(";")[0]) for line, msg in parsed.problems] == [
+        (1, "unknown signal 'router_entropy_per_layer'")
+    ]
