@@ -19,6 +19,7 @@ FAMILY_MODULES = (
     "docketml.runners.jobs.user",
     "docketml.runners.jobs.routed",
     "docketml.runners.jobs.poe",
+    "docketml.runners.jobs.poe_concepts",
 )
 
 
@@ -39,6 +40,7 @@ def test_builtin_kinds_come_from_docketmls_own_entry_points() -> None:
         assert kinds.source(kind) == f"docketml: {own[kind].value}"
     assert "probe" in kinds and "poe_train" in kinds and "nope" not in kinds
     assert kinds.extra_of("probe") == "models" and kinds.extra_of("sleep") is None
+    assert kinds.extra_of("poe_concepts") == kinds.extra_of("poe_kv_identity") == "models"
 
 
 def _plugin(site: Path, name: str, kinds: str) -> None:
