@@ -69,7 +69,8 @@ def lock_timeout_seconds() -> float:
     """How long a writer waits for a lock before failing (SQLite: "database is locked";
     PostgreSQL: ``lock_timeout``, 55P03): ``DOCKET_LOCK_TIMEOUT_S`` if set, else
     :data:`DEFAULT_LOCK_TIMEOUT_S`. Read when an engine is made. Non-numbers, NaN, infinities
-    and values outside ``[MIN_LOCK_TIMEOUT_S, MAX_LOCK_TIMEOUT_S]`` are refused (:class:`UserError`, exit 2)."""
+    and values outside ``[MIN_LOCK_TIMEOUT_S, MAX_LOCK_TIMEOUT_S]`` are refused
+    (:class:`UserError`, exit 2)."""
     return env_seconds(
         "DOCKET_LOCK_TIMEOUT_S", DEFAULT_LOCK_TIMEOUT_S, MIN_LOCK_TIMEOUT_S, MAX_LOCK_TIMEOUT_S
     )
