@@ -224,6 +224,7 @@ def _slice(ctx: JobContext) -> tuple[bytes, bytes]:
             f"{len(held_out)}-byte held-out split"
         )
     knobs.fire("eval_bytes")
+    knobs.fire("calib_bytes")  # also where the evaluation slice starts
     return held_out[:n_cal], held_out[n_cal : n_cal + n_eval]
 
 
@@ -424,7 +425,6 @@ def run_card(ctx: JobContext) -> JobResult:
         knobs.fire("seq_len")
         knobs.fire("batch_size")
         if "wand" in probes:
-            knobs.fire("calib_bytes")
             knobs.fire("wand_quantile")
             knobs.fire("wand_safety")
         if "beta" in probes:
