@@ -48,7 +48,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..context import JobContext, JobResult, MetricValue
+from ..context import JobContext, JobFn, JobResult, MetricValue
 from ..models.hf import HFModelError, hf_path, is_hf_ref, load_hf
 from ..models.hf_stages import HFStages, read_heads
 from ..models.poe import BOS, PoELM, poe_log_probs, rms_norm
@@ -446,4 +446,4 @@ def run_card(ctx: JobContext) -> JobResult:
     return JobResult(metrics=metrics, extra=extra)
 
 
-run_card.STRUCTURAL_KEYS = STRUCTURAL_KEYS  # type: ignore[attr-defined]
+JOBS: dict[str, JobFn] = {"poe_card": run_card}
