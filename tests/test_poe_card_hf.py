@@ -24,7 +24,7 @@ else:
 from docketml.protocols.schema import JobSpec  # noqa: E402
 from docketml.runners.context import JobContext, JobResult, KnobAudit  # noqa: E402
 from docketml.runners.jobs.poe import JOBS, _corpus_split  # noqa: E402
-from docketml.runners.jobs.poe_card import run_card  # noqa: E402
+from docketml.runners.jobs.poe_card import hf_checkpoint_dirs, run_card  # noqa: E402
 from docketml.runners.jobs.preflight import param_checks  # noqa: E402
 from docketml.runners.models.hf import HFModelError  # noqa: E402
 from docketml.runners.models.hf_stages import read_heads  # noqa: E402
@@ -218,3 +218,21 @@ def test_hf_refusals_name_the_field(trained, heads: Path, tmp_path) -> None:
     assert "field 'probes'" in param_checks(no_heads, [no_heads])[0]
     ok = JobSpec(name="c3", kind="poe_card", params={"model": f"hf:{root}", "boundaries": [1, 4]})
     assert param_checks(ok, [ok]) == []
+
+
+def test_checkpoint_directory_listing(tmp_path: Path) -> None:
+    for name in ("step-20", "checkpoint-5", "step-x", "notes"):
+        (tmp_path / name).mkdir()
+    for name in ("step-20", "checkpoint-5"):
+        (tmp_path / name / "config.json").write_text("{}")
+    assert hf_checkpoint_dirs(tmp_path) == [
+        (5, tmp_path / "checkpoint-5"),
+        (20, tmp_path / "step-20"),
+    ]
+    assert hf_checkpoint_dirs(tmp_path / "step-20") == [(20, tmp_path / "step-20")]
+    (tmp_path / "step-5").mkdir()
+    (tmp_path / "step-5" / "config.json").write_text("{}")
+    with pytest.raises(HFModelError, match=r"more than one checkpoint directory for steps \[5\]"):
+        hf_checkpoint_dirs(tmp_path)
+    with pytest.raises(HFModelError, match="neither a checkpoint"):
+        hf_checkpoint_dirs(tmp_path / "notes")

@@ -65,6 +65,7 @@ from ..models.poe_analysis import (
     wand_ranges,
 )
 from ..models.poe_decode import bits_per_byte
+from .hf_poe import token_ids
 from .poe import _checkpoint_path, _corpus_split, _load, list_checkpoints
 from .poe_card_params import card_problems, default_probes
 
@@ -177,19 +178,6 @@ def token_batches(ids: list[int], seq_len: int, batch_size: int, device: Any) ->
     return out
 
 
-def hf_token_ids(stages: HFStages, text: str) -> tuple[list[int], int]:
-    """``(ids, predicted_bytes)`` as ``poe_probe`` on hf counts them (``t_0`` is context only;
-    its bytes are not predicted unless it is the tokenizer's BOS)."""
-    tok = stages.hf.tokenizer
-    ids = tok.encode(text)
-    if len(ids) < 2:
-        raise HFModelError(f"hf:{stages.hf.path}: slice gives fewer than 2 tokens")
-    n_bytes = len(text.encode("utf-8"))
-    if tok.bos_token_id is None or ids[0] != tok.bos_token_id:
-        n_bytes -= len(tok.decode([ids[0]]).encode("utf-8"))
-    return ids, n_bytes
-
-
 def hf_checkpoint_dirs(root: Path) -> list[tuple[int, Path]]:
     """``(step, dir)`` of the hf checkpoints under ``root`` (module doc)."""
     if (root / "config.json").is_file():
@@ -207,6 +195,10 @@ def hf_checkpoint_dirs(root: Path) -> list[tuple[int, Path]]:
             f"hf:{root}: neither a checkpoint (config.json) nor a directory of step-N / "
             "checkpoint-N checkpoints"
         )
+    steps = [step for step, _ in found]
+    twice = sorted({step for step in steps if steps.count(step) > 1})
+    if twice:
+        raise HFModelError(f"hf:{root}: more than one checkpoint directory for steps {twice}")
     return found
 
 
@@ -388,9 +380,10 @@ def run_card(ctx: JobContext) -> JobResult:
     knobs.set_defaults(DEFAULTS)
     is_hf = is_hf_ref(ctx.params.get("model")) or ctx.params.get("heads") is not None
     has_heads = not is_hf or ctx.params.get("heads") is not None
+    bad_param = HFModelError if is_hf else ValueError
     problems = card_problems(ctx.params, None, has_heads)
     if problems:
-        raise HFModelError(f"job {ctx.job!r}: {problems[0]}")
+        raise bad_param(f"job {ctx.job!r}: {problems[0]}")
     probes = list(knobs.get("probes") or default_probes(has_heads))
     knobs.fire("probes")
     calib_text, eval_text = _slice(ctx)
@@ -405,13 +398,13 @@ def run_card(ctx: JobContext) -> JobResult:
         st = load()
         problems = card_problems(ctx.params, st.n_stages, has_heads)
         if problems:
-            raise HFModelError(f"job {ctx.job!r}: {problems[0]}")
+            raise bad_param(f"job {ctx.job!r}: {problems[0]}")
         stages_sel = knobs.get("beta_stages")
         beta_stages = list(range(st.n_stages)) if stages_sel is None else list(stages_sel)
         if st.hf is not None:
             hf_stages = st.hf
-            cal_ids, _ = hf_token_ids(hf_stages, calib_text.decode("utf-8", "replace"))
-            ev_ids, n_bytes = hf_token_ids(hf_stages, eval_text.decode("utf-8", "replace"))
+            cal_ids, _ = token_ids(hf_stages, calib_text.decode("utf-8", "replace"))
+            ev_ids, n_bytes = token_ids(hf_stages, eval_text.decode("utf-8", "replace"))
             limit = int(getattr(hf_stages.hf.config, "max_position_embeddings", 2048))
             if seq_len > limit:
                 raise HFModelError(f"job {ctx.job!r}: field 'seq_len' {seq_len} exceeds {limit}")
