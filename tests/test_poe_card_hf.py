@@ -5,6 +5,7 @@ rules checked as the sign-check sees them. No network (HF_HUB_OFFLINE=1)."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -21,11 +22,14 @@ else:
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
 
+from conftest import DocketCli  # noqa: E402
+
 from docketml.protocols.schema import JobSpec  # noqa: E402
 from docketml.runners.context import JobContext, JobResult, KnobAudit  # noqa: E402
 from docketml.runners.jobs.poe import JOBS, _corpus_split  # noqa: E402
-from docketml.runners.jobs.poe_card import hf_checkpoint_dirs, run_card  # noqa: E402
-from docketml.runners.jobs.preflight import param_checks  # noqa: E402
+from docketml.runners.jobs.poe_card import run_card  # noqa: E402
+from docketml.runners.jobs.poe_card_params import hf_checkpoint_dirs  # noqa: E402
+from docketml.runners.jobs.preflight import model_checks, param_checks  # noqa: E402
 from docketml.runners.models.hf import HFModelError  # noqa: E402
 from docketml.runners.models.hf_stages import read_heads  # noqa: E402
 from docketml.runners.registry import job_kinds  # noqa: E402
@@ -236,3 +240,41 @@ def test_checkpoint_directory_listing(tmp_path: Path) -> None:
         hf_checkpoint_dirs(tmp_path)
     with pytest.raises(HFModelError, match="neither a checkpoint"):
         hf_checkpoint_dirs(tmp_path / "notes")
+
+
+def test_preflight_checks_every_checkpoint_of_a_directory(trained) -> None:
+    root, _ = trained
+    job = JobSpec(name="c", kind="poe_card", params={"model": f"hf:{root}", "boundaries": [1, 4]})
+    assert model_checks(job) == [(f"hf:{root}", None)]
+    bad = JobSpec(name="c", kind="poe_card", params={"model": f"hf:{root}", "boundaries": [1, 9]})
+    [(_, problem)] = model_checks(bad)
+    assert problem is not None and "field 'boundaries'" in problem
+
+
+PROTOCOL = """\
+docket: 1
+id: card-hf
+title: PoE card probes on hf checkpoints
+hypotheses:
+  - {id: H1, statement: the p99 WAND bound of boundary 0 covers the evaluation slice, rule: covered}
+decision_rules:
+  covered: {kind: threshold, statistic: metric, metric: wand_coverage0, op: ">=", bound: 0.9}
+jobs:
+  - name: card
+    kind: poe_card
+    params: {model: "hf:%s", boundaries: [1, 3, 4], calib_bytes: 600, eval_bytes: 600, seq_len: 64}
+"""
+
+
+def test_docket_run_then_trajectory_on_hf_checkpoints(trained, docket_sqlite: DocketCli) -> None:
+    root, _ = trained
+    (docket_sqlite.cwd / "p.yaml").write_text(PROTOCOL % root)
+    for args in (("protocol", "register", "p.yaml"), ("protocol", "freeze", "card-hf"),
+                 ("run", "card-hf", "--no-progress")):  # fmt: skip
+        result = docket_sqlite(*args)
+        assert result.exit_code == 0, result.output
+    data = json.loads(docket_sqlite("trajectory", "card-hf", "--json").output)
+    assert data["steps"] == [3, 6]
+    assert set(data["metrics"]) == {"bpb_full", "bpb_deepest", "crossover_gap", "wand_bound0",
+                                    "wand_bound1", "wand_coverage0", "wand_coverage1",
+                                    "wand_mean_stages", "wand_agreement"}  # fmt: skip

@@ -39,7 +39,6 @@ Params are checked by :mod:`~docketml.runners.jobs.poe_card_params` (also at sig
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,7 +66,7 @@ from ..models.poe_analysis import (
 from ..models.poe_decode import bits_per_byte
 from .hf_poe import token_ids
 from .poe import _checkpoint_path, _corpus_split, _load, list_checkpoints
-from .poe_card_params import card_problems, default_probes
+from .poe_card_params import card_problems, default_probes, hf_checkpoint_dirs
 
 STRUCTURAL_KEYS = frozenset({"model", "checkpoint", "boundaries", "heads"})
 DEFAULTS: dict[str, Any] = {
@@ -87,7 +86,6 @@ DEFAULTS: dict[str, Any] = {
     "betas": [0.0, 0.5, 2.0],
     "beta_stages": None,
 }
-_STEP_DIR = re.compile(r"^(?:step|checkpoint)-(\d+)$")
 
 Batch = tuple[Tensor, Tensor]  # inputs (B, T), targets (B, T)
 PartsFn = Callable[[Tensor], tuple[Tensor, Tensor]]  # inputs -> (base, delta), each (K, B, T, V)
@@ -176,30 +174,6 @@ def token_batches(ids: list[int], seq_len: int, batch_size: int, device: Any) ->
     if tail < len(ids) - 1:
         out.append((data[tail:-1].view(1, -1).to(device), data[tail + 1 :].view(1, -1).to(device)))
     return out
-
-
-def hf_checkpoint_dirs(root: Path) -> list[tuple[int, Path]]:
-    """``(step, dir)`` of the hf checkpoints under ``root`` (module doc)."""
-    if (root / "config.json").is_file():
-        m = _STEP_DIR.match(root.name)
-        return [(int(m.group(1)) if m else 0, root)]
-    if not root.is_dir():
-        raise HFModelError(f"hf:{root}: no such directory")
-    found = sorted(
-        (int(m.group(1)), p)
-        for p in root.iterdir()
-        if (m := _STEP_DIR.match(p.name)) and (p / "config.json").is_file()
-    )
-    if not found:
-        raise HFModelError(
-            f"hf:{root}: neither a checkpoint (config.json) nor a directory of step-N / "
-            "checkpoint-N checkpoints"
-        )
-    steps = [step for step, _ in found]
-    twice = sorted({step for step in steps if steps.count(step) > 1})
-    if twice:
-        raise HFModelError(f"hf:{root}: more than one checkpoint directory for steps {twice}")
-    return found
 
 
 # ------------------------------------------------------------------------------------- analysis

@@ -1,4 +1,5 @@
-"""What the ``poe_card`` job's params must be, checkable before it runs (no torch needed).
+"""What can be known about a ``poe_card`` job before it runs (no torch needed): its params and the
+layout of an ``hf:`` directory of checkpoints (:func:`hf_checkpoint_dirs`).
 
 :func:`card_problems` returns one message per bad field, each naming the field, what it holds and
 what is expected. The sign-check (``docket protocol signcheck`` / ``freeze``) refuses such a
@@ -20,12 +21,17 @@ Rules
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
+
+from ..models.hf import HFModelError
 
 PROBES = ("wand", "crossover", "diversity", "beta")
 HEAD_PROBES = frozenset({"diversity", "beta"})
 POSITIVE_INTS = ("calib_bytes", "eval_bytes", "seq_len", "batch_size")
+_STEP_DIR = re.compile(r"^(?:step|checkpoint)-(\d+)$")
 
 
 def _is_int(v: Any) -> bool:
@@ -106,3 +112,27 @@ def card_problems(
         if name in params and not (_is_int(v) and v > 0):
             out.append(f"field {name!r} is {v!r}; expected a positive integer")
     return out
+
+
+def hf_checkpoint_dirs(root: Path) -> list[tuple[int, Path]]:
+    """``(step, dir)`` of the hf checkpoints under ``root`` (module doc)."""
+    if (root / "config.json").is_file():
+        m = _STEP_DIR.match(root.name)
+        return [(int(m.group(1)) if m else 0, root)]
+    if not root.is_dir():
+        raise HFModelError(f"hf:{root}: no such directory")
+    found = sorted(
+        (int(m.group(1)), p)
+        for p in root.iterdir()
+        if (m := _STEP_DIR.match(p.name)) and (p / "config.json").is_file()
+    )
+    if not found:
+        raise HFModelError(
+            f"hf:{root}: neither a checkpoint (config.json) nor a directory of step-N / "
+            "checkpoint-N checkpoints"
+        )
+    steps = [step for step, _ in found]
+    twice = sorted({step for step in steps if steps.count(step) > 1})
+    if twice:
+        raise HFModelError(f"hf:{root}: more than one checkpoint directory for steps {twice}")
+    return found

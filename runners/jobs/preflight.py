@@ -9,7 +9,9 @@ job (today: an ``hf:`` checkpoint), without loading weights:
 * a job whose kind reads router signals (``probe``) gets a mixture-of-experts config: one whose
   config declares ``output_router_logits`` (Mixtral, Qwen-MoE, OLMoE and the like);
 * a job declaring stage ``boundaries`` gets boundaries that fit the config's
-  ``num_hidden_layers`` (:func:`docketml.runners.models.hf.check_boundaries`).
+  ``num_hidden_layers`` (:func:`docketml.runners.models.hf.check_boundaries`);
+* a ``poe_card`` job may name a directory of ``step-N`` / ``checkpoint-N`` checkpoints: each is
+  checked.
 
 The sign-check calls it for every job (so ``docket protocol signcheck``/``freeze`` refuse a
 protocol whose checkpoint is missing or lacks router logits, naming the path), and the executor
@@ -25,6 +27,7 @@ sign-check turns any such message into a usage error (exit 2) before checking an
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from docketml.protocols.schema import JobSpec
@@ -35,6 +38,16 @@ ROUTER_SIGNAL_KINDS = frozenset({"probe"})
 """Job kinds that read router signals from the model."""
 
 
+def _checkpoint_dirs(job: JobSpec, root: Path) -> list[Path]:
+    """The checkpoint directories an ``hf:`` job reads: ``root``, or for a ``poe_card`` job
+    every ``step-N`` / ``checkpoint-N`` directory under a ``root`` without ``config.json``."""
+    if job.kind == "poe_card" and root.is_dir() and not (root / "config.json").is_file():
+        from .poe_card_params import hf_checkpoint_dirs
+
+        return [path for _, path in hf_checkpoint_dirs(root)]
+    return [root]
+
+
 def model_checks(job: JobSpec) -> list[tuple[str, str | None]]:
     """``[(subject, problem)]`` for the job's checkpoint; empty when it declares none."""
     ref = job.params.get("model")
@@ -42,11 +55,12 @@ def model_checks(job: JobSpec) -> list[tuple[str, str | None]]:
         return []
     subject = str(ref)
     try:
-        config = check_hf(hf_path(subject), bool(job.params.get("trust_remote_code", False)))
-        if job.params.get("boundaries") is not None:
-            layers = getattr(config, "num_hidden_layers", None)
-            if layers is not None:
-                check_boundaries(job.params["boundaries"], int(layers), subject)
+        for path in _checkpoint_dirs(job, hf_path(subject)):
+            config = check_hf(path, bool(job.params.get("trust_remote_code", False)))
+            if job.params.get("boundaries") is not None:
+                layers = getattr(config, "num_hidden_layers", None)
+                if layers is not None:
+                    check_boundaries(job.params["boundaries"], int(layers), subject)
     except HFModelError as exc:
         return [(subject, str(exc))]
     if job.kind in ROUTER_SIGNAL_KINDS and not hasattr(config, "output_router_logits"):
