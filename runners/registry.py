@@ -37,6 +37,7 @@ MODULE_EXTRA: dict[str, str] = {
     "docketml.runners.jobs.routed": "models",
     "docketml.runners.jobs.poe": "models",
     "docketml.runners.jobs.poe_concepts": "models",
+    "docketml.runners.jobs.poe_card": "models",
 }
 
 

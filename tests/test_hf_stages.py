@@ -290,12 +290,10 @@ def test_speculative_decoding_equals_greedy_poe_and_transformers_generate(ckpt: 
     assert greedy_decode(one, prompt, 12) == out[0, len(prompt) :].tolist()
 
 
-def test_trajectory_takes_a_directory_of_checkpoints_not_one(ckpt: Path, tmp_path: Path) -> None:
-    params = {"model": f"hf:{ckpt}", "boundaries": BOUNDARIES}
-    with pytest.raises(HFModelError, match="is one checkpoint .*takes a directory"):
-        run_job("poe_trajectory", tmp_path, params)
+def test_trajectory_refuses_stage_heads(ckpt: Path, tmp_path: Path) -> None:
+    params = {"model": f"hf:{ckpt}", "boundaries": BOUNDARIES, "heads": "h"}
     with pytest.raises(HFModelError, match="field 'heads' does not apply to poe_trajectory"):
-        run_job("poe_trajectory", tmp_path, {**params, "heads": "h"})
+        run_job("poe_trajectory", tmp_path, params)
 
 
 STAGES_PROTOCOL = """\

@@ -23,9 +23,9 @@ else:
     transformers = pytest.importorskip("transformers")
 
 from docketml.runners.context import JobContext, JobResult, KnobAudit  # noqa: E402
-from docketml.runners.jobs.hf_trajectory import list_hf_checkpoints  # noqa: E402
 from docketml.runners.jobs.poe import JOBS as POE_JOBS  # noqa: E402
 from docketml.runners.jobs.poe import _corpus_split  # noqa: E402
+from docketml.runners.jobs.poe_card_params import hf_checkpoint_dirs  # noqa: E402
 from docketml.runners.jobs.poe_concepts import JOBS as CONCEPT_JOBS  # noqa: E402
 from docketml.runners.models.greedy_checks import first_divergence, parse_concepts  # noqa: E402
 from docketml.runners.models.hf import HFModelError  # noqa: E402
@@ -242,8 +242,8 @@ def test_hf_trajectory_over_a_directory_of_checkpoints(ckpt: Path, tmp_path: Pat
     _llama(root / "checkpoint-20", 1)
     _llama(root / "checkpoint-3", 2)
     (root / "notes").mkdir()
-    (root / "logs-5").mkdir()  # no config.json: not a checkpoint
-    assert [s for s, _ in list_hf_checkpoints(root)] == [3, 20]
+    (root / "step-5").mkdir()  # no config.json: not a checkpoint
+    assert [s for s, _ in hf_checkpoint_dirs(root)] == [3, 20]
     concepts = [{"id": "day", "prompt": "The day after Saturday is", "expect": "Sunday"}]
     params = {
         "model": f"hf:{root}",
@@ -279,9 +279,9 @@ def test_hf_trajectory_over_a_directory_of_checkpoints(ckpt: Path, tmp_path: Pat
 
     (root / "step-3").mkdir()
     (root / "step-3" / "config.json").write_text("{}")
-    with pytest.raises(HFModelError, match="checkpoint-3 and step-3 are both the checkpoint"):
+    with pytest.raises(HFModelError, match=r"more than one checkpoint directory for steps \[3\]"):
         run_job("poe_trajectory", tmp_path / "art2", params)
-    with pytest.raises(HFModelError, match="no checkpoint subdirectories"):
+    with pytest.raises(HFModelError, match="neither a checkpoint"):
         run_job("poe_trajectory", tmp_path / "art3", {**params, "model": f"hf:{root}/notes"})
 
 
@@ -341,9 +341,13 @@ def test_preflight_checks_concepts_and_checkpoint_directories(ckpt: Path, tmp_pa
     traj = JobSpec(
         name="t", kind="poe_trajectory", params={"model": f"hf:{root}", "boundaries": [2, 4]}
     )
-    assert model_checks(traj) == [(f"hf:{root / f'checkpoint-{i}'}", None) for i in (1, 2)]
+    assert model_checks(traj) == [(f"hf:{root}", None)]
     wide = JobSpec(name="t", kind="poe_trajectory", params={**traj.params, "boundaries": [2, 9]})
-    assert all("field 'boundaries'" in (p or "") for _, p in model_checks(wide))
-    one = JobSpec(name="t", kind="poe_trajectory", params={**traj.params, "model": f"hf:{ckpt}"})
-    [(_, problem)] = model_checks(one)
-    assert problem is not None and "is one checkpoint" in problem
+    [(_, problem)] = model_checks(wide)
+    assert problem is not None and "field 'boundaries'" in problem
+    (root / "notes").mkdir()
+    empty = JobSpec(
+        name="t", kind="poe_trajectory", params={**traj.params, "model": f"hf:{root / 'notes'}"}
+    )
+    [(_, problem)] = model_checks(empty)
+    assert problem is not None and "neither a checkpoint" in problem

@@ -20,6 +20,7 @@ FAMILY_MODULES = (
     "docketml.runners.jobs.routed",
     "docketml.runners.jobs.poe",
     "docketml.runners.jobs.poe_concepts",
+    "docketml.runners.jobs.poe_card",
 )
 
 

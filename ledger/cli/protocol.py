@@ -36,11 +36,20 @@ def signal_registry() -> dict[str, str]:
 
 
 def run_sign_check(protocol: Protocol) -> dict[str, Any]:
-    """The sign-check with the runners' signal registry and job pre-flight (checkpoints)."""
-    from docketml.runners.jobs.preflight import model_checks
+    """The sign-check with the runners' signal registry and job pre-flight (checkpoints).
 
+    A job param the runners know to be bad (``runners.jobs.preflight.param_checks``: an unknown
+    stage, an empty beta list, ...) is a :class:`UserError` (exit 2) naming the job and field,
+    raised before any check runs or is stored."""
+    from docketml.runners.jobs.preflight import model_checks, param_checks
+
+    from ..errors import UserError
     from ..verdict.signcheck import sign_check
 
+    problems = [p for job in protocol.jobs for p in param_checks(job, protocol.jobs)]
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise UserError(problems[0] + more)
     return sign_check(protocol, registry=signal_registry(), job_checks=model_checks)
 
 

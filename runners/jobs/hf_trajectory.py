@@ -8,10 +8,12 @@
     ``b_0 / num_hidden_layers``. Metrics as the built-in job.
 
 ``poe_trajectory`` with ``model: "hf:DIR"`` + ``boundaries`` (directory convention)
-    ``DIR`` is a directory of checkpoints: every subdirectory whose name ends in an integer
-    (``checkpoint-500`` as the transformers Trainer writes them, ``step-00100``, ``step500``)
-    and holds ``config.json`` is the checkpoint at that step (the integer); other entries are
-    ignored; two subdirectories with the same step, or none at all, are an error. Checkpoints
+    The checkpoints ``poe_card`` reads (:func:`~docketml.runners.jobs.poe_card_params.
+    hf_checkpoint_dirs`, one definition): ``DIR`` itself when it holds ``config.json`` (step
+    ``N`` when it is named ``step-N`` / ``checkpoint-N``, else 0), otherwise every
+    sub-directory ``step-N`` / ``checkpoint-N`` (``checkpoint-500`` as the transformers Trainer
+    writes them) holding ``config.json``, the step being ``N``; other entries are ignored; two
+    sub-directories with the same step, or none at all, are an error. Checkpoints
     run in step order, each with zero stage heads (plain early exit at the boundaries: heads are
     trained per checkpoint, so a heads file does not apply). Per checkpoint, at its step: the
     built-in trajectory's metrics (``bpb_full``, ``bpb_stage0``, ``acc_full``, ``acc_stage0``,
@@ -23,8 +25,6 @@
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
 from typing import Any
 
 from ..context import JobContext, JobResult, MetricValue, Observation
@@ -33,6 +33,7 @@ from ..models.hf_stages import HFStages
 from ..models.poe_decode import bits_per_byte
 from .hf_poe import PROBE_DEFAULTS, SPEC_DEFAULTS, hf_eval_stats, hf_speculative, load_stages
 from .poe import _ROUTE, _routing
+from .poe_card_params import hf_checkpoint_dirs
 from .poe_concepts import TRAJECTORY_DEFAULTS, checkpoint_probes, hf_target
 
 ROUTING_DEFAULTS: dict[str, Any] = {**PROBE_DEFAULTS, **_ROUTE}
@@ -45,37 +46,6 @@ TRAJECTORY_HF_DEFAULTS: dict[str, Any] = {
     **_ROUTE,
     **TRAJECTORY_DEFAULTS,
 }
-_STEP = re.compile(r"(\d+)$")
-
-
-def list_hf_checkpoints(root: Path) -> list[tuple[int, Path]]:
-    """``(step, path)`` of every checkpoint subdirectory of ``root`` (module doc), by step."""
-    if not root.is_dir():
-        raise HFModelError(f"hf:{root}: no such local directory of checkpoints")
-    if (root / "config.json").is_file():
-        raise HFModelError(
-            f"hf:{root}: is one checkpoint (it holds config.json); poe_trajectory with an hf: "
-            "model takes a directory whose subdirectories (e.g. checkpoint-500) are checkpoints"
-        )
-    found: dict[int, Path] = {}
-    for sub in sorted(root.iterdir()):
-        match = _STEP.search(sub.name)
-        if not sub.is_dir() or match is None or not (sub / "config.json").is_file():
-            continue
-        step = int(match.group(1))
-        if step in found:
-            raise HFModelError(
-                f"hf:{root}: {found[step].name} and {sub.name} are both the checkpoint at step "
-                f"{step}"
-            )
-        found[step] = sub
-    if not found:
-        raise HFModelError(
-            f"hf:{root}: no checkpoint subdirectories (a directory whose name ends in the step, "
-            "e.g. checkpoint-500, holding config.json); poe_trajectory with an hf: model takes "
-            "a directory of checkpoints"
-        )
-    return sorted(found.items())
 
 
 def routing_hf(ctx: JobContext) -> JobResult:
@@ -115,7 +85,7 @@ def trajectory_hf(ctx: JobContext) -> JobResult:
     boundaries = knobs.get("boundaries")
     if boundaries is None:
         raise HFModelError(f"{where}: field 'boundaries' is required with model 'hf:...'")
-    checkpoints = list_hf_checkpoints(hf_path(str(knobs.get("model"))))
+    checkpoints = hf_checkpoint_dirs(hf_path(str(knobs.get("model"))))
     metrics: list[MetricValue] = []
     observations: list[Observation] = []
     texts: dict[str, str] = {}
@@ -152,6 +122,6 @@ def trajectory_hf(ctx: JobContext) -> JobResult:
     extra = {
         "checkpoints": records,
         "boundaries": list(boundaries),
-        "convention": "subdirectories named *<step> holding config.json, in step order",
+        "convention": "DIR itself, or its step-N / checkpoint-N sub-directories, by step",
     }
     return JobResult(metrics=metrics, observations=observations, texts=texts, extra=extra)
