@@ -602,3 +602,34 @@ def test_report_shows_the_receipt(verdicted, tmp_path: Path) -> None:  # noqa: A
     assert '<span class="pill ok">verifies</span>' in section
     assert "docket verify receipt.json" in section and "docket log receipt receipted" in section
     assert "The verdict was computed at log head size" in section
+
+
+def test_receipt_consistency_and_audit_against_write_nothing(keyed, tmp_path: Path) -> None:  # noqa: ANN001
+    from sqlalchemy import MetaData, select
+
+    h = _head(keyed, tmp_path, "h.json")
+    led = open_ledger(keyed.url)
+    try:
+
+        def snapshot() -> dict[str, list[tuple]]:
+            meta = MetaData()
+            meta.reflect(led.engine)
+            with led.engine.connect() as conn:
+                return {
+                    name: sorted(map(tuple, conn.execute(select(table)).all()), key=repr)
+                    for name, table in meta.tables.items()
+                }
+
+        before = snapshot()
+        for args in (
+            ("log", "receipt", "receipted"),
+            ("log", "receipt", "receipted", "--out", str(tmp_path / "r.json")),
+            ("log", "consistency", str(h), "--json"),
+            ("audit", "--against", str(h), "--json"),
+            ("verify", str(tmp_path / "r.json"), "--protocol", str(tmp_path / "receipted.yaml")),
+        ):
+            result = keyed(*args)
+            assert result.exit_code == 0, (args, result.output)
+        assert snapshot() == before, "a read-only command wrote to the ledger"
+    finally:
+        led.engine.dispose()
