@@ -160,6 +160,8 @@ def verify_cmd(receipt: Path, protocol_file: Path, public_key: Path | None, as_j
     """Offline: check that RECEIPT (`docket log receipt`) proves this exact protocol FILE was
     frozen in a log whose head the trusted key signed. Opens no ledger; exit 3 naming each
     check that failed."""
+    from rich.markup import escape
+
     from ..integrity.receipt import read_public_key_file, read_receipt_file, verify_receipt
 
     data = read_receipt_file(receipt)
@@ -169,17 +171,18 @@ def verify_cmd(receipt: Path, protocol_file: Path, public_key: Path | None, as_j
 
     def human(c: Any) -> None:
         for w in result.warnings:
-            c.print(f"[bold red]WARNING[/bold red]: {w}")
+            c.print(f"[bold red]WARNING[/bold red]: {escape(w)}")
         for check in result.checks:
             mark = "[green]PASS[/green]" if check.ok else "[bold red]FAIL[/bold red]"
-            c.print(f"{mark} {check.name:<9} {check.detail}")
+            c.print(f"{mark} {check.name:<9} {escape(check.detail)}")
         if result.ok:
             leaf = result.leaf or {}
             how = "VERIFIED" if result.key_source == "given" else "VERIFIED, UNTRUSTED KEY"
             c.print(
-                f"{how}: {protocol_file} is {leaf.get('protocol_id')} v{leaf.get('version')}, "
-                f"frozen {leaf.get('frozen_at')}, leaf {data['leaf_index']} of a log of "
-                f"{result.sth['tree_size']} leaves signed {result.sth['timestamp']}"
+                f"{how}: {escape(str(protocol_file))} is {leaf.get('protocol_id')} "
+                f"v{leaf.get('version')}, frozen {leaf.get('frozen_at')}, leaf "
+                f"{data['leaf_index']} of a log of {result.sth['tree_size']} leaves signed "
+                f"{result.sth['timestamp']}"
             )
 
     emit(out, as_json, human)
