@@ -27,6 +27,12 @@ Contract of :func:`compute_verdict`:
   pooled), so
   :func:`recompute_inputs_sha256` can re-derive the hash from the current observation rows (the
   audit compares the two to detect tampering).
+* ``log_head`` (:func:`docketml.ledger.integrity.heads.head_record`): the Merkle log head the
+  verdict was computed at (tree size, root hash, and the signed tree head when a signing key is
+  available), stored in ``details_json``. It is not part of the look rule (a repeated look at
+  the same inputs stays a look, :mod:`docketml.ledger.store.looks`) nor of the re-derivation the
+  audit compares (:func:`rederive_verdict`). A look returns the head it saw as ``log_head`` and
+  the recorded verdict's as ``verdict_log_head``.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from sqlalchemy.orm import Session
 
 from docketml.protocols.schema import Protocol
 
+from .integrity.heads import head_record
 from .results import MetricValue
 from .store import looks
 from .store import protocols as store
@@ -426,6 +433,7 @@ def compute_verdict(session: Session, protocol_id: str, *, record: bool = True) 
         "selection": [s.as_dict() for _, s in sorted(loaded.selections.items())],
         "reruns": [n for _, s in sorted(loaded.selections.items()) if (n := s.note())],
         "hypotheses": result["hypotheses"],
+        "log_head": head_record(session),
     }
     if record:
         previous = looks.latest_verdict(session, row.id)
@@ -438,6 +446,7 @@ def compute_verdict(session: Session, protocol_id: str, *, record: bool = True) 
             out["verdict_id"] = previous.id
             out["computed_at"] = previous.computed_at.isoformat()
             out["recorded"] = "look"
+            out["verdict_log_head"] = _stored_log_head(previous)
             out["look"] = {"id": look.id, "at": look.at.isoformat(), "who": look.who}
             return out
         now = utcnow()
@@ -456,6 +465,16 @@ def compute_verdict(session: Session, protocol_id: str, *, record: bool = True) 
         out["computed_at"] = now.isoformat()
         out["recorded"] = "verdict"
     return out
+
+
+def _stored_log_head(row: VerdictRow) -> dict[str, Any] | None:
+    """The ``log_head`` a recorded verdict stored (None for verdicts recorded before heads)."""
+    try:
+        details = json.loads(row.details_json)
+    except json.JSONDecodeError:
+        return None
+    head = details.get("log_head") if isinstance(details, dict) else None
+    return head if isinstance(head, dict) else None
 
 
 def recompute_inputs_sha256(session: Session, verdict_row: VerdictRow) -> str:
