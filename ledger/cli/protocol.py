@@ -363,6 +363,8 @@ def show_cmd(
         return
 
     def human(c: Any) -> None:
+        from ..verdict.signcheck import describe_null
+
         c.print(f"[bold]{data['id']}[/bold] v{data['version']} - {data['title']}")
         c.print(
             f"sha256 {data['sha256']}  status {data['status']}  "
@@ -372,7 +374,11 @@ def show_cmd(
         c.print(
             "sign-check: "
             + ("never run" if sc is None else ("passed" if sc["passed"] else "FAILED"))
+            + ("" if sc is None else f"  bootstrap engine {sc['engine']}")
         )
+        null_line = None if sc is None else describe_null(sc.get("null_proven"))
+        if null_line:
+            c.print(null_line, markup=False)
         proto = data["protocol"]
         c.print(
             table(
