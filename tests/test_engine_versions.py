@@ -381,3 +381,25 @@ def test_sign_check_rows_store_the_engine(docket, tmp_path: Path) -> None:
     finally:
         led.engine.dispose()
     assert report["engine"] == 2 and report["null_proven"]["resamples_cap"] == 1000
+
+
+@pytest.mark.parametrize(("k", "n_pos", "n_neg"), [(130, 30, 30), (64, 7, 50), (300, 12, 9)])
+def test_kronecker_kernel_equals_the_pairwise_kernel_bit_for_bit(k, n_pos, n_neg) -> None:
+    """The many-rows kernel of the simulator computes the same exact integers as the pairwise
+    kernel, from int64 (engine 1) and float32 (engine 2) counts alike."""
+    rng = np.random.default_rng(k)
+    pos = np.round(rng.standard_normal((k, n_pos)), 1)  # ties included
+    neg = np.round(rng.standard_normal((k, n_neg)), 1)
+    b = 700
+    wp = stats._resample_counts(rng.integers(0, n_pos, (b, n_pos)), n_pos)
+    wq = stats._resample_counts(rng.integers(0, n_neg, (b, n_neg)), n_neg)
+    want = np.empty((k, b))
+    stats._PairwiseComparisons(pos, neg, n_pos, n_neg).accumulate(wp, wq, want)
+    for counts in ((wp, wq), (wp.astype(np.float32), wq.astype(np.float32))):
+        got = np.empty((k, b))
+        stats._KronComparisons(pos, neg, n_pos, n_neg).accumulate(*counts, got)
+        assert np.array_equal(got, want)
+    # and both are the definition: 2 sum_{c,d} psi over the multiplicities, for one row
+    r, s = 3, k - 1
+    c2 = 2.0 * (pos[s][:, None] > neg[s][None, :]) + (pos[s][:, None] == neg[s][None, :])
+    assert want[s, r] == wp[r] @ c2 @ wq[r]

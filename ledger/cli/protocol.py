@@ -195,7 +195,7 @@ def simulate_cmd(
 
     from ..errors import UserError
     from ..verdict.simulate import PilotError, plot_simulation, simulate_protocol
-    from ..verdicts import load_pilot
+    from ..verdicts import engine_version, load_pilot
 
     if plot is not None:
         require_extra("plots")  # before minutes of simulation, not after
@@ -203,7 +203,9 @@ def simulate_cmd(
         raise click.BadParameter("must be at least 1", param_hint="--runs")
     sizes = _sizes(sizes_text)
     with env.ledger().session() as session:
-        protocol = store.parse_row(store.latest(session, protocol_id))
+        row = store.latest(session, protocol_id)
+        protocol = store.parse_row(row)
+        engine = engine_version(session, row)  # the engine a verdict of this version runs with
         pilot = load_pilot(session, pilot_ref) if pilot_ref is not None else None
     err = Console(stderr=True)
     with Progress(
@@ -229,6 +231,7 @@ def simulate_cmd(
                 pilot=pilot,
                 effect=effect,
                 progress=tick,
+                engine=engine,
             )
         except PilotError as exc:
             raise UserError(f"--pilot {pilot_ref}: {exc}") from None

@@ -501,7 +501,8 @@ def simulate_protocol(
         },
         "notes": [
             f"{n_sims} simulated studies per point; {sizes_txt} items per class per group; "
-            f"{capped}; the studies of a point share one resample set per group",
+            f"{capped}; the studies of a point share one resample set per group; bootstrap "
+            f"engine {engine}",
             model,
         ],
     }
