@@ -307,6 +307,9 @@ def test_verdict_runs_with_the_engine_its_protocol_froze_with(docket, tmp_path: 
         shown = json.loads(docket("protocol", "show", "engines", "--json").output)
         assert shown["sign_check"]["engine"] == 1 and shown["sign_check"]["null_proven"] is None
         want = 1
+    sim = docket("protocol", "simulate", "engines", "--runs", "5", "--resamples", "100", "--json")
+    assert sim.exit_code == 0, sim.output
+    assert json.loads(sim.output)["settings"]["engine"] == want  # what a verdict would use
     assert docket("run", "engines", "--no-progress").exit_code == 0
     out = _verdict(docket)
     assert out["engine"] == want
