@@ -19,7 +19,12 @@ What is checked (each problem is one :class:`Finding` naming the table, the row 
    the runs the verdict pinned, as of its ``computed_at``) and the stored ``verdict`` column and
    ``details_json`` (overall and per hypothesis) compared with the result, so a forged copy with
    another verdict or an edited row is found; ``run_ids_json`` must list the pinned runs, and each
-   pinned run must be bound to the verdict's protocol sha256 and have succeeded.
+   pinned run must be bound to the verdict's protocol sha256 and have succeeded. The
+   re-derivation runs with the bootstrap engine version the verdict recorded
+   (``details_json["engine"]``, absent = 1), which must be the version its protocol was frozen
+   with (:func:`ledger.verdicts.engine_version`: a verdict computed with another engine picked
+   its engine); every recorded CI bound and point (``delta``, ``ci_low``, ``ci_high``, ``value``,
+   ``difference``, per hypothesis and per group row) must be re-derived bit for bit.
 5. Frozen means sign-checked: a ``frozen`` protocol row needs ``frozen_at`` and a latest
    sign-check that passed for its sha256 (the freeze guard of revision 0004 refuses new ones).
 6. Money: no ``costs.usd_micros`` or ``runs.cost_micros`` is negative, and each run's
@@ -284,6 +289,42 @@ def _audit_verdicts(
     return len(rows)
 
 
+_REDERIVED_NUMBERS = ("delta", "ci_low", "ci_high", "value", "difference")
+
+
+def _numbers(hyp: Any) -> dict[str, float]:
+    """The recorded CI bounds and points of one hypothesis result, keyed ``field`` or
+    ``groups[i].field`` (None values and non-dicts skipped)."""
+    if not isinstance(hyp, dict):
+        return {}
+    out = {k: hyp[k] for k in _REDERIVED_NUMBERS if isinstance(hyp.get(k), int | float)}
+    for i, r in enumerate(hyp.get("groups") or []):
+        if isinstance(r, dict):
+            for k in _REDERIVED_NUMBERS:
+                if isinstance(r.get(k), int | float):
+                    out[f"groups[{i}].{k}"] = r[k]
+    return out
+
+
+def _number_findings(details: dict[str, Any], again: dict[str, Any]) -> list[str]:
+    """Recorded numbers the re-derivation does not reproduce exactly (first 3 named)."""
+    stored = {h.get("id"): h for h in details.get("hypotheses", []) if isinstance(h, dict)}
+    diffs = []
+    for h in again.get("hypotheses_full", []):
+        mine, theirs = _numbers(h), _numbers(stored.get(h["id"]))
+        for key in sorted(set(mine) & set(theirs)):
+            if float(mine[key]) != float(theirs[key]):
+                diffs.append(f"{h['id']} {key} {theirs[key]!r} -> {mine[key]!r}")
+    if not diffs:
+        return []
+    more = f" (and {len(diffs) - 3} more)" if len(diffs) > 3 else ""
+    return [
+        f"recorded numbers are not re-derived bit for bit under engine {again['engine']}: "
+        + "; ".join(diffs[:3])
+        + more
+    ]
+
+
 def _verdict_findings(session: Session, row: VerdictRow) -> list[str]:
     """What differs between the stored verdict ``row`` and its re-derivation."""
     from ..verdicts import rederive_verdict  # imported only when needed
@@ -332,6 +373,12 @@ def _verdict_findings(session: Session, row: VerdictRow) -> list[str]:
     ]
     if changed:
         out.append("details_json hypotheses differ from the re-derivation: " + "; ".join(changed))
+    if again["engine"] != again["frozen_engine"]:
+        out.append(
+            f"verdict ran with bootstrap engine {again['engine']} but its protocol was frozen "
+            f"with engine {again['frozen_engine']}: a verdict's engine is fixed at freeze time"
+        )
+    out += _number_findings(details, again)
     return out
 
 

@@ -58,6 +58,7 @@ from ..store.db import Ledger
 from ..store.models import ProtocolRow, RunRow, SignCheckRow, VerdictRow
 from ..store.results import load_payload
 from ..verdict.rules import VERDICTS
+from ..verdict.signcheck import describe_null
 from ..verdict.stats import auroc
 from .trajectory import Trajectory, TrajectoryPoint, trajectory
 
@@ -914,8 +915,12 @@ def _sign_check_html(report: Report) -> str:
     head = (
         f'<p class="note">Ran {e(_when(sc.get("ran_at")))}: '
         f'<span class="pill {"ok" if sc["passed"] else "bad"}">'
-        f"{'passed' if sc['passed'] else 'FAILED'}</span> · {len(rows)} check(s)</p>"
+        f"{'passed' if sc['passed'] else 'FAILED'}</span> · {len(rows)} check(s) · "
+        f"bootstrap engine {e(sc.get('engine', 1))}</p>"
     )
+    null_line = describe_null(sc.get("null_proven"))
+    if null_line:
+        head += f'<p class="note">{e(null_line)}</p>'
     return head + _table(
         ["", "check", "target", "expected", "found", "likely cause"], rows, row_classes=classes
     )
