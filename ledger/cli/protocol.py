@@ -204,7 +204,7 @@ def simulate_cmd(
 
     from ..errors import UserError
     from ..verdict.simulate import PilotError, plot_simulation, simulate_protocol
-    from ..verdicts import load_pilot
+    from ..verdicts import engine_version, load_pilot
 
     if plot is not None:
         require_extra("plots")  # before minutes of simulation, not after
@@ -212,7 +212,9 @@ def simulate_cmd(
         raise click.BadParameter("must be at least 1", param_hint="--runs")
     sizes = _sizes(sizes_text)
     with env.ledger().session() as session:
-        protocol = store.parse_row(store.latest(session, protocol_id))
+        row = store.latest(session, protocol_id)
+        protocol = store.parse_row(row)
+        engine = engine_version(session, row)  # the engine a verdict of this version runs with
         pilot = load_pilot(session, pilot_ref) if pilot_ref is not None else None
     err = Console(stderr=True)
     with Progress(
@@ -238,6 +240,7 @@ def simulate_cmd(
                 pilot=pilot,
                 effect=effect,
                 progress=tick,
+                engine=engine,
             )
         except PilotError as exc:
             raise UserError(f"--pilot {pilot_ref}: {exc}") from None
@@ -372,6 +375,8 @@ def show_cmd(
         return
 
     def human(c: Any) -> None:
+        from ..verdict.signcheck import describe_null
+
         c.print(f"[bold]{data['id']}[/bold] v{data['version']} - {data['title']}")
         c.print(
             f"sha256 {data['sha256']}  status {data['status']}  "
@@ -381,7 +386,11 @@ def show_cmd(
         c.print(
             "sign-check: "
             + ("never run" if sc is None else ("passed" if sc["passed"] else "FAILED"))
+            + ("" if sc is None else f"  bootstrap engine {sc['engine']}")
         )
+        null_line = None if sc is None else describe_null(sc.get("null_proven"))
+        if null_line:
+            c.print(null_line, markup=False)
         proto = data["protocol"]
         c.print(
             table(

@@ -41,6 +41,10 @@ def print_verdict(data: dict[str, Any], c: Any) -> None:
     c.print(escape(data["ignored_runs"]["note"]))
     used = ", ".join(f"#{r['id']} {r['job']}" for r in data["runs"]) or "none"
     c.print(f"runs used: {escape(used)}")
+    head = data.get("log_head")
+    if isinstance(head, dict):
+        signed = "signed" if head.get("sth") else f"unsigned: {head.get('unsigned')}"
+        c.print(f"log head: size {head['tree_size']}, root {head['root_hash'][:16]}... ({signed})")
     for note in data.get("reruns", []):
         c.print(f"note: {escape(note)}")
     for h in data["hypotheses"]:
