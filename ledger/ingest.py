@@ -46,7 +46,12 @@ built-in job, ``billing.hardware.cost_micros``) and/or ``usd_micros`` (recorded 
 cost row attached to the run (``billing.bill.add_manual_cost``), ``runs.cost_micros`` equal to it.
 
 Validation is complete before anything is written: every problem of every file is reported as
-``FILE:LINE: message`` (all at once; exit 2) and the ledger is left untouched. A valid file is
+``FILE:LINE: message`` (all at once, the first ``MAX_PROBLEMS_SHOWN`` in line order and the
+count; exit 2) and the ledger is left untouched. The results file is streamed: read, parsed and
+validated one line at a time, its rows spooled to a temporary file (``TMPDIR``; a full disk there
+is exit 4) from which the whole-file checks (duplicate items, signals present on other rows) and
+the write read them back, so memory does not grow with the file (8 bytes per row remain, the
+hashes of the duplicate check). A valid file is
 recorded in ONE short transaction (parsing happens before it, outside any transaction, so a long
 file never holds the ledger's write lock) as a ``succeeded`` run (source ``ingest``, job
 ``ingest`` or ``--job``) bound to the latest frozen version, with the file's sha256 as
@@ -80,7 +85,7 @@ from docketml.protocols.schema import NonInferiorityRule, Protocol, RegimeWinsRu
 
 from .billing.bill import add_manual_cost, user_catalog
 from .billing.hardware import UnknownHardwareError
-from .errors import UserError
+from .errors import EnvironmentRefused, UserError
 from .store import protocols as store
 from .store.db import Ledger
 from .store.models import ProtocolRow, RunRow
@@ -150,6 +155,13 @@ class _Problems:
         return [(line, msg) for line, _, _, msg in self.kept[:MAX_PROBLEMS_SHOWN]]
 
 
+def _spool_refused(exc: OSError) -> EnvironmentRefused:
+    return EnvironmentRefused(
+        f"cannot write ingest's temporary file in {tempfile.gettempdir()} ({exc.strerror}); "
+        "free space there or point TMPDIR elsewhere"
+    )
+
+
 class _Spool:
     """Validated rows on disk (a temporary file, pickled batches), so a file of any size is
     held in memory one batch at a time."""
@@ -157,7 +169,10 @@ class _Spool:
     BATCH = 10_000
 
     def __init__(self) -> None:
-        self.file = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
+        try:
+            self.file = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
+        except OSError as exc:
+            raise _spool_refused(exc) from None
         self.batch: list[tuple[Any, ...]] = []
 
     def add(self, row: tuple[Any, ...]) -> None:
@@ -167,7 +182,10 @@ class _Spool:
 
     def flush(self) -> None:
         if self.batch:
-            pickle.dump(self.batch, self.file, protocol=pickle.HIGHEST_PROTOCOL)
+            try:
+                pickle.dump(self.batch, self.file, protocol=pickle.HIGHEST_PROTOCOL)
+            except OSError as exc:
+                raise _spool_refused(exc) from None
             self.batch = []
 
     def rows(self) -> Iterator[tuple[Any, ...]]:

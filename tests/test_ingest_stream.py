@@ -104,3 +104,20 @@ def test_valid_file_is_written_in_file_order(docket, tmp_path) -> None:
     want = [(f"it{k}", sig, k / 7 if sig == "s_pos" else -k / 3)
             for k in range(25_000) for sig in ("s_pos", "s_conf")]  # fmt: skip
     assert [tuple(g) for g in got] == want
+
+
+def test_spool_that_cannot_be_written_is_exit_4(docket_sqlite, tmp_path, monkeypatch) -> None:
+    """The temporary spool's directory refusing the file is the environment's problem (exit
+    4, one line naming the directory), and nothing is written."""
+    import tempfile
+
+    docket = docket_sqlite
+    pid = frozen(docket, tmp_path, JUDGED_YAML)
+    path = write_jsonl(tmp_path / "ok.jsonl", [{"group": "ood_a", "item": "a", "label": 1,
+                                               "signals": SIG}])  # fmt: skip
+    before = counts(docket.url)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "missing"))
+    r = docket("ingest", pid, str(path))
+    assert r.exit_code == 4, r.output
+    assert "cannot write ingest's temporary file in" in r.output and "Traceback" not in r.output
+    assert counts(docket.url) == before
