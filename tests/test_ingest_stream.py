@@ -121,3 +121,19 @@ def test_spool_that_cannot_be_written_is_exit_4(docket_sqlite, tmp_path, monkeyp
     assert r.exit_code == 4, r.output
     assert "cannot write ingest's temporary file in" in r.output and "Traceback" not in r.output
     assert counts(docket.url) == before
+
+
+def test_file_over_the_limit_is_refused_before_reading(docket_sqlite, tmp_path, monkeypatch):
+    """The size limit still holds for a streamed file: exit 2, one line, nothing written."""
+    import docketml.ledger.ingest as ingest
+
+    docket = docket_sqlite
+    pid = frozen(docket, tmp_path, JUDGED_YAML)
+    rows = [{"group": "ood_a", "item": f"i{k}", "label": 1, "signals": SIG} for k in range(20)]
+    path = write_jsonl(tmp_path / "big.jsonl", rows)
+    monkeypatch.setattr(ingest, "MAX_INGEST_BYTES", 300)
+    before = counts(docket.url)
+    r = docket("ingest", pid, str(path))
+    assert r.exit_code == 2, r.output
+    assert f"{path}: is larger than 300 bytes" in r.output
+    assert counts(docket.url) == before
