@@ -5,8 +5,16 @@ candidates + 2 baselines, ``regime_wins`` with margin 0.02, best baseline fixed,
 paired bootstrap with 10,000 resamples. "Ours" is ``ledger.rules.evaluate`` on the protocol and a
 ``SourceData`` built from long rows: shaping the data, orienting the signals, the bootstrap, the
 deltas vs the best baseline, the CIs, the wins, the verdict and the pooled AUROCs with DeLong CIs.
+It is timed under engine 1 (every verdict recorded before engine versions) and engine 2 (the
+engine new protocols freeze with; ``ledger.verdict.stats`` module docstring).
 
 Compared, in the same run:
+* the floor: a plain numpy loop-free kernel of the same rule (``floor_kernel``): per group, the
+  oriented (4, 30) score matrices are given; ONE ``integers`` call per class draws all 10,000
+  resamples (int16), one bincount per class counts them, one float32 matmul with the pairwise
+  comparison matrix and one einsum give every resample's AUROCs, then the deltas vs the fixed
+  best baseline and their percentile CIs. No data shaping, no validation, no point estimates,
+  no pooled AUROCs, no verdict: the least numpy work the 14 CIs take.
 * ``scipy.stats.bootstrap(..., paired=True, vectorized=True, n_resamples=10000,
   method="percentile")`` doing the same statistical work: per group, the CI of each candidate's
   AUROC minus the best baseline's (one vector-valued call per group; scipy resamples rows without
@@ -15,7 +23,8 @@ Compared, in the same run:
   slice and scaled to 10,000; on that slice it also re-derives the engine's CIs (run with the
   slice's resample count) as a correctness check.
 
-Run: ``python benchmarks/verdict.py`` (options: --repeats, --scipy-repeats, --sklearn-slice).
+Run: ``python benchmarks/verdict.py`` (options: --repeats, --scipy-repeats, --sklearn-slice,
+--clock wall|cpu; the candidates are timed interleaved, round by round).
 """
 
 from __future__ import annotations
@@ -125,9 +134,9 @@ def oriented(rows: list, group: str) -> tuple[dict[str, np.ndarray], np.ndarray]
     return scores, labels
 
 
-def run_ours(protocol: Protocol, rows: list) -> dict:
+def run_ours(protocol: Protocol, rows: list, engine: int = 1) -> dict:
     src = rules.SourceData.from_rows(rows, name="bench")
-    return rules.evaluate(protocol, rules.Dataset({None: src}))
+    return rules.evaluate(protocol, rules.Dataset({None: src}), engine=engine)
 
 
 def _auroc_rows(labels: np.ndarray, scores: np.ndarray, axis: int) -> np.ndarray:
@@ -192,13 +201,57 @@ def run_sklearn_slice(rows: list, n_slice: int, seed: int) -> tuple[float, float
     return elapsed, worst
 
 
-def timed(fn: Callable[[], object], repeats: int) -> tuple[list[float], object]:
-    times, result = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - t0)
-    return times, result
+def floor_kernel(
+    groups: list[tuple[np.ndarray, np.ndarray, int]], seed: int, resamples: int = RESAMPLES
+) -> list[np.ndarray]:
+    """The floor (module docstring): per group ``(pos (4, n_pos), neg (4, n_neg), best)`` with
+    oriented scores (signals in SIGNALS order, best = index of the best baseline), the (2, 2)
+    percentile CIs [candidate][low, high] of candidate - best baseline."""
+    out = []
+    for i, (pos, neg, best) in enumerate(groups):
+        rng = np.random.default_rng(seed + i)
+        n_pos, n_neg = pos.shape[1], neg.shape[1]
+        c2 = 2.0 * (pos[:, :, None] > neg[:, None, :]) + (pos[:, :, None] == neg[:, None, :])
+        c2 = np.ascontiguousarray(c2.astype(np.float32).transpose(1, 0, 2)).reshape(n_pos, -1)
+        ip = rng.integers(0, n_pos, (resamples, n_pos), dtype=np.int16)
+        iq = rng.integers(0, n_neg, (resamples, n_neg), dtype=np.int16)
+        rows = np.arange(resamples)[:, None]
+        wp = np.bincount((ip + rows * n_pos).ravel(), minlength=resamples * n_pos)
+        wq = np.bincount((iq + rows * n_neg).ravel(), minlength=resamples * n_neg)
+        wp = wp.reshape(resamples, n_pos).astype(np.float32)
+        wq = wq.reshape(resamples, n_neg).astype(np.float32)
+        part = (wp @ c2).reshape(resamples, len(SIGNALS), n_neg)
+        auc = np.einsum("bsj,bj->sb", part, wq) / (2.0 * n_pos * n_neg)
+        delta = auc[:2] - auc[2 + best]
+        out.append(np.percentile(delta, [2.5, 97.5], axis=-1).T)
+    return out
+
+
+def floor_inputs(rows: list) -> list[tuple[np.ndarray, np.ndarray, int]]:
+    """The floor's given inputs: per group the oriented score matrices and the best baseline."""
+    groups = []
+    for g in GROUPS:
+        scores, labels = oriented(rows, g)
+        mat = np.stack([scores[s] for s in SIGNALS])
+        full = [roc_auc_score(labels, scores[s]) for s in BASELINES]
+        groups.append((mat[:, labels == 1], mat[:, labels == 0], int(np.argmax(full))))
+    return groups
+
+
+def timed_round_robin(
+    fns: dict[str, Callable[[], object]], repeats: dict[str, int], clock: Callable[[], float]
+) -> tuple[dict[str, list[float]], dict[str, object]]:
+    """Time every ``fns[name]`` ``repeats[name]`` times, interleaved (round r runs each function
+    that still has repeats left), so a change of machine load hits all of them alike."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    results: dict[str, object] = {}
+    for r in range(max(repeats.values())):
+        for name, fn in fns.items():
+            if r < repeats[name]:
+                t0 = clock()
+                results[name] = fn()
+                times[name].append(clock() - t0)
+    return times, results
 
 
 def main() -> None:
@@ -207,6 +260,12 @@ def main() -> None:
     ap.add_argument("--scipy-repeats", type=int, default=3)
     ap.add_argument("--sklearn-slice", type=int, default=100, help="resamples per group")
     ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall: perf_counter; cpu: process_time (steadier on a loaded machine)",
+    )
     args = ap.parse_args()
 
     protocol = make_protocol(seed=args.seed)
@@ -218,19 +277,45 @@ def main() -> None:
     print(
         f"python {platform.python_version()}, numpy {np.__version__}, scipy {scipy.__version__}, "
         f"scikit-learn {sklearn.__version__}, cpus {os.cpu_count()}, "
-        f"load average {os.getloadavg()[0]:.1f}"
+        f"load average {os.getloadavg()[0]:.1f}, clock {args.clock}, "
+        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; timings interleaved"
     )
+    given = floor_inputs(rows)
     run_ours(protocol, rows)  # warm-up
-    ours_t, ours = timed(lambda: run_ours(protocol, rows), args.repeats)
-    scipy_t, sp = timed(lambda: run_scipy(rows, args.seed), args.scipy_repeats)
+    run_ours(protocol, rows, engine=2)
+    floor_kernel(given, args.seed)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    times, results = timed_round_robin(
+        {
+            "v1": lambda: run_ours(protocol, rows),
+            "v2": lambda: run_ours(protocol, rows, engine=2),
+            "floor": lambda: floor_kernel(given, args.seed),
+            "scipy": lambda: run_scipy(rows, args.seed),
+        },
+        {"v1": args.repeats, "v2": args.repeats, "floor": args.repeats}
+        | {"scipy": args.scipy_repeats},
+        clock,
+    )
+    ours_t, v2_t, floor_t, scipy_t = (times[k] for k in ("v1", "v2", "floor", "scipy"))
+    ours, ours2, floor_ci, sp = (results[k] for k in ("v1", "v2", "floor", "scipy"))
     sk_t, sk_err = run_sklearn_slice(rows, args.sklearn_slice, args.seed)
     sk_scaled = sk_t * RESAMPLES / args.sklearn_slice
     ours_med, scipy_med = statistics.median(ours_t), statistics.median(scipy_t)
+    v2_med, floor_med = statistics.median(v2_t), statistics.median(floor_t)
     h1 = ours["hypotheses"][0]  # type: ignore[index]
+    h2 = ours2["hypotheses"][0]  # type: ignore[index]
     print()
     print(
-        f"ours   rules.evaluate (whole verdict, in-memory rows): median {ours_med:.4f} s "
+        f"ours engine 1 rules.evaluate (whole verdict, in-memory rows): median {ours_med:.4f} s "
         f"(min {min(ours_t):.4f}, max {max(ours_t):.4f}, n={args.repeats})"
+    )
+    print(
+        f"ours engine 2 rules.evaluate (whole verdict, in-memory rows): median {v2_med:.4f} s "
+        f"(min {min(v2_t):.4f}, max {max(v2_t):.4f}, n={args.repeats})"
+    )
+    print(
+        f"floor  plain numpy loop-free kernel (the 14 CIs only): median {floor_med:.4f} s "
+        f"(min {min(floor_t):.4f}, max {max(floor_t):.4f}, n={args.repeats})"
     )
     print(
         "scipy.stats.bootstrap(paired=True, vectorized=True, percentile; NOT stratified): "
@@ -241,11 +326,31 @@ def main() -> None:
         f"-> scaled to {RESAMPLES:,}: {sk_scaled:.1f} s"
     )
     print()
-    print(f"speedup vs scipy.stats.bootstrap: {scipy_med / ours_med:.1f}x   (goal >= 30x)")
-    print(f"speedup vs sklearn loop:          {sk_scaled / ours_med:.0f}x")
-    print(f"ours under 0.3 s:                 {'yes' if ours_med < 0.3 else 'NO'}")
+    print(
+        f"speedup vs scipy.stats.bootstrap: engine 1 {scipy_med / ours_med:.1f}x, engine 2 "
+        f"{scipy_med / v2_med:.1f}x, floor {scipy_med / floor_med:.1f}x   (goal: engine 2 >= 30x)"
+    )
+    print(
+        f"time / floor:                     engine 1 {ours_med / floor_med:.2f}x, engine 2 "
+        f"{v2_med / floor_med:.2f}x   (goal: engine 2 <= 2x)"
+    )
+    print(f"speedup vs sklearn loop:          engine 1 {sk_scaled / ours_med:.0f}x")
+    print(f"ours under 0.3 s:                 {'yes' if max(ours_med, v2_med) < 0.3 else 'NO'}")
     print()
-    print(f"verdict {h1['verdict']}: {h1['why']}")
+    print(f"verdict engine 1 {h1['verdict']}: {h1['why']}")
+    print(f"verdict engine 2 {h2['verdict']}: {h2['why']}")
+    worst = max(
+        abs(a[k] - b[k])
+        for a, b in zip(h1["groups"], h2["groups"], strict=True)
+        for k in ("ci_low", "ci_high")
+    )
+    print(f"check: max |CI bound engine 1 - engine 2| over 14 deltas = {worst:.4f} (Monte Carlo)")
+    fl = max(
+        abs(r[k] - floor_ci[GROUPS.index(r["group"])][CANDIDATES.index(r["candidate"])][j])  # type: ignore[index]
+        for r in h2["groups"]
+        for j, k in enumerate(("ci_low", "ci_high"))
+    )
+    print(f"check: max |CI bound engine 2 - floor| over 14 deltas = {fl:.4f} (Monte Carlo)")
     print(
         f"check: max |engine CI - sklearn-loop CI| at {args.sklearn_slice} resamples = {sk_err:.2e}"
     )

@@ -34,6 +34,12 @@ Contract of :func:`compute_verdict`:
   :func:`docketml.ledger.store.results.inputs_sha256`). No Python object per observation is
   kept: memory is the engine's arrays (one float per item and signal, one ``str`` per item)
   plus the largest group's rows.
+* ``log_head`` (:func:`docketml.ledger.integrity.heads.head_record`): the Merkle log head the
+  verdict was computed at (tree size, root hash, and the signed tree head when a signing key is
+  available), stored in ``details_json``. It is not part of the look rule (a repeated look at
+  the same inputs stays a look, :mod:`docketml.ledger.store.looks`) nor of the re-derivation the
+  audit compares (:func:`rederive_verdict`). A look returns the head it saw as ``log_head`` and
+  the recorded verdict's as ``verdict_log_head``.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ from sqlalchemy.orm import Session
 
 from docketml.protocols.schema import Protocol
 
+from .integrity.heads import head_record
 from .results import MetricValue
 from .store import looks
 from .store import protocols as store
@@ -71,6 +78,7 @@ from .verdict.rules import (
     headline_statistic,
     rule_sources,
 )
+from .verdict.stats import ENGINE_VERSIONS, LATEST_ENGINE
 
 ALL_RUNS = "*"  # the key of the merged source in details / canonical inputs
 
@@ -523,6 +531,34 @@ def _ignored_runs(session: Session, row: ProtocolRow) -> dict[str, Any]:
     return {"count": len(runs), "by_version": by_version, "note": note}
 
 
+# --------------------------------------------------------------------------------------------
+# Engine version hook (issue 15): which bootstrap engine a verdict runs with. One definition:
+# a frozen version's engine is the one recorded by the sign-check that froze it (report_json
+# "engine"; absent = 1, frozen before engine versions existed); a version not frozen yet would
+# freeze with LATEST_ENGINE. A recorded verdict stores its engine in details_json["engine"]
+# (absent = 1) and is re-derived with it. Nothing a user passes at verdict time chooses it.
+# --------------------------------------------------------------------------------------------
+
+
+def engine_version(session: Session, row: ProtocolRow) -> int:
+    """The bootstrap engine version verdicts of protocol version ``row`` run with (see above)."""
+    if row.status != "frozen":
+        return LATEST_ENGINE
+    check = store.latest_sign_check(session, row)
+    if check is None:
+        return 1
+    return recorded_engine(json.loads(check.report_json), "sign-check report")
+
+
+def recorded_engine(details: Any, what: str = "details_json") -> int:
+    """The ``engine`` recorded in a verdict's details (or a sign-check report): 1 when absent;
+    ``ValueError`` naming ``what`` when it is not a known version."""
+    value = details.get("engine", 1) if isinstance(details, dict) else 1
+    if isinstance(value, bool) or value not in ENGINE_VERSIONS:
+        raise ValueError(f"{what} records engine {value!r}; known versions: {ENGINE_VERSIONS}")
+    return int(value)
+
+
 def compute_verdict(session: Session, protocol_id: str, *, record: bool = True) -> dict[str, Any]:
     """Compute (and by default record) the verdict of ``protocol_id``; see the module docstring.
 
@@ -532,7 +568,8 @@ def compute_verdict(session: Session, protocol_id: str, *, record: bool = True) 
     row = store.latest_frozen(session, protocol_id)
     protocol = store.parse_row(row)
     loaded = load_dataset(session, row, protocol)
-    result = evaluate(protocol, loaded.dataset)
+    engine = engine_version(session, row)
+    result = evaluate(protocol, loaded.dataset, engine=engine)
     digest = loaded.inputs_sha256
     used = sorted({rid for ids in loaded.sources.values() for rid in ids})
     runs_by_id = {r.id: r for r in loaded.runs}
@@ -542,6 +579,7 @@ def compute_verdict(session: Session, protocol_id: str, *, record: bool = True) 
         "protocol_sha256": row.sha256,
         "verdict": result["verdict"],
         "primary": result["primary"],
+        "engine": engine,
         "inputs_sha256": digest,
         "amendments": _amendments(session, row),
         "ignored_runs": _ignored_runs(session, row),
@@ -557,6 +595,7 @@ def compute_verdict(session: Session, protocol_id: str, *, record: bool = True) 
         "selection": [s.as_dict() for _, s in sorted(loaded.selections.items())],
         "reruns": [n for _, s in sorted(loaded.selections.items()) if (n := s.note())],
         "hypotheses": result["hypotheses"],
+        "log_head": head_record(session),
     }
     if record:
         previous = looks.latest_verdict(session, row.id)
@@ -569,6 +608,7 @@ def compute_verdict(session: Session, protocol_id: str, *, record: bool = True) 
             out["verdict_id"] = previous.id
             out["computed_at"] = previous.computed_at.isoformat()
             out["recorded"] = "look"
+            out["verdict_log_head"] = _stored_log_head(previous)
             out["look"] = {"id": look.id, "at": look.at.isoformat(), "who": look.who}
             return out
         now = utcnow()
@@ -589,6 +629,16 @@ def compute_verdict(session: Session, protocol_id: str, *, record: bool = True) 
     return out
 
 
+def _stored_log_head(row: VerdictRow) -> dict[str, Any] | None:
+    """The ``log_head`` a recorded verdict stored (None for verdicts recorded before heads)."""
+    try:
+        details = json.loads(row.details_json)
+    except json.JSONDecodeError:
+        return None
+    head = details.get("log_head") if isinstance(details, dict) else None
+    return head if isinstance(head, dict) else None
+
+
 def recompute_inputs_sha256(session: Session, verdict_row: VerdictRow) -> str:
     """Re-derive a recorded verdict's ``inputs_sha256`` from the current observation and metric
     rows of the runs it used (from ``details_json["inputs"]["sources"]``); a difference from
@@ -605,9 +655,12 @@ def recompute_inputs_sha256(session: Session, verdict_row: VerdictRow) -> str:
 
 def rederive_verdict(session: Session, verdict_row: VerdictRow) -> dict[str, Any]:
     """Re-evaluate a recorded verdict with the verdict engine from what it recorded: its protocol
-    row, the runs it pinned per source (``details_json["inputs"]["sources"]``) and the ledger as
-    of its ``computed_at`` (see :func:`load_dataset`). Returns ``{"verdict", "primary",
-    "hypotheses": {id: verdict}, "inputs_sha256", "run_ids"}``; reads only. The audit compares
+    row, the runs it pinned per source (``details_json["inputs"]["sources"]``), the engine
+    version it recorded (``details_json["engine"]``, absent = 1) and the ledger as of its
+    ``computed_at`` (see :func:`load_dataset`). Returns ``{"verdict", "primary", "engine",
+    "frozen_engine" (:func:`engine_version` of its protocol row), "hypotheses": {id: verdict},
+    "hypotheses_full" (the engine's per-hypothesis results), "inputs_sha256", "run_ids"}``;
+    reads only. The audit compares
     this with the stored row: a forged or edited verdict differs.
 
     Raises ``ValueError`` when the row's ``details_json`` names no inputs (not JSON, no sources)
@@ -629,10 +682,14 @@ def rederive_verdict(session: Session, verdict_row: VerdictRow) -> dict[str, Any
         for k, v in sources.items()
     }
     loaded = load_dataset(session, row, protocol, pinned=pinned, as_of=verdict_row.computed_at)
-    result = evaluate(protocol, loaded.dataset)
+    engine = recorded_engine(details)
+    result = evaluate(protocol, loaded.dataset, engine=engine)
     return {
         "verdict": result["verdict"],
         "primary": result["primary"],
+        "engine": engine,
+        "frozen_engine": engine_version(session, row),
+        "hypotheses_full": result["hypotheses"],
         "hypotheses": {h["id"]: h["verdict"] for h in result["hypotheses"]},
         "inputs_sha256": loaded.inputs_sha256,
         "run_ids": sorted({rid for ids in loaded.sources.values() for rid in ids}),

@@ -36,6 +36,7 @@ OWN_DISTRIBUTION = "docketml"
 MODULE_EXTRA: dict[str, str] = {
     "docketml.runners.jobs.routed": "models",
     "docketml.runners.jobs.poe": "models",
+    "docketml.runners.jobs.poe_card": "models",
 }
 
 

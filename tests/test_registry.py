@@ -19,6 +19,7 @@ FAMILY_MODULES = (
     "docketml.runners.jobs.user",
     "docketml.runners.jobs.routed",
     "docketml.runners.jobs.poe",
+    "docketml.runners.jobs.poe_card",
 )
 
 

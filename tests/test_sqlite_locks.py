@@ -115,3 +115,35 @@ def test_an_invalid_lock_timeout_is_refused(docket_sqlite: Any, monkeypatch, val
     assert result.output.strip() == (
         f"docket: DOCKET_LOCK_TIMEOUT_S={value!r}: expected a number of seconds between 0 and 86400"
     )
+
+
+def test_postgresql_honours_the_lock_timeout_too(
+    pg_schema_url: str, tmp_path: Path, monkeypatch
+) -> None:
+    """PostgreSQL: an append that waits for the journal's advisory lock (held by another
+    connection mid-transaction) fails after ``DOCKET_LOCK_TIMEOUT_S`` with exit 75 and writes
+    nothing, like SQLite; before, it waited forever."""
+    import zlib
+
+    from conftest import DocketCli
+    from sqlalchemy import create_engine, text
+
+    cli = DocketCli(pg_schema_url, tmp_path)
+    assert cli("init").exit_code == 0
+    monkeypatch.setenv("DOCKET_LOCK_TIMEOUT_S", "0.5")
+    holder = create_engine(pg_schema_url)
+    key = zlib.crc32(b"docket:journal_entries")
+    try:
+        with holder.connect() as conn:
+            conn.execute(text("BEGIN"))
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+            result, took = timed(cli, "journal", "add", "--title", "t", "--obs", "o")
+            conn.execute(text("ROLLBACK"))
+        assert result.exit_code == LedgerBusy.exit_code == 75, result.output
+        assert "is locked by another writer" in result.output and "waited 0.5 s" in result.output
+        assert 0.4 < took < FAST_S, took
+        listed = json.loads(cli("journal", "list", "--json").output)
+        assert listed == [], listed
+        assert cli("journal", "add", "--title", "t", "--obs", "o").exit_code == 0
+    finally:
+        holder.dispose()

@@ -287,3 +287,46 @@ def test_repeated_looks_add_no_verdict_rows_and_are_all_logged(docket, tmp_path:
     assert history[1]["who"] and "@" in history[1]["who"]
     human = docket("verdict", PID, "--history")
     assert human.exit_code == 0 and "look" in human.output
+
+
+def test_bracketed_text_prints_literally_not_as_rich_markup() -> None:
+    """Rule texts and cells such as ``[gibberish, factual_misleading]`` are data: rich must not
+    swallow them as markup tags."""
+    from rich.console import Console
+
+    from docketml.ledger.cli.common import table
+    from docketml.ledger.cli.verdict import print_verdict
+
+    data = {
+        "protocol": "p[x]",
+        "version": 1,
+        "protocol_sha256": "0" * 64,
+        "amendments": {"note": "no amendments [none]"},
+        "ignored_runs": {"note": "ignored [bold]nothing[/bold]"},
+        "runs": [{"id": 1, "job": "probe[v7]"}],
+        "hypotheses": [
+            {
+                "id": "H1",
+                "rule": "r",
+                "kind": "other",
+                "verdict": "PROVEN",
+                "why": "needs one of [gibberish, factual_misleading]",
+            }
+        ],
+        "verdict": "PROVEN",
+        "primary": "H1",
+        "inputs_sha256": "1" * 64,
+    }
+    console = Console(record=True, width=200)
+    print_verdict(data, console)
+    console.print(table("t", ["group"], [["[red]g[/red]"]]))
+    out = console.export_text()
+    for literal in (
+        "p[x]",
+        "[none]",
+        "[bold]nothing[/bold]",
+        "probe[v7]",
+        "[gibberish, factual_misleading]",
+        "[red]g[/red]",
+    ):
+        assert literal in out, literal

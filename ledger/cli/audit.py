@@ -3,6 +3,7 @@ claimed number is not reproduced within its tolerance)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import click
@@ -12,16 +13,38 @@ from .common import Env, emit, json_option, pass_env, table
 
 
 @click.command("audit")
+@click.option(
+    "--against",
+    "against",
+    multiple=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="STH",
+    help="A kept signed tree head (`docket log head --out`); the log must extend it. Repeatable.",
+)
+@click.option(
+    "--public-key",
+    "public_key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="PEM",
+    help="The public key the --against heads were signed with (default: this machine's key).",
+)
 @json_option
 @pass_env
-def audit_cmd(env: Env, as_json: bool) -> None:
+def audit_cmd(env: Env, against: tuple[Path, ...], public_key: Path | None, as_json: bool) -> None:
     """Re-derive every protocol hash, the journal and cost hash chains, every verdict (its
     inputs hash and its outcome) and each run's cost; check that frozen protocols passed their
-    sign-check, re-hash ingested files still present, and check the triggers' definitions;
-    exit 3 on any finding (notes name what could not be checked)."""
+    sign-check, re-hash ingested files still present, check the triggers' definitions and that
+    the log extends every --against head; exit 3 on any finding (notes name what could not be
+    checked)."""
     from ..integrity.audit import audit
 
-    report = audit(env.ledger())
+    heads, key = [], None
+    if against:
+        from ..integrity.consistency import read_sth_file, trusted_key
+
+        heads = [(str(p), read_sth_file(p)) for p in against]
+        key, _ = trusted_key(public_key)
+    report = audit(env.ledger(), against=heads, public_key=key)
     data = report.as_dict()
 
     def human(c: Any) -> None:
@@ -36,6 +59,12 @@ def audit_cmd(env: Env, as_json: bool) -> None:
         )
         for note in report.notes:
             c.print(f"note: {note}")
+        for head in report.against:
+            state = "consistent" if head["ok"] else head["status"].upper()
+            c.print(
+                f"kept head {head['source']} (size {head['tree_size']}, {head['timestamp']}): "
+                f"{state}"
+            )
         if report.clean:
             c.print(f"clean: {checked}, all triggers present and unaltered")
             return

@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from sqlalchemy.exc import DBAPIError, OperationalError
 
@@ -255,5 +256,5 @@ def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any
     for column in columns:
         t.add_column(column)
     for row in rows:
-        t.add_row(*["" if v is None else str(v) for v in row])
+        t.add_row(*["" if v is None else escape(str(v)) for v in row])
     return t

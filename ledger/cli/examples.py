@@ -34,11 +34,37 @@ HELP: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "audit": (
         "Re-derive every hash; exit 3 on a finding.",
-        ("docket audit", "docket audit --json"),
+        (
+            "docket audit",
+            "docket audit --json",
+            "docket audit --against sth-2026-06-01.json --against sth-2026-07-01.json",
+        ),
     ),
     "log": (
-        "Merkle log: signed tree heads.",
+        "Merkle log: heads, receipts, consistency.",
         ("docket log key --create", "docket log head --out sth-2026-06-01.json"),
+    ),
+    "log receipt": (
+        "A protocol freeze's receipt (for verify).",
+        (
+            "docket log receipt router-entropy-metacog > receipt.json",
+            "docket log receipt router-entropy-metacog --version 2 --out receipt-v2.json",
+        ),
+    ),
+    "log consistency": (
+        "Prove the log extends a kept head (STH).",
+        (
+            "docket log consistency sth-2026-06-01.json",
+            "docket log consistency sth-2026-06-01.json --public-key signing_key.pub.pem --json",
+        ),
+    ),
+    "verify": (
+        "Check a receipt offline, no ledger needed.",
+        (
+            "docket verify receipt.json --protocol router_entropy_metacog.yaml "
+            "--public-key signing_key.pub.pem",
+            "docket verify receipt.json --protocol study.yaml --public-key key.pem --json",
+        ),
     ),
     "log head": (
         "Sign the log's current head (STH).",

@@ -52,6 +52,7 @@ for command in (
     journal.journal_group,
     audit.audit_cmd,
     log.log_group,
+    log.verify_cmd,
     audit.reproduce_cmd,
     report.report_cmd,
     report.trajectory_cmd,

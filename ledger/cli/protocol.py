@@ -36,11 +36,20 @@ def signal_registry() -> dict[str, str]:
 
 
 def run_sign_check(protocol: Protocol) -> dict[str, Any]:
-    """The sign-check with the runners' signal registry and job pre-flight (checkpoints)."""
-    from docketml.runners.jobs.preflight import model_checks
+    """The sign-check with the runners' signal registry and job pre-flight (checkpoints).
 
+    A job param the runners know to be bad (``runners.jobs.preflight.param_checks``: an unknown
+    stage, an empty beta list, ...) is a :class:`UserError` (exit 2) naming the job and field,
+    raised before any check runs or is stored."""
+    from docketml.runners.jobs.preflight import model_checks, param_checks
+
+    from ..errors import UserError
     from ..verdict.signcheck import sign_check
 
+    problems = [p for job in protocol.jobs for p in param_checks(job, protocol.jobs)]
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise UserError(problems[0] + more)
     return sign_check(protocol, registry=signal_registry(), job_checks=model_checks)
 
 
@@ -195,7 +204,7 @@ def simulate_cmd(
 
     from ..errors import UserError
     from ..verdict.simulate import PilotError, plot_simulation, simulate_protocol
-    from ..verdicts import load_pilot
+    from ..verdicts import engine_version, load_pilot
 
     if plot is not None:
         require_extra("plots")  # before minutes of simulation, not after
@@ -203,7 +212,9 @@ def simulate_cmd(
         raise click.BadParameter("must be at least 1", param_hint="--runs")
     sizes = _sizes(sizes_text)
     with env.ledger().session() as session:
-        protocol = store.parse_row(store.latest(session, protocol_id))
+        row = store.latest(session, protocol_id)
+        protocol = store.parse_row(row)
+        engine = engine_version(session, row)  # the engine a verdict of this version runs with
         pilot = load_pilot(session, pilot_ref) if pilot_ref is not None else None
     err = Console(stderr=True)
     with Progress(
@@ -229,6 +240,7 @@ def simulate_cmd(
                 pilot=pilot,
                 effect=effect,
                 progress=tick,
+                engine=engine,
             )
         except PilotError as exc:
             raise UserError(f"--pilot {pilot_ref}: {exc}") from None
@@ -363,6 +375,8 @@ def show_cmd(
         return
 
     def human(c: Any) -> None:
+        from ..verdict.signcheck import describe_null
+
         c.print(f"[bold]{data['id']}[/bold] v{data['version']} - {data['title']}")
         c.print(
             f"sha256 {data['sha256']}  status {data['status']}  "
@@ -372,7 +386,11 @@ def show_cmd(
         c.print(
             "sign-check: "
             + ("never run" if sc is None else ("passed" if sc["passed"] else "FAILED"))
+            + ("" if sc is None else f"  bootstrap engine {sc['engine']}")
         )
+        null_line = None if sc is None else describe_null(sc.get("null_proven"))
+        if null_line:
+            c.print(null_line, markup=False)
         proto = data["protocol"]
         c.print(
             table(

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.markup import escape
 
 from ..billing.money import format_usd
 from ..errors import UserError
@@ -32,15 +33,22 @@ def _ci(lo: Any, hi: Any, fmt: str = "+.3f") -> str:
 
 def print_verdict(data: dict[str, Any], c: Any) -> None:
     """The human form: one table per hypothesis, then the overall verdict."""
-    c.print(f"[bold]{data['protocol']}[/bold] v{data['version']}  sha256 {data['protocol_sha256']}")
-    c.print(data["amendments"]["note"])
-    c.print(data["ignored_runs"]["note"])
+    c.print(
+        f"[bold]{escape(data['protocol'])}[/bold] v{data['version']}  "
+        f"sha256 {data['protocol_sha256']}"
+    )
+    c.print(escape(data["amendments"]["note"]))
+    c.print(escape(data["ignored_runs"]["note"]))
     used = ", ".join(f"#{r['id']} {r['job']}" for r in data["runs"]) or "none"
-    c.print(f"runs used: {used}")
+    c.print(f"runs used: {escape(used)}")
+    head = data.get("log_head")
+    if isinstance(head, dict):
+        signed = "signed" if head.get("sth") else f"unsigned: {head.get('unsigned')}"
+        c.print(f"log head: size {head['tree_size']}, root {head['root_hash'][:16]}... ({signed})")
     for note in data.get("reruns", []):
-        c.print(f"note: {note}")
+        c.print(f"note: {escape(note)}")
     for h in data["hypotheses"]:
-        title = f"{h['id']} ({h['rule']}, {h['kind']}): {h['verdict']}"
+        title = escape(f"{h['id']} ({h['rule']}, {h['kind']}): {h['verdict']}")
         if h["kind"] == "regime_wins":
             rows = [
                 (
@@ -117,7 +125,7 @@ def print_verdict(data: dict[str, Any], c: Any) -> None:
             )
         else:
             c.print(f"[bold]{title}[/bold]")
-        c.print(f"  {h['verdict']}: {h['why']}")
+        c.print(f"  {h['verdict']}: {escape(h['why'])}")
     c.print(
         f"[bold]verdict: {data['verdict']}[/bold] (primary hypothesis {data['primary']}); "
         f"inputs sha256 {data['inputs_sha256']}" + _recorded_note(data)

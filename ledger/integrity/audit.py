@@ -19,7 +19,12 @@ What is checked (each problem is one :class:`Finding` naming the table, the row 
    the runs the verdict pinned, as of its ``computed_at``) and the stored ``verdict`` column and
    ``details_json`` (overall and per hypothesis) compared with the result, so a forged copy with
    another verdict or an edited row is found; ``run_ids_json`` must list the pinned runs, and each
-   pinned run must be bound to the verdict's protocol sha256 and have succeeded.
+   pinned run must be bound to the verdict's protocol sha256 and have succeeded. The
+   re-derivation runs with the bootstrap engine version the verdict recorded
+   (``details_json["engine"]``, absent = 1), which must be the version its protocol was frozen
+   with (:func:`ledger.verdicts.engine_version`: a verdict computed with another engine picked
+   its engine); every recorded CI bound and point (``delta``, ``ci_low``, ``ci_high``, ``value``,
+   ``difference``, per hypothesis and per group row) must be re-derived bit for bit.
 5. Frozen means sign-checked: a ``frozen`` protocol row needs ``frozen_at`` and a latest
    sign-check that passed for its sha256 (the freeze guard of revision 0004 refuses new ones).
 6. Money: no ``costs.usd_micros`` or ``runs.cost_micros`` is negative, and each run's
@@ -33,24 +38,30 @@ What is checked (each problem is one :class:`Finding` naming the table, the row 
    migrations created (SQLite: the stored ``CREATE TRIGGER`` text; PostgreSQL: timing, events,
    function and the function's body).
 
+9. Kept heads (``against``, ``docket audit --against STH.json``): each signed tree head kept
+   outside the ledger is checked by :func:`.consistency.check_heads` (signed by the trusted
+   key, not truncated, not rewritten); a failing head is a ``log`` finding naming the file and
+   the leaf range the first bad leaf is in. ``AuditReport.against`` lists every head's outcome.
+
 The audit writes nothing (one read-only transaction, :meth:`Ledger.read_session`), so it runs on a
 read-only replica or role. Runs whose lease expired are listed, not reaped: ``docket runs reap``
 (or the next ``run``/``ingest``) marks them abandoned and books their cost.
 
 Limits (by construction of hash chains): deleting the *last* rows of a chain, or rewriting a row
-and re-hashing every row after it, is not detectable from the ledger alone; keep the head hash
-(``docket audit --json`` prints it) somewhere else to detect that.
+and re-hashing every row after it, is not detectable from the ledger alone; keep signed tree
+heads (``docket log head --out``) somewhere else and audit ``--against`` them to detect that.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -94,6 +105,7 @@ class AuditReport:
     heads: dict[str, str | None] = field(default_factory=dict)
     expired_leases: list[int] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # what could not be checked (not findings)
+    against: list[dict[str, Any]] = field(default_factory=list)  # kept heads checked (item 9)
 
     @property
     def clean(self) -> bool:
@@ -107,6 +119,7 @@ class AuditReport:
             "heads": self.heads,
             "expired_leases": self.expired_leases,
             "notes": self.notes,
+            "against": self.against,
         }
 
 
@@ -292,6 +305,42 @@ def _verdict_rows(session: Session, ids: list[int]) -> Iterator[VerdictRow]:
         session.expunge(row)
 
 
+_REDERIVED_NUMBERS = ("delta", "ci_low", "ci_high", "value", "difference")
+
+
+def _numbers(hyp: Any) -> dict[str, float]:
+    """The recorded CI bounds and points of one hypothesis result, keyed ``field`` or
+    ``groups[i].field`` (None values and non-dicts skipped)."""
+    if not isinstance(hyp, dict):
+        return {}
+    out = {k: hyp[k] for k in _REDERIVED_NUMBERS if isinstance(hyp.get(k), int | float)}
+    for i, r in enumerate(hyp.get("groups") or []):
+        if isinstance(r, dict):
+            for k in _REDERIVED_NUMBERS:
+                if isinstance(r.get(k), int | float):
+                    out[f"groups[{i}].{k}"] = r[k]
+    return out
+
+
+def _number_findings(details: dict[str, Any], again: dict[str, Any]) -> list[str]:
+    """Recorded numbers the re-derivation does not reproduce exactly (first 3 named)."""
+    stored = {h.get("id"): h for h in details.get("hypotheses", []) if isinstance(h, dict)}
+    diffs = []
+    for h in again.get("hypotheses_full", []):
+        mine, theirs = _numbers(h), _numbers(stored.get(h["id"]))
+        for key in sorted(set(mine) & set(theirs)):
+            if float(mine[key]) != float(theirs[key]):
+                diffs.append(f"{h['id']} {key} {theirs[key]!r} -> {mine[key]!r}")
+    if not diffs:
+        return []
+    more = f" (and {len(diffs) - 3} more)" if len(diffs) > 3 else ""
+    return [
+        f"recorded numbers are not re-derived bit for bit under engine {again['engine']}: "
+        + "; ".join(diffs[:3])
+        + more
+    ]
+
+
 def _verdict_findings(session: Session, row: VerdictRow) -> list[str]:
     """What differs between the stored verdict ``row`` and its re-derivation."""
     from ..verdicts import rederive_verdict  # imported only when needed
@@ -340,6 +389,12 @@ def _verdict_findings(session: Session, row: VerdictRow) -> list[str]:
     ]
     if changed:
         out.append("details_json hypotheses differ from the re-derivation: " + "; ".join(changed))
+    if again["engine"] != again["frozen_engine"]:
+        out.append(
+            f"verdict ran with bootstrap engine {again['engine']} but its protocol was frozen "
+            f"with engine {again['frozen_engine']}: a verdict's engine is fixed at freeze time"
+        )
+    out += _number_findings(details, again)
     return out
 
 
@@ -480,8 +535,34 @@ def _audit_ingest_files(session: Session, findings: list[Finding], notes: list[s
     return checked
 
 
-def audit_session(session: Session, *, recompute: RecomputeFn | None = None) -> AuditReport:
-    """Run every check (module docstring) in ``session``; nothing is written."""
+def _audit_kept_heads(
+    session: Session,
+    report: AuditReport,
+    against: Sequence[tuple[str, dict[str, Any]]],
+    public_key: Ed25519PublicKey | None,
+) -> None:
+    """Item 9: every kept head against the log in ``session``."""
+    from .consistency import check_heads
+
+    if public_key is None:
+        raise ValueError("checking kept heads needs the trusted public key")
+    for check in check_heads(session, against, public_key):
+        report.against.append(check.as_dict())
+        if not check.ok:
+            assert check.problem is not None
+            report.findings.append(Finding("log", check.source, check.problem))
+    report.checked["kept_heads"] = len(against)
+
+
+def audit_session(
+    session: Session,
+    *,
+    recompute: RecomputeFn | None = None,
+    against: Sequence[tuple[str, dict[str, Any]]] = (),
+    public_key: Ed25519PublicKey | None = None,
+) -> AuditReport:
+    """Run every check (module docstring) in ``session``; nothing is written. ``against``:
+    ``(source, sth)`` kept heads, checked with the trusted ``public_key`` (item 9)."""
     report = AuditReport()
     findings = report.findings
     report.checked["protocols"] = _audit_protocols(session, findings)
@@ -500,16 +581,24 @@ def audit_session(session: Session, *, recompute: RecomputeFn | None = None) -> 
     missing = sum(1 for p in problems if " is missing: " in p[2])
     report.checked["triggers_missing"] = missing
     report.checked["triggers_altered"] = len(problems) - missing
+    if against:
+        _audit_kept_heads(session, report, against, public_key)
     return report
 
 
-def audit(ledger: Ledger, *, recompute: RecomputeFn | None = None) -> AuditReport:
+def audit(
+    ledger: Ledger,
+    *,
+    recompute: RecomputeFn | None = None,
+    against: Sequence[tuple[str, dict[str, Any]]] = (),
+    public_key: Ed25519PublicKey | None = None,
+) -> AuditReport:
     """Audit the ledger in one read-only transaction (module docstring); writes nothing.
 
     Runs still ``running`` whose lease expired are listed in ``expired_leases`` (``docket runs
     reap`` or the next writer marks them abandoned and books their cost)."""
     with ledger.read_session() as session:
-        report = audit_session(session, recompute=recompute)
+        report = audit_session(session, recompute=recompute, against=against, public_key=public_key)
         running = session.scalars(select(RunRow).where(RunRow.status == "running"))
         report.expired_leases = [run.id for run in running if lease_expired(run)]
     return report

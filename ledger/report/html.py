@@ -10,11 +10,13 @@ Contract of :func:`build_report`:
   with ``embed_images=True``, making ``index.html`` a single portable file).
 * Sections, in order: header (protocol id, title, version, status, sha256, frozen_at and the
   primary hypothesis' verdict), pre-registration (hypotheses, sign-check table, amendment chain,
-  the stored YAML), results (verdict per hypothesis with its group table, a forest plot of each
-  group's delta CI against the margin, per-group ROC curves of the best candidate against the
-  best baseline), checkpoint trajectories (metrics with a step), runs and cost (table and bar
-  chart), journal entries. A section with nothing to show says "none recorded"; it never
-  disappears.
+  the frozen version's receipt in the Merkle log -- leaf index, tree size, root, whether its
+  inclusion proof verifies against the current head, the head the verdict was computed at and
+  how a reader checks it with ``docket verify`` -- the stored YAML), results (verdict per
+  hypothesis with its group table, a forest plot of each group's delta CI against the margin,
+  per-group ROC curves of the best candidate against the best baseline), checkpoint
+  trajectories (metrics with a step), runs and cost (table and bar chart), journal entries. A
+  section with nothing to show says "none recorded"; it never disappears.
 * Figures need the ``plots`` extra (matplotlib). Without it the report is written with every
   table and no figures, and the footer says which extra draws them.
 * The report describes the **latest frozen version** (the latest version when none is frozen).
@@ -56,6 +58,7 @@ from ..store.db import Ledger
 from ..store.models import ProtocolRow, RunRow, SignCheckRow, VerdictRow
 from ..store.results import load_payload
 from ..verdict.rules import VERDICTS
+from ..verdict.signcheck import describe_null
 from ..verdict.stats import auroc
 from .trajectory import Trajectory, TrajectoryPoint, trajectory
 
@@ -161,6 +164,7 @@ class Report:
     roc: list[RocGroup]
     traj: Trajectory | None
     generated_at: str
+    receipt: dict[str, Any] | None = None  # the freeze's inclusion in the log (_receipt)
 
 
 def _iso(at: datetime | None) -> str | None:
@@ -208,6 +212,7 @@ def _verdict(session: Session, row: ProtocolRow) -> tuple[dict[str, Any] | None,
     computed = compute_verdict(session, row.protocol_id, record=False)
     if recorded is not None and recorded.get("inputs_sha256") == computed["inputs_sha256"]:
         computed["computed_at"] = recorded.get("computed_at")
+        computed["log_head"] = recorded.get("log_head")  # the head it was recorded at
         return computed, f"matches the verdict recorded at {_when(recorded.get('computed_at'))}"
     if recorded is not None:
         return computed, (
@@ -220,6 +225,21 @@ def _verdict(session: Session, row: ProtocolRow) -> tuple[dict[str, Any] | None,
     )
 
 
+def _receipt(session: Session, row: ProtocolRow) -> dict[str, Any] | None:
+    """The frozen version's place in the Merkle log and whether its inclusion proof verifies
+    against the current head (:func:`ledger.integrity.receipt.protocol_inclusion`); None for a
+    version that is not frozen; ``{"problem": ...}`` when the freeze is not in the log."""
+    if row.status != "frozen":
+        return None
+    from ..errors import IntegrityViolation
+    from ..integrity.receipt import protocol_inclusion
+
+    try:
+        return protocol_inclusion(session, row.protocol_id, row.version)
+    except IntegrityViolation as exc:
+        return {"problem": str(exc)}
+
+
 def _recorded_verdict(session: Session, row: ProtocolRow) -> dict[str, Any] | None:
     rec = session.scalars(
         select(VerdictRow)
@@ -229,10 +249,15 @@ def _recorded_verdict(session: Session, row: ProtocolRow) -> dict[str, Any] | No
     ).first()
     if rec is None:
         return None
+    try:
+        head = json.loads(rec.details_json).get("log_head")
+    except (ValueError, AttributeError):
+        head = None
     return {
         "verdict": rec.verdict,
         "inputs_sha256": rec.inputs_sha256,
         "computed_at": _iso(rec.computed_at),
+        "log_head": head if isinstance(head, dict) else None,
     }
 
 
@@ -442,6 +467,7 @@ def collect(session: Session, protocol_id: str) -> Report:
         roc=_roc_groups(session, protocol, verdict),
         traj=traj,
         generated_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        receipt=_receipt(session, row),
     )
 
 
@@ -889,8 +915,12 @@ def _sign_check_html(report: Report) -> str:
     head = (
         f'<p class="note">Ran {e(_when(sc.get("ran_at")))}: '
         f'<span class="pill {"ok" if sc["passed"] else "bad"}">'
-        f"{'passed' if sc['passed'] else 'FAILED'}</span> · {len(rows)} check(s)</p>"
+        f"{'passed' if sc['passed'] else 'FAILED'}</span> · {len(rows)} check(s) · "
+        f"bootstrap engine {e(sc.get('engine', 1))}</p>"
     )
+    null_line = describe_null(sc.get("null_proven"))
+    if null_line:
+        head += f'<p class="note">{e(null_line)}</p>'
     return head + _table(
         ["", "check", "target", "expected", "found", "likely cause"], rows, row_classes=classes
     )
@@ -926,6 +956,45 @@ def _chain_html(report: Report) -> str:
             f"report uses version {e(report.row['version'])} (highlighted).</div>"
         )
     return note + table
+
+
+def _receipt_html(report: Report) -> str:
+    """The freeze's receipt: leaf index, tree size, root, whether the proof verifies, and how a
+    reader checks it offline."""
+    rc = report.receipt
+    if rc is None:
+        return '<p class="note">none: the protocol is not frozen, so it is not in the log.</p>'
+    if "problem" in rc:
+        return f'<div class="warn">{e(rc["problem"])}: run <code>docket audit</code>.</div>'
+    ok = bool(rc["verifies"])
+    pill = f'<span class="pill {"ok" if ok else "bad"}">{"verifies" if ok else "FAILS"}</span>'
+    rows = [
+        ["freeze leaf index", f'<span class="mono">{e(rc["leaf_index"])}</span>'],
+        ["tree size (leaves)", f'<span class="mono">{e(rc["tree_size"])}</span>'],
+        ["root hash", f'<span class="mono">{e(rc["root_hash"])}</span>'],
+        ["inclusion proof", f"{pill} · {len(rc['inclusion_proof'])} hash(es), RFC 9162"],
+        ["leaf", f'<span class="mono">{e(rc["leaf"])}</span>'],
+    ]
+    pid = e(rc["protocol_id"])
+    how = (
+        '<p class="note">How a reader checks it, offline: the ledger\'s owner runs '
+        f"<code>docket log receipt {pid} --version {e(rc['version'])} --out receipt.json</code> "
+        "(it signs the current head) and publishes the receipt and the public key "
+        "(<code>docket log key</code>); the reader runs <code>docket verify receipt.json "
+        "--protocol FILE.yaml --public-key KEY.pem</code>, which needs no ledger. A later "
+        "rewrite shows up as <code>docket log consistency</code> / <code>docket audit "
+        "--against</code> failing against a kept head.</p>"
+    )
+    head = (report.verdict or {}).get("log_head")
+    at = ""
+    if isinstance(head, dict):
+        signed = "signed" if head.get("sth") else "unsigned"
+        at = (
+            f'<p class="note">The verdict was computed at log head size '
+            f'<span class="mono">{e(head.get("tree_size"))}</span>, root '
+            f'<span class="mono">{e(str(head.get("root_hash"))[:16])}…</span> ({signed}).</p>'
+        )
+    return _table(["", "value"], rows) + at + how
 
 
 def _hypotheses_html(report: Report) -> str:
@@ -1309,6 +1378,8 @@ def render(report: Report, writer: FigureWriter, images: Images) -> str:
             + _sign_check_html(report)
             + "<h4>Amendment chain</h4>"
             + _chain_html(report)
+            + "<h4>Transparency log receipt</h4>"
+            + _receipt_html(report)
             + f"<details><summary>Protocol YAML (version {e(report.row['version'])}, as stored)"
             f"</summary><pre>{e(report.yaml_text)}</pre></details>",
         ),

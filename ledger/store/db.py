@@ -7,7 +7,8 @@ lock instead of failing with "database is locked" when a reader upgrades to a wr
 transactions (:meth:`Ledger.read_session`, the revision check) open a deferred ``BEGIN`` and never
 wait for a writer (WAL). A writer that waited the whole timeout fails with "database is locked",
 which :func:`is_lock_timeout` recognises (the CLI: exit 75). PostgreSQL goes through psycopg 3
-with pre-ping.
+with pre-ping and the same timeout as its ``lock_timeout``, so a writer waiting on a row or an
+advisory lock fails the same way (55P03, exit 75).
 
 The schema comes only from Alembic migrations (``upgrade``); :func:`open_ledger` refuses a
 database that is not at the head revision and names the command that fixes it.
@@ -65,10 +66,11 @@ MIN_LOCK_TIMEOUT_S, MAX_LOCK_TIMEOUT_S = 0.0, 86_400.0
 
 
 def lock_timeout_seconds() -> float:
-    """How long a SQLite writer waits for the write lock before failing with "database is
-    locked": ``DOCKET_LOCK_TIMEOUT_S`` if set, else :data:`DEFAULT_LOCK_TIMEOUT_S`. Read when an
-    engine is made. Non-numbers, NaN, infinities and values outside
-    ``[MIN_LOCK_TIMEOUT_S, MAX_LOCK_TIMEOUT_S]`` are refused (:class:`UserError`, exit 2)."""
+    """How long a writer waits for a lock before failing (SQLite: "database is locked";
+    PostgreSQL: ``lock_timeout``, 55P03): ``DOCKET_LOCK_TIMEOUT_S`` if set, else
+    :data:`DEFAULT_LOCK_TIMEOUT_S`. Read when an engine is made. Non-numbers, NaN, infinities
+    and values outside ``[MIN_LOCK_TIMEOUT_S, MAX_LOCK_TIMEOUT_S]`` are refused
+    (:class:`UserError`, exit 2)."""
     return env_seconds(
         "DOCKET_LOCK_TIMEOUT_S", DEFAULT_LOCK_TIMEOUT_S, MIN_LOCK_TIMEOUT_S, MAX_LOCK_TIMEOUT_S
     )
@@ -142,6 +144,20 @@ def _configure_sqlite(engine: Engine, timeout_s: float) -> None:
         conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
+def _configure_postgresql(engine: Engine, timeout_s: float) -> None:
+    """Every connection waits at most ``timeout_s`` for a lock (row, table or advisory:
+    PostgreSQL's ``lock_timeout``), then fails with ``lock_not_available`` (55P03) — the same
+    contract as SQLite's busy timeout; 0 would mean "wait forever" to PostgreSQL, so it is sent as
+    1 ms."""
+    timeout_ms = max(1, int(round(timeout_s * 1000)))
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+        with dbapi_conn.cursor() as cursor:
+            cursor.execute(f"SET lock_timeout = {timeout_ms}")
+        dbapi_conn.commit()
+
+
 def sqlite_path(url: str) -> Path | None:
     """The file of a SQLite ledger URL (None: not SQLite, or in memory).
 
@@ -212,6 +228,7 @@ def make_engine(url: str | None = None, *, create: bool = False) -> Engine:
             _configure_sqlite(engine, timeout_s)
         else:
             engine = create_engine(parsed, pool_pre_ping=True, connect_args={"connect_timeout": 10})
+            _configure_postgresql(engine, lock_timeout_seconds())
     except (NoSuchModuleError, ArgumentError) as exc:
         raise LedgerError(f"cannot use {describe_url(url)}: {exc}") from None
     return engine

@@ -220,9 +220,20 @@ def describe(session: Session, row: ProtocolRow) -> dict[str, Any]:
         "frozen_at": row.frozen_at.isoformat() if row.frozen_at else None,
         "parent_version": _parent_version(session, row),
         "amendment_reason": row.amendment_reason,
-        "sign_check": None
-        if check is None
-        else {"passed": check.passed, "ran_at": check.ran_at.isoformat()},
+        "sign_check": None if check is None else _sign_check_summary(check),
+    }
+
+
+def _sign_check_summary(check: SignCheckRow) -> dict[str, Any]:
+    """passed / ran_at, and from the report the bootstrap engine version the protocol freezes
+    with (absent = 1: checked before engine versions) and the null PROVEN rates (None when the
+    report predates them)."""
+    report = json.loads(check.report_json)
+    return {
+        "passed": check.passed,
+        "ran_at": check.ran_at.isoformat(),
+        "engine": report.get("engine", 1),
+        "null_proven": report.get("null_proven"),
     }
 
 

@@ -593,7 +593,7 @@ _ROW_BLOCK = 40
 
 
 def _bootstrap_aurocs(
-    pos: np.ndarray, neg: np.ndarray, resamples: int, rng: np.random.Generator
+    pos: np.ndarray, neg: np.ndarray, resamples: int, rng: np.random.Generator, engine: int = 1
 ) -> np.ndarray:
     """(K, B) stratified paired bootstrap AUROCs of every row of ``pos`` (K, n_pos) / ``neg``
     (K, n_neg): ONE resample set, ``stats.stratified_resample_indices(n_pos, n_neg, B, rng)``,
@@ -602,14 +602,17 @@ def _bootstrap_aurocs(
     state (so every block sees the same resamples); ``rng`` is then left where one call leaves
     it. When the comparison matrices of all rows fit in memory,
     ``stats.stratified_paired_bootstrap_rows`` gives exactly those numbers, drawing and counting
-    the resamples once instead of once per block."""
+    the resamples once instead of once per block. ``engine``: the engine version
+    (``stats`` module docstring)."""
     k, n_pos = pos.shape
     labels = np.r_[np.ones(n_pos, dtype=np.int8), np.zeros(neg.shape[1], dtype=np.int8)]
     both = np.concatenate([pos, neg], axis=1)
     if k <= _ROW_BLOCK:
-        boots = stats.stratified_paired_bootstrap(dict(enumerate(both)), labels, resamples, rng)
+        boots = stats.stratified_paired_bootstrap(
+            dict(enumerate(both)), labels, resamples, rng, engine
+        )
         return np.stack(list(boots.values()))
-    cached = stats.stratified_paired_bootstrap_rows(both, n_pos, resamples, rng, _ROW_BLOCK)
+    cached = stats.stratified_paired_bootstrap_rows(both, n_pos, resamples, rng, _ROW_BLOCK, engine)
     if cached is not None:
         return cached
     out = np.empty((k, resamples))
@@ -618,7 +621,7 @@ def _bootstrap_aurocs(
         stop = min(start + _ROW_BLOCK, k)
         rng.bit_generator.state = state
         boots = stats.stratified_paired_bootstrap(
-            dict(enumerate(both[start:stop])), labels, resamples, rng
+            dict(enumerate(both[start:stop])), labels, resamples, rng, engine
         )
         out[start:stop] = np.stack(list(boots.values()))
     return out
@@ -666,6 +669,7 @@ def contest_stats(
     best_baseline: str,
     rng: np.random.Generator | None,
     resamples: int,
+    engine: int = 1,
 ) -> ContestStats:
     """Candidate-vs-best-baseline deltas and CIs of one contest, for T studies at once.
 
@@ -685,7 +689,8 @@ def contest_stats(
     delta = cand - best_auc[:, None]
     if ci.method == "paired_bootstrap":
         assert rng is not None
-        boots = _bootstrap_aurocs(pflat, nflat, resamples, rng).reshape(t, s, resamples)
+        boots = _bootstrap_aurocs(pflat, nflat, resamples, rng, engine)
+        boots = boots.reshape(t, s, resamples)
         cb, bb = boots[:, :n_cand], boots[:, n_cand:]
         if best_baseline == "fixed":
             ref = bb[np.arange(t), best][:, None, :]
@@ -718,13 +723,18 @@ def contest_stats(
 
 
 def _auroc_stat(
-    pos: np.ndarray, neg: np.ndarray, ci: CISpec, rng: np.random.Generator | None, resamples: int
+    pos: np.ndarray,
+    neg: np.ndarray,
+    ci: CISpec,
+    rng: np.random.Generator | None,
+    resamples: int,
+    engine: int = 1,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pooled AUROC with CI for T studies: ``pos`` (T, n_pos), ``neg`` (T, n_neg)."""
     point = _point_aurocs(pos, neg)
     if ci.method == "paired_bootstrap":
         assert rng is not None
-        lo, hi = _percentiles(_bootstrap_aurocs(pos, neg, resamples, rng), ci.level)
+        lo, hi = _percentiles(_bootstrap_aurocs(pos, neg, resamples, rng, engine), ci.level)
         return point, lo, hi
     labels = np.r_[np.ones(pos.shape[1], dtype=np.int8), np.zeros(neg.shape[1], dtype=np.int8)]
     lo, hi = np.empty(len(point)), np.empty(len(point))
@@ -733,28 +743,36 @@ def _auroc_stat(
     return point, lo, hi
 
 
-def _bootstrap_means(values: np.ndarray, resamples: int, rng: np.random.Generator) -> np.ndarray:
+def _bootstrap_means(
+    values: np.ndarray, resamples: int, rng: np.random.Generator, engine: int = 1
+) -> np.ndarray:
     """(T, B) bootstrap means of each row of ``values`` (T, n): one index draw
-    ``rng.integers(0, n, (B, n))`` (in row blocks of ``max(1, 2**22 // n)``) shared by the rows."""
+    ``rng.integers(0, n, (B, n), dtype=stats.index_dtype(n, engine))`` (in row blocks of
+    ``max(1, 2**22 // n)``) shared by the rows."""
     t, n = values.shape
     out = np.empty((t, resamples))
     step = max(1, (1 << 22) // n)
+    dtype = stats.index_dtype(n, engine)
     for start in range(0, resamples, step):
         stop = min(start + step, resamples)
-        idx = rng.integers(0, n, size=(stop - start, n))
+        idx = rng.integers(0, n, size=(stop - start, n), dtype=dtype)
         out[:, start:stop] = values[:, idx].mean(axis=-1)
     return out
 
 
 def _mean_stat(
-    values: np.ndarray, ci: CISpec, rng: np.random.Generator | None, resamples: int
+    values: np.ndarray,
+    ci: CISpec,
+    rng: np.random.Generator | None,
+    resamples: int,
+    engine: int = 1,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean with CI for T studies: ``values`` (T, n). Bootstrap percentile, or (``delong``) the
     normal interval ``mean -/+ z s / sqrt(n)`` (s with ddof 1)."""
     point = values.mean(axis=1)
     if ci.method == "paired_bootstrap":
         assert rng is not None
-        lo, hi = _percentiles(_bootstrap_means(values, resamples, rng), ci.level)
+        lo, hi = _percentiles(_bootstrap_means(values, resamples, rng, engine), ci.level)
         return point, lo, hi
     n = values.shape[1]
     z = scipy.stats.norm.ppf(1.0 - _alpha(ci.level))
@@ -885,7 +903,7 @@ def _inconclusive(base: dict[str, Any], missing: list[str]) -> dict[str, Any]:
 
 
 def _eval_regime(
-    protocol: Protocol, rule: RegimeWinsRule, dataset: Dataset, cap: int | None
+    protocol: Protocol, rule: RegimeWinsRule, dataset: Dataset, cap: int | None, engine: int = 1
 ) -> dict[str, Any]:
     labels = protocol.labels
     assert labels is not None
@@ -937,7 +955,14 @@ def _eval_regime(
             won.append(False)
             continue
         cs = contest_stats(
-            got.pos[None], got.neg[None], n_cand, rule.ci, rule.best_baseline, rngs.get(g), b
+            got.pos[None],
+            got.neg[None],
+            n_cand,
+            rule.ci,
+            rule.best_baseline,
+            rngs.get(g),
+            b,
+            engine,
         )
         base_aucs = {bn: float(cs.auroc[0, n_cand + j]) for j, bn in enumerate(baselines)}
         best_name = baselines[int(cs.best[0])]
@@ -1060,7 +1085,7 @@ def _metric_value(protocol: Protocol, src: SourceData, name: str) -> MetricValue
 
 
 def _eval_threshold(
-    protocol: Protocol, rule: ThresholdRule, dataset: Dataset, cap: int | None
+    protocol: Protocol, rule: ThresholdRule, dataset: Dataset, cap: int | None, engine: int = 1
 ) -> dict[str, Any]:
     b = _resamples(rule.ci, cap)
     out: dict[str, Any] = {
@@ -1126,13 +1151,13 @@ def _eval_threshold(
                 return _inconclusive(out, missing + got_c)
             if rule.ci.method == "delong" and min(got_c.pos.shape[1], got_c.neg.shape[1]) < 2:
                 return _inconclusive(out, missing + ["fewer than 2 items in a class for DeLong"])
-            p, lo_a, hi_a = _auroc_stat(got_c.pos, got_c.neg, rule.ci, rng, b)
+            p, lo_a, hi_a = _auroc_stat(got_c.pos, got_c.neg, rule.ci, rng, b, engine)
             out["n_pos"], out["n_neg"] = int(got_c.pos.shape[1]), int(got_c.neg.shape[1])
         else:
             got_v = _all_values(protocol, src, rule.signal, rule.groups)
             if isinstance(got_v, list):
                 return _inconclusive(out, missing + got_v)
-            p, lo_a, hi_a = _mean_stat(got_v[0][None, :], rule.ci, rng, b)
+            p, lo_a, hi_a = _mean_stat(got_v[0][None, :], rule.ci, rng, b, engine)
             out["n"] = int(got_v[0].shape[0])
         point, lo, hi = float(p[0]), float(lo_a[0]), float(hi_a[0])
     out["value"], out["ci_low"], out["ci_high"] = float(point), _f(lo), _f(hi)
@@ -1172,7 +1197,7 @@ def _eval_threshold(
 
 
 def _eval_non_inferiority(
-    protocol: Protocol, rule: NonInferiorityRule, dataset: Dataset, cap: int | None
+    protocol: Protocol, rule: NonInferiorityRule, dataset: Dataset, cap: int | None, engine: int = 1
 ) -> dict[str, Any]:
     b = _resamples(rule.ci, cap)
     out: dict[str, Any] = {
@@ -1228,11 +1253,13 @@ def _eval_non_inferiority(
             and min(c.pos.shape[1], c.neg.shape[1], r.pos.shape[1], r.neg.shape[1]) < 2
         ):
             return _inconclusive(out, ["fewer than 2 items in a class for DeLong"])
-        cv, rv, lo, hi = _ni_auroc(c.pos, c.neg, r.pos, r.neg, paired, rule.ci, rngs, b, sign)
+        cv, rv, lo, hi = _ni_auroc(
+            c.pos, c.neg, r.pos, r.neg, paired, rule.ci, rngs, b, sign, engine
+        )
     else:
         (cvals, ckeys), (rvals, rkeys) = shaped
         paired = ckeys == rkeys
-        cv, rv, lo, hi = _ni_mean(cvals[None], rvals[None], paired, rule.ci, rngs, b, sign)
+        cv, rv, lo, hi = _ni_mean(cvals[None], rvals[None], paired, rule.ci, rngs, b, sign, engine)
     diff = sign * (float(cv[0]) - float(rv[0]))
     out.update(
         candidate_value=float(cv[0]),
@@ -1271,6 +1298,7 @@ def _ni_auroc(
     rngs: Mapping[str, np.random.Generator],
     resamples: int,
     sign: float,
+    engine: int = 1,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Batched non-inferiority on pooled AUROC: arrays (T, n). Returns candidate AUROC,
     reference AUROC and the CI of ``sign * (candidate - reference)``."""
@@ -1280,12 +1308,16 @@ def _ni_auroc(
         if paired:
             t = cpos.shape[0]
             both = _bootstrap_aurocs(
-                np.concatenate([cpos, rpos]), np.concatenate([cneg, rneg]), resamples, gens[0]
+                np.concatenate([cpos, rpos]),
+                np.concatenate([cneg, rneg]),
+                resamples,
+                gens[0],
+                engine,
             )
             cb, rb = both[:t], both[t:]
         else:
-            cb = _bootstrap_aurocs(cpos, cneg, resamples, gens[0])
-            rb = _bootstrap_aurocs(rpos, rneg, resamples, gens[1])
+            cb = _bootstrap_aurocs(cpos, cneg, resamples, gens[0], engine)
+            rb = _bootstrap_aurocs(rpos, rneg, resamples, gens[1], engine)
         lo, hi = _percentiles(sign * (cb - rb), ci.level)
         return cv, rv, lo, hi
     z = scipy.stats.norm.ppf(1.0 - _alpha(ci.level))
@@ -1316,17 +1348,18 @@ def _ni_mean(
     rngs: Mapping[str, np.random.Generator],
     resamples: int,
     sign: float,
+    engine: int = 1,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Batched non-inferiority on means: (T, n) arrays. Paired = the mean of per-item
     differences; independent = difference of independently bootstrapped means."""
     gens = list(rngs.values())
     cv, rv = cvals.mean(axis=1), rvals.mean(axis=1)
     if paired:
-        _, lo, hi = _mean_stat(sign * (cvals - rvals), ci, gens[0], resamples)
+        _, lo, hi = _mean_stat(sign * (cvals - rvals), ci, gens[0], resamples, engine)
         return cv, rv, lo, hi
     if ci.method == "paired_bootstrap":
-        cb = _bootstrap_means(cvals, resamples, gens[0])
-        rb = _bootstrap_means(rvals, resamples, gens[1])
+        cb = _bootstrap_means(cvals, resamples, gens[0], engine)
+        rb = _bootstrap_means(rvals, resamples, gens[1], engine)
         lo, hi = _percentiles(sign * (cb - rb), ci.level)
         return cv, rv, lo, hi
     z = scipy.stats.norm.ppf(1.0 - _alpha(ci.level))
@@ -1344,20 +1377,24 @@ def evaluate_rule(
     *,
     resamples_cap: int | None = None,
     level: float | None = None,
+    engine: int = 1,
 ) -> dict[str, Any]:
     """Evaluate one non-combination decision rule; the dict has ``verdict``, ``why``, ``missing``
     and the rule's numbers. ``resamples_cap`` lowers ``ci.resamples`` (sign-check, simulation);
     a verdict never sets it. ``level`` replaces ``ci.level`` (the family-wise correction of
-    :func:`evaluate`; the bootstrap seed scheme is unchanged, so only the interval moves)."""
+    :func:`evaluate`; the bootstrap seed scheme is unchanged, so only the interval moves).
+    ``engine``: the bootstrap engine version (``stats.ENGINE_VERSIONS``; 1 = every verdict
+    recorded before versions existed)."""
+    engine = stats.check_engine(engine)
     rule = protocol.decision_rules[rule_name]
     if level is not None and not isinstance(rule, CombinationRule):
         rule = rule.model_copy(update={"ci": rule.ci.model_copy(update={"level": level})})
     if isinstance(rule, RegimeWinsRule):
-        out = _eval_regime(protocol, rule, dataset, resamples_cap)
+        out = _eval_regime(protocol, rule, dataset, resamples_cap, engine)
     elif isinstance(rule, ThresholdRule):
-        out = _eval_threshold(protocol, rule, dataset, resamples_cap)
+        out = _eval_threshold(protocol, rule, dataset, resamples_cap, engine)
     elif isinstance(rule, NonInferiorityRule):
-        out = _eval_non_inferiority(protocol, rule, dataset, resamples_cap)
+        out = _eval_non_inferiority(protocol, rule, dataset, resamples_cap, engine)
     else:
         raise ValueError(f"rule {rule_name!r} is a combination; use evaluate()")
     return {"rule": rule_name, "kind": rule.kind, **out}
@@ -1397,7 +1434,11 @@ def family_alphas(
 
 
 def _corrected(
-    protocol: Protocol, correction: Correction, dataset: Dataset, cap: int | None
+    protocol: Protocol,
+    correction: Correction,
+    dataset: Dataset,
+    cap: int | None,
+    engine: int = 1,
 ) -> dict[str, dict[str, Any]]:
     """Results of the correction family's hypotheses (by id), each decided at its corrected CI
     level (:func:`family_alphas`) and carrying a ``correction`` entry."""
@@ -1412,7 +1453,12 @@ def _corrected(
         key = (i, a)
         if key not in cache:
             cache[key] = evaluate_rule(
-                protocol, rule_of[family[i]], dataset, resamples_cap=cap, level=1.0 - a
+                protocol,
+                rule_of[family[i]],
+                dataset,
+                resamples_cap=cap,
+                level=1.0 - a,
+                engine=engine,
             )
         return cache[key]
 
@@ -1439,7 +1485,11 @@ def _corrected(
 
 
 def evaluate(
-    protocol: Protocol, dataset: Dataset, *, resamples_cap: int | None = None
+    protocol: Protocol,
+    dataset: Dataset,
+    *,
+    resamples_cap: int | None = None,
+    engine: int = 1,
 ) -> dict[str, Any]:
     """Every hypothesis of ``protocol`` on ``dataset``.
 
@@ -1449,11 +1499,14 @@ def evaluate(
     name it. Deterministic: the same inputs give bit-for-bit the same output. The hypotheses of
     ``protocol.correction.family`` are decided at their corrected CI levels and carry
     ``correction: {method, family, m, declared_level, level}`` (also stated in ``why``).
+    ``engine`` is the bootstrap engine version (``stats.ENGINE_VERSIONS``), returned as
+    ``engine``; the caller decides it (a recorded verdict: the one its protocol was frozen with).
     """
+    engine = stats.check_engine(engine)
     by_rule: dict[str, dict[str, Any]] = {}
     by_hyp: dict[str, dict[str, Any]] = {}
     corrected = (
-        _corrected(protocol, protocol.correction, dataset, resamples_cap)
+        _corrected(protocol, protocol.correction, dataset, resamples_cap, engine)
         if protocol.correction is not None
         else {}
     )
@@ -1483,7 +1536,7 @@ def evaluate(
         else:
             if h.rule not in by_rule:
                 by_rule[h.rule] = evaluate_rule(
-                    protocol, h.rule, dataset, resamples_cap=resamples_cap
+                    protocol, h.rule, dataset, resamples_cap=resamples_cap, engine=engine
                 )
             res = dict(by_rule[h.rule])
         full = {"id": hid, "statement": h.statement, **res}
@@ -1492,7 +1545,12 @@ def evaluate(
 
     results = [hyp_result(h.id) for h in protocol.hypotheses]
     primary = protocol.primary_hypothesis()
-    return {"verdict": by_hyp[primary]["verdict"], "primary": primary, "hypotheses": results}
+    return {
+        "verdict": by_hyp[primary]["verdict"],
+        "primary": primary,
+        "engine": engine,
+        "hypotheses": results,
+    }
 
 
 def headline_rule(protocol: Protocol, job: str) -> str | None:

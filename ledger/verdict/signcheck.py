@@ -49,6 +49,19 @@ protocol unless it passes. Three families of checks:
    on a model without router logits fails here, naming the path, instead of when the job runs.
 
 A failing check states what was expected, what came out, and the likely cause in one sentence.
+
+The report also carries (stored with it in ``sign_checks.report_json``):
+
+* ``engine``: the bootstrap engine version (``stats.LATEST_ENGINE`` when it ran). The sign-check
+  that freezes a protocol fixes its engine: every verdict of that frozen version runs with this
+  version (:func:`docketml.ledger.verdicts.engine_version`), so nobody can pick an engine after
+  seeing numbers. The rule checks above run with it too.
+* ``null_proven``: the PROVEN rate under the null of each simulable rule at the sign-check's size
+  (``n_per_class`` items per class per group), from :func:`ledger.simulate.simulate_protocol`
+  with ``NULL_STUDIES`` (100) simulated studies and resamples capped at ``NULL_RESAMPLES_CAP``
+  (1000): how
+  often the rule as frozen would prove an effect that is not there. Informational (it never
+  fails the sign-check); a rule that cannot be simulated is listed with the reason.
 """
 
 from __future__ import annotations
@@ -70,6 +83,7 @@ from docketml.protocols.schema import (
 )
 
 from ..results import MetricValue
+from . import stats
 from .rules import (
     BINARY_STATISTICS,
     Dataset,
@@ -79,6 +93,7 @@ from .rules import (
     describe_condition,
     evaluate_rule,
 )
+from .simulate import simulate_protocol
 
 N_PER_CLASS = 30
 RESAMPLES_CAP = 2000
@@ -87,6 +102,11 @@ MILD = 1.0  # shift giving AUROC about 0.76
 SCENARIOS = ("true effect", "null", "inverted")
 SYNTH_GROUP = "all"
 MAX_BINARY_N = 1 << 16  # the largest synthetic sample a 0/1 rule's true effect may use
+# The stored null PROVEN rate: simulated null studies per rule and their resample cap (kept
+# modest so the sign-check stays well under a second or two; the standard error of a rate r is
+# sqrt(r (1 - r) / NULL_STUDIES), about 0.02 at r = 0.05).
+NULL_STUDIES = 100
+NULL_RESAMPLES_CAP = 1000
 
 
 def _check(
@@ -589,13 +609,17 @@ def _ok(scenario: str, verdict: str) -> bool:
 
 
 def _rule_scenario(
-    protocol: Protocol, name: str, scenario: str, n: int, cap: int
+    protocol: Protocol, name: str, scenario: str, n: int, cap: int, engine: int = 1
 ) -> tuple[str, str, Callable[[], str]]:
     """(verdict, description of the synthetic data, cause-builder) of one rule in a scenario."""
     rule = protocol.decision_rules[name]
     if isinstance(rule, RegimeWinsRule):
         res = evaluate_rule(
-            protocol, name, _regime_dataset(protocol, rule, scenario, n), resamples_cap=cap
+            protocol,
+            name,
+            _regime_dataset(protocol, rule, scenario, n),
+            resamples_cap=cap,
+            engine=engine,
         )
         desc = {
             "true effect": "candidates AUROC 1 vs baselines 0.5",
@@ -606,7 +630,7 @@ def _rule_scenario(
         return res["verdict"], desc, lambda: _regime_cause(rule, scenario, res)
     if isinstance(rule, ThresholdRule):
         ds, desc = _threshold_dataset(protocol, rule, scenario, n)
-        res = evaluate_rule(protocol, name, ds, resamples_cap=cap)
+        res = evaluate_rule(protocol, name, ds, resamples_cap=cap, engine=engine)
         return (
             res["verdict"],
             desc,
@@ -614,11 +638,11 @@ def _rule_scenario(
         )
     if isinstance(rule, NonInferiorityRule):
         ds, desc = _ni_dataset(protocol, rule, scenario, n)
-        res = evaluate_rule(protocol, name, ds, resamples_cap=cap)
+        res = evaluate_rule(protocol, name, ds, resamples_cap=cap, engine=engine)
         return res["verdict"], desc, lambda: _ni_cause(rule, scenario, desc, res)
     assert isinstance(rule, CombinationRule)
     rule_of = {h.id: h.rule for h in protocol.hypotheses}
-    subs = [(h, _rule_scenario(protocol, rule_of[h], scenario, n, cap)) for h in rule.of]
+    subs = [(h, _rule_scenario(protocol, rule_of[h], scenario, n, cap, engine)) for h in rule.of]
     verdict = combine(rule.kind, [s[1][0] for s in subs])
     desc = ", ".join(f"{h} {s[0]}" for h, s in subs)
     return (
@@ -629,15 +653,18 @@ def _rule_scenario(
 
 
 def check_rules(
-    protocol: Protocol, n_per_class: int = N_PER_CLASS, resamples_cap: int = RESAMPLES_CAP
+    protocol: Protocol,
+    n_per_class: int = N_PER_CLASS,
+    resamples_cap: int = RESAMPLES_CAP,
+    engine: int = stats.LATEST_ENGINE,
 ) -> list[dict[str, Any]]:
-    """Three scenario checks per decision rule, through the real engine."""
+    """Three scenario checks per decision rule, through the real engine (version ``engine``)."""
     out = []
     for name in protocol.decision_rules:
         for scenario in SCENARIOS:
             try:
                 verdict, desc, cause = _rule_scenario(
-                    protocol, name, scenario, n_per_class, resamples_cap
+                    protocol, name, scenario, n_per_class, resamples_cap, engine
                 )
             except Exception as exc:  # a crash of the engine is a failed check, never a pass
                 out.append(
@@ -698,6 +725,72 @@ def check_jobs(
     return out
 
 
+def null_proven_rates(
+    protocol: Protocol,
+    n_per_class: int = N_PER_CLASS,
+    resamples_cap: int = NULL_RESAMPLES_CAP,
+    n_studies: int = NULL_STUDIES,
+    engine: int = stats.LATEST_ENGINE,
+) -> dict[str, Any]:
+    """The PROVEN rate under the null of every simulable rule at ``n_per_class`` items per class
+    per group: :func:`ledger.simulate.simulate_protocol` run at the null point only (regime_wins:
+    true gap 0; threshold: the statistic exactly at the bound; non_inferiority: true difference
+    ``-margin``), ``n_studies`` studies, resamples ``min(ci.resamples, resamples_cap)``, the
+    protocol's seed. Returns ``{"n_per_class", "studies", "resamples_cap", "engine", "rules":
+    [{"rule", "kind", "rate", "null_gap", "resamples"}], "skipped": [{"rule", "reason"}]}``;
+    ``rate`` is a fraction of ``studies`` (Monte Carlo standard error ``sqrt(r (1 - r) /
+    studies)``). A simulation that cannot run is reported in ``error``, never raised."""
+    out: dict[str, Any] = {
+        "n_per_class": n_per_class,
+        "studies": n_studies,
+        "resamples_cap": resamples_cap,
+        "engine": engine,
+        "rules": [],
+        "skipped": [],
+    }
+    try:
+        sim = simulate_protocol(
+            protocol,
+            n_sims=n_studies,
+            n_per_class=n_per_class,
+            gaps=[],
+            resamples=resamples_cap,
+            engine=engine,
+        )
+    except Exception as exc:  # informational: never turns a sign-check into a crash
+        out["error"] = f"the null simulation raised {type(exc).__name__}: {exc}"
+        return out
+    out["rules"] = [
+        {
+            "rule": r["rule"],
+            "kind": r["kind"],
+            "rate": r["null_proven_rate"],
+            "null_gap": r["null_gap"],
+            "resamples": r["resamples"],
+        }
+        for r in sim["rules"]
+    ]
+    out["skipped"] = sim["skipped"]
+    return out
+
+
+def describe_null(null: Mapping[str, Any] | None) -> str | None:
+    """One sentence for the stored null PROVEN rates (None when the report has none, i.e. it
+    predates them), e.g. ``PROVEN rate under the null at 30 per class (200 simulated studies,
+    resamples <= 2000): regime_wins 0.000, corollary_auroc 0.045``."""
+    if not null:
+        return None
+    head = (
+        f"PROVEN rate under the null at {null['n_per_class']} per class ({null['studies']} "
+        f"simulated studies, resamples <= {null['resamples_cap']})"
+    )
+    if null.get("error"):
+        return f"{head}: not computed ({null['error']})"
+    parts = [f"{r['rule']} {r['rate']:.3f}" for r in null.get("rules", []) if r["rate"] is not None]
+    parts += [f"{s['rule']} not simulated ({s['reason']})" for s in null.get("skipped", [])]
+    return f"{head}: " + (", ".join(parts) if parts else "no simulable rule")
+
+
 def sign_check(
     protocol: Protocol,
     registry: Mapping[str, str] | None = None,
@@ -705,17 +798,37 @@ def sign_check(
     n_per_class: int = N_PER_CLASS,
     resamples_cap: int = RESAMPLES_CAP,
     job_checks: Callable[[JobSpec], list[tuple[str, str | None]]] | None = None,
+    null_studies: int = NULL_STUDIES,
 ) -> dict[str, Any]:
     """Run every check (see the module docstring); ``passed`` is True iff all pass.
-    ``job_checks`` (given by the CLI from the runners) adds family 4, the job inputs."""
+    ``job_checks`` (given by the CLI from the runners) adds family 4, the job inputs. The report
+    records ``engine`` (the engine version the protocol freezes with) and ``null_proven``
+    (:func:`null_proven_rates`; ``null_studies = 0`` skips it)."""
+    engine = stats.LATEST_ENGINE
     checks = check_metrics(protocol) + check_polarity(protocol, registry)
-    checks += check_rules(protocol, n_per_class, resamples_cap)
+    checks += check_rules(protocol, n_per_class, resamples_cap, engine)
     checks += check_jobs(protocol, job_checks)
     notes = [
-        f"rules ran through the verdict engine on synthetic data: {n_per_class} items per class "
-        f"per group, bootstrap resamples capped at {resamples_cap} (the verdict uses the "
-        "protocol's own count)"
+        f"rules ran through the verdict engine (version {engine}) on synthetic data: "
+        f"{n_per_class} items per class per group, bootstrap resamples capped at "
+        f"{resamples_cap} (the verdict uses the protocol's own count)"
     ]
     if registry is None:
         notes.append("no signal registry given: signal polarities were not checked")
-    return {"passed": all(c["passed"] for c in checks), "checks": checks, "notes": notes}
+    report: dict[str, Any] = {
+        "passed": all(c["passed"] for c in checks),
+        "checks": checks,
+        "notes": notes,
+        "engine": engine,
+    }
+    if null_studies > 0:
+        null = null_proven_rates(protocol, n_per_class, NULL_RESAMPLES_CAP, null_studies, engine)
+        report["null_proven"] = null
+        line = describe_null(null)
+        if line:
+            notes.append(line)
+    notes.append(
+        f"verdicts of this version, once frozen, run with bootstrap engine {engine} "
+        "(recorded here, not chosen at verdict time)"
+    )
+    return report

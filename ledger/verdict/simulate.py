@@ -34,7 +34,9 @@ scheme (``derive_group_rngs(ci.seed, ...)``), so the rates are those of the rule
 explicit ``resamples`` caps the count (``min(ci.resamples, resamples)``) and the notes say so.
 The studies of one point are simulated at once (a leading study axis); with
 ``paired_bootstrap`` they share one stratified resample set per group, so each study's CI is
-exactly the one the engine would compute for it alone.
+exactly the one the engine would compute for it alone. ``engine`` picks the bootstrap engine
+version (default ``stats.LATEST_ENGINE``; ``docket protocol simulate`` passes the version a verdict
+of the protocol would run with, :func:`docketml.ledger.verdicts.engine_version`).
 
 Sample-size planning (``sizes``): the gap table is run at every size ``n`` (items per class per
 group); each rule gets ``by_size`` (the points at each n) and ``required_n`` (per gap, the
@@ -130,6 +132,7 @@ def _sim_regime(
     base_auroc: float,
     rho: float,
     pilot: rules.SourceData | None = None,
+    engine: int = 1,
 ) -> np.ndarray:
     baselines = protocol.baselines_for(rule)
     c, k = len(rule.candidates), len(baselines)
@@ -169,7 +172,7 @@ def _sim_regime(
                 if shared_neg is not None
                 else _draw(rng, t, c + k, n, np.zeros(c + k), rho)
             )
-        cs = rules.contest_stats(pos, neg, c, rule.ci, rule.best_baseline, gen.get(g), b)
+        cs = rules.contest_stats(pos, neg, c, rule.ci, rule.best_baseline, gen.get(g), b, engine)
         win = (cs.delta >= rule.margin - rules.MARGIN_TOL) & (cs.lo > 0.0)
         won[:, j] = win.any(axis=1)
     return rules.decide_regime(won, contests, rule.verdicts)
@@ -243,6 +246,7 @@ def _sim_threshold(
     rng: np.random.Generator,
     rho: float,
     pilot: rules.SourceData | None = None,
+    engine: int = 1,
 ) -> np.ndarray:
     if rule.statistic in rules.BINARY_STATISTICS:
         return _sim_binary(protocol, rule, t, n, gap, rng, pilot)
@@ -261,7 +265,7 @@ def _sim_threshold(
         else:
             pos = rng.standard_normal((t, n_pos)) + _mu(target)
             neg = rng.standard_normal((t, n_neg))
-        point, lo, hi = rules._auroc_stat(pos, neg, rule.ci, gen, b)
+        point, lo, hi = rules._auroc_stat(pos, neg, rule.ci, gen, b, engine)
     else:
         if pilot is not None:
             got_v = rules._all_values(protocol, pilot, rule.signal, rule.groups)
@@ -270,7 +274,7 @@ def _sim_threshold(
             values = _resample(rng, got_v[0][None, :], t, n_pos + n_neg)[:, 0]
         else:
             values = rng.standard_normal((t, n_pos + n_neg)) + target
-        point, lo, hi = rules._mean_stat(values, rule.ci, gen, b)
+        point, lo, hi = rules._mean_stat(values, rule.ci, gen, b, engine)
     return rules.decide_threshold(point, lo, hi, rule.op, rule.bound)
 
 
@@ -284,6 +288,7 @@ def _sim_non_inferiority(
     rng: np.random.Generator,
     base_auroc: float,
     rho: float,
+    engine: int = 1,
 ) -> np.ndarray:
     sign = 1.0 if rule.higher_is_better else -1.0
     gens = stats.derive_group_rngs(rule.ci.seed, list(rules.NI_STREAMS))
@@ -293,14 +298,14 @@ def _sim_non_inferiority(
         pos = _draw(rng, t, 2, n_pos, mu, rho)
         neg = _draw(rng, t, 2, n_neg, np.zeros(2), rho)
         _, _, lo, _ = rules._ni_auroc(
-            pos[:, 0], neg[:, 0], pos[:, 1], neg[:, 1], True, rule.ci, gens, b, sign
+            pos[:, 0], neg[:, 0], pos[:, 1], neg[:, 1], True, rule.ci, gens, b, sign, engine
         )
         point = sign * (
             rules._point_aurocs(pos[:, 0], neg[:, 0]) - rules._point_aurocs(pos[:, 1], neg[:, 1])
         )
     else:
         vals = _draw(rng, t, 2, n_pos + n_neg, np.array([sign * gap, 0.0]), rho)
-        cv, rv, lo, _ = rules._ni_mean(vals[:, 0], vals[:, 1], True, rule.ci, gens, b, sign)
+        cv, rv, lo, _ = rules._ni_mean(vals[:, 0], vals[:, 1], True, rule.ci, gens, b, sign, engine)
         point = sign * (cv - rv)
     return rules.decide_non_inferiority(point, lo, rule.margin)
 
@@ -357,10 +362,14 @@ def simulate_protocol(
     pilot: rules.SourceData | None = None,
     effect: float | None = None,
     progress: Callable[[int, int], None] | None = None,
+    engine: int = stats.LATEST_ENGINE,
 ) -> dict[str, Any]:
     """Verdict rates per true effect (and per sample size) for every simulable rule (see the
     module docstring). ``resamples`` = None runs each rule's own ``ci.resamples``; an int caps
-    it. ``progress(done, total)`` is called after each simulated point."""
+    it. ``progress(done, total)`` is called after each simulated point. ``engine`` is the
+    bootstrap engine version (``stats.ENGINE_VERSIONS``; the CLI passes the one a verdict of the
+    protocol would use) and is reported in ``settings``."""
+    engine = stats.check_engine(engine)
     if n_sims < 1:
         raise ValueError("n_sims must be at least 1")
     if resamples is not None and resamples < 1:
@@ -407,13 +416,15 @@ def simulate_protocol(
                 g = 0.0 if gap is None else gap
                 if isinstance(rule, RegimeWinsRule):
                     idx = _sim_regime(
-                        protocol, rule, n_sims, n, g, b, rng, base_auroc, correlation, pilot
+                        protocol, rule, n_sims, n, g, b, rng, base_auroc, correlation, pilot, engine
                     )
                 elif isinstance(rule, ThresholdRule):
-                    idx = _sim_threshold(protocol, rule, n_sims, n, g, b, rng, correlation, pilot)
+                    idx = _sim_threshold(
+                        protocol, rule, n_sims, n, g, b, rng, correlation, pilot, engine
+                    )
                 else:
                     idx = _sim_non_inferiority(
-                        protocol, rule, n_sims, n, g, b, rng, base_auroc, correlation
+                        protocol, rule, n_sims, n, g, b, rng, base_auroc, correlation, engine
                     )
                 rates = _rates(idx, names)
                 points.append({"gap": None if gap is None else float(gap), "rates": rates})
@@ -486,10 +497,12 @@ def simulate_protocol(
             "seed": seed,
             "model": "pilot" if pilot is not None else "binormal",
             "pilot": pilot.name if pilot is not None else None,
+            "engine": engine,
         },
         "notes": [
             f"{n_sims} simulated studies per point; {sizes_txt} items per class per group; "
-            f"{capped}; the studies of a point share one resample set per group",
+            f"{capped}; the studies of a point share one resample set per group; bootstrap "
+            f"engine {engine}",
             model,
         ],
     }

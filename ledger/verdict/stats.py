@@ -19,11 +19,26 @@ Conventions used throughout
   ``AUROC = (sum_i R_i - n_pos (n_pos + 1) / 2) / (n_pos n_neg)``.
 * Every bootstrap is driven by an explicit ``numpy.random.Generator``; nothing reads global
   random state, so results are bit-for-bit repeatable for a given seed and numpy version.
+
+Engine versions
+---------------
+How a bootstrap consumes its generator is versioned (``ENGINE_VERSIONS``); the version is an
+explicit ``engine`` argument of every resampling function (default 1) and a verdict records the
+one it ran with (``docs/protocol.md``, "Engine versions"):
+
+* ``1``: resample indices drawn as int64 (``rng.integers(0, n, size)``), one bincount per class.
+  Every verdict recorded before versions existed ran with it, and it reproduces them bit for bit.
+* ``2``: the same blocks and the same ``integers`` calls with the narrowest index type that holds
+  ``n - 1`` (int16 up to 32,767 items per class, then int32; numpy draws narrow bounded integers
+  from a different slice of the bit stream, so the resamples differ from engine 1's), and on the
+  pairwise path both classes' multiplicities counted by ONE bincount and converted to float32
+  once. Same statistic, same exactness (integer counts, exact float32 sums), different Monte
+  Carlo draw: intervals agree with engine 1's within Monte Carlo error, not bit for bit.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -32,10 +47,14 @@ import scipy.stats
 
 __all__ = [
     "BASELINE_MODES",
+    "ENGINE_VERSIONS",
+    "LATEST_ENGINE",
     "BaselineDelta",
     "BaselineMode",
     "auroc",
     "best_baseline_deltas",
+    "check_engine",
+    "index_dtype",
     "bootstrap_mean_ci",
     "delong_ci",
     "delong_paired_test",
@@ -69,6 +88,30 @@ _DRAW_BLOCK_ROWS = 1024
 _DRAW_BLOCK_ELEMENTS = 1 << 20
 # float32 represents every integer up to 2**24 exactly.
 _F32_EXACT_INT = 1 << 24
+# Engine versions (module docstring). A new verdict uses the version its protocol was frozen
+# with (the sign-check records LATEST_ENGINE); a verdict recorded without one ran with 1.
+ENGINE_VERSIONS: tuple[int, ...] = (1, 2)
+LATEST_ENGINE = 2
+
+
+def check_engine(engine: int) -> int:
+    """``engine`` if it is a known engine version (``ENGINE_VERSIONS``); else ValueError."""
+    if isinstance(engine, bool) or engine not in ENGINE_VERSIONS:
+        raise ValueError(f"engine must be one of {ENGINE_VERSIONS}, got {engine!r}")
+    return int(engine)
+
+
+def index_dtype(n: int, engine: int = 1) -> type[np.signedinteger]:
+    """Integer type of resample indices into ``n`` items: int64 under engine 1; under engine 2
+    the narrowest of int16 / int32 / int64 holding ``n - 1``. Part of the draw contract: numpy's
+    ``integers`` draws differ by type."""
+    if check_engine(engine) == 1:
+        return np.int64
+    if n - 1 <= np.iinfo(np.int16).max:
+        return np.int16
+    if n - 1 <= np.iinfo(np.int32).max:
+        return np.int32
+    return np.int64
 
 
 # --------------------------------------------------------------------------------------------
@@ -253,6 +296,14 @@ class _PairwiseComparisons:
             self.blocks.append((s0, s1, stacked, gemm_rows))
         max_width = min(per_block, self.n_sig) * self.n_neg
         self.chunk_rows = max(1, _CHUNK_ELEMENTS // (max_width + self.n_pos + self.n_neg))
+        self._scratch = np.empty(0, dtype=self.dtype)
+
+    def _partial(self, rows: int, width: int) -> np.ndarray:
+        """A (rows, width) scratch array, reused across calls (fresh large allocations cost
+        page faults; every element is overwritten before it is read)."""
+        if self._scratch.size < rows * width:
+            self._scratch = np.empty(rows * width, dtype=self.dtype)
+        return self._scratch[: rows * width].reshape(rows, width)
 
     def accumulate(self, w_pos: np.ndarray, w_neg: np.ndarray, out: np.ndarray) -> None:
         """Write ``w_pos[b] @ C2_s @ w_neg[b]`` into ``out[s, b]`` for integer counts."""
@@ -260,11 +311,11 @@ class _PairwiseComparisons:
         for start in range(0, n_rows, self.chunk_rows):
             stop = min(start + self.chunk_rows, n_rows)
             rows = stop - start
-            wp = w_pos[start:stop].astype(self.dtype)
-            wn = w_neg[start:stop].astype(self.dtype)
+            wp = w_pos[start:stop].astype(self.dtype, copy=False)
+            wn = w_neg[start:stop].astype(self.dtype, copy=False)
             for s0, s1, stacked, gemm_rows in self.blocks:
                 width = stacked.shape[1]
-                partial = np.empty((rows, width), dtype=self.dtype)
+                partial = self._partial(rows, width)
                 full = rows // gemm_rows * gemm_rows
                 if full:
                     np.matmul(
@@ -277,6 +328,62 @@ class _PairwiseComparisons:
                 out[s0:s1, start:stop] = np.einsum(
                     "bsj,bj->sb", partial.reshape(rows, s1 - s0, self.n_neg), wn
                 )
+
+
+# ``stratified_paired_bootstrap_rows`` uses the Kronecker kernel for at least
+# max(_KRON_MIN_ROWS, 4 n_pos) rows and at most _KRON_MAX_PAIRS pairs n_pos n_neg (measured on one
+# core, 1024 resamples: K = 400 rows of 30 x 30 7 ms against 13 ms; 200 rows of 180 x 30 a tie;
+# 64 rows of 60 x 60 9 ms against 5 ms); outer-product chunks hold at most _KRON_ELEMENTS values.
+_KRON_MIN_ROWS = 64
+_KRON_MAX_PAIRS = 1 << 14
+_KRON_ELEMENTS = 1 << 22
+
+
+class _KronComparisons:
+    """The comparison matrices of K rows flattened side by side, for the Kronecker kernel.
+
+    ``2 sum_{c,d} psi = w_pos[b] @ C2_s @ w_neg[b] = vec(C2_s) . vec(w_pos[b] (x) w_neg[b])``:
+    per chunk of resamples the outer products ``O[b] = w_pos[b, :, None] * w_neg[b, None, :]``
+    (b, n_pos n_neg) are formed once and ONE gemm ``O @ F``, ``F[:, s] = vec(C2_s)``, gives every
+    row's value. Exact: every product and partial sum is a non-negative integer at most
+    ``2 k_pos k_neg < 2**24`` (float32; only built for ``n_pos n_neg <= _KRON_MAX_PAIRS``), so
+    the values are those of :class:`_PairwiseComparisons` bit for bit, under every engine. It
+    wins when K is large against n_pos: the gemm writes (b, K) values instead of (b, K n_neg) and
+    its inner dimension is n_pos n_neg, at the price of forming the (b, n_pos n_neg) outer
+    products (see ``_KRON_MIN_ROWS``). Unlike the pairwise kernel its gemm is not kept below
+    OpenBLAS's threading threshold (with several BLAS threads on a busy machine it was still no
+    slower)."""
+
+    def __init__(self, pos: np.ndarray, neg: np.ndarray, k_pos: int, k_neg: int) -> None:
+        self.n_sig, self.n_pos = pos.shape
+        self.n_neg = neg.shape[1]
+        self.dtype = np.float32
+        assert 2 * k_pos * k_neg < _F32_EXACT_INT and self.n_pos * self.n_neg <= _KRON_MAX_PAIRS
+        pairs = self.n_pos * self.n_neg
+        self.flat = np.empty((pairs, self.n_sig), dtype=self.dtype)
+        step = max(1, _KRON_ELEMENTS // pairs)
+        for s0 in range(0, self.n_sig, step):
+            s1 = min(s0 + step, self.n_sig)
+            p, q = pos[s0:s1, :, None], neg[s0:s1, None, :]
+            c2 = 2 * (p > q).astype(np.int8) + (p == q).astype(np.int8)
+            self.flat[:, s0:s1] = c2.reshape(s1 - s0, pairs).T
+        self.chunk_rows = max(1, _KRON_ELEMENTS // pairs)
+        self._outer = np.empty(0, dtype=self.dtype)
+
+    def accumulate(self, w_pos: np.ndarray, w_neg: np.ndarray, out: np.ndarray) -> None:
+        """Write ``w_pos[b] @ C2_s @ w_neg[b]`` into ``out[s, b]`` for integer counts."""
+        n_rows = w_pos.shape[0]
+        for start in range(0, n_rows, self.chunk_rows):
+            stop = min(start + self.chunk_rows, n_rows)
+            rows = stop - start
+            wp = w_pos[start:stop].astype(self.dtype, copy=False)
+            wn = w_neg[start:stop].astype(self.dtype, copy=False)
+            size = rows * self.n_pos * self.n_neg
+            if self._outer.size < size:
+                self._outer = np.empty(size, dtype=self.dtype)
+            outer = self._outer[:size].reshape(rows, self.n_pos, self.n_neg)
+            np.multiply(wp[:, :, None], wn[:, None, :], out=outer)
+            out[:, start:stop] = (outer.reshape(rows, -1) @ self.flat).T
 
 
 def _pairwise_kernel(
@@ -449,19 +556,63 @@ def _draw_block_rows(n_pos: int, n_neg: int) -> int:
 
 
 def _stratified_blocks(
-    n_pos: int, n_neg: int, resamples: int, rng: np.random.Generator
+    n_pos: int, n_neg: int, resamples: int, rng: np.random.Generator, engine: int = 1
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """Yield ``(start, pos_idx_block, neg_idx_block)``; the draw order of the contract."""
+    """Yield ``(start, pos_idx_block, neg_idx_block)``; the draw order of the contract (indices
+    of type ``index_dtype(n, engine)``)."""
     rows = _draw_block_rows(n_pos, n_neg)
+    dt_pos, dt_neg = index_dtype(n_pos, engine), index_dtype(n_neg, engine)
     for start in range(0, resamples, rows):
         b = min(rows, resamples - start)
-        pos_block = rng.integers(0, n_pos, size=(b, n_pos))
-        neg_block = rng.integers(0, n_neg, size=(b, n_neg))
+        pos_block = rng.integers(0, n_pos, size=(b, n_pos), dtype=dt_pos)
+        neg_block = rng.integers(0, n_neg, size=(b, n_neg), dtype=dt_neg)
         yield start, pos_block, neg_block
 
 
+class _JointCounter:
+    """Engine 2's multiplicities of a block: ``(w_pos (b, n_pos), w_neg (b, n_neg))`` in the
+    pairwise kernel's compute type from ONE bincount over both classes. Flat layout: positive i
+    of row r -> ``r n_pos + i``; negative j of row r -> ``b n_pos + r n_neg + j``, so both count
+    matrices are contiguous slices of the result. The values are those of ``_resample_counts``
+    on each class (integers, exact in float32 below 2**24). The index buffer and offsets are
+    kept between blocks (fresh large allocations cost page faults)."""
+
+    def __init__(self, n_pos: int, n_neg: int, dtype: type[np.floating]) -> None:
+        self.n_pos, self.n_neg, self.dtype = n_pos, n_neg, dtype
+        self.rows = 0
+        self._flat = np.empty(0, dtype=np.intp)
+        self._off_pos = self._off_neg = np.empty((0, 1), dtype=np.intp)
+
+    def __call__(self, pos_block: np.ndarray, neg_block: np.ndarray) -> tuple[np.ndarray, ...]:
+        b = pos_block.shape[0]
+        n_pos, n_neg = self.n_pos, self.n_neg
+        if b != self.rows:
+            self.rows = b
+            self._flat = np.empty(b * (n_pos + n_neg), dtype=np.intp)
+            self._off_pos = (np.arange(b, dtype=np.intp) * n_pos)[:, None]
+            self._off_neg = (b * n_pos + np.arange(b, dtype=np.intp) * n_neg)[:, None]
+        split = b * n_pos
+        np.add(pos_block, self._off_pos, out=self._flat[:split].reshape(b, n_pos))
+        np.add(neg_block, self._off_neg, out=self._flat[split:].reshape(b, n_neg))
+        w = np.bincount(self._flat, minlength=self._flat.size).astype(self.dtype)
+        return w[:split].reshape(b, n_pos), w[split:].reshape(b, n_neg)
+
+
+def _block_counter(
+    comps: _PairwiseComparisons | _KronComparisons, engine: int
+) -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, ...]]:
+    """How the pairwise path counts a block's multiplicities: engine 1 one bincount per class
+    (int64, indices consumed in place), engine 2 :class:`_JointCounter`. Same values."""
+    if engine == 1:
+        return lambda p, q: (
+            _resample_counts(p, comps.n_pos, consume=True),
+            _resample_counts(q, comps.n_neg, consume=True),
+        )
+    return _JointCounter(comps.n_pos, comps.n_neg, comps.dtype)
+
+
 def stratified_resample_indices(
-    n_pos: int, n_neg: int, resamples: int, rng: np.random.Generator
+    n_pos: int, n_neg: int, resamples: int, rng: np.random.Generator, engine: int = 1
 ) -> tuple[np.ndarray, np.ndarray]:
     """Draw stratified bootstrap index matrices ``(pos_idx (B, n_pos), neg_idx (B, n_neg))``.
 
@@ -471,14 +622,16 @@ def stratified_resample_indices(
     Draw order (part of the reproducibility contract): resamples are drawn in consecutive
     blocks of ``R = max(1, min(1024, 2**20 // max(n_pos, n_neg)))`` rows (the last block may
     be shorter); for each block, ``rng.integers(0, n_pos, size=(b, n_pos))`` then
-    ``rng.integers(0, n_neg, size=(b, n_neg))`` (int64). ``stratified_paired_bootstrap``
-    consumes ``rng`` in exactly this way, so calling this function on an identically seeded
-    generator reproduces the bootstrap's resamples.
+    ``rng.integers(0, n_neg, size=(b, n_neg))`` (int64 under engine 1; ``index_dtype(n,
+    engine)`` under engine 2, passed as ``dtype=``). ``stratified_paired_bootstrap`` with the same
+    ``engine`` consumes ``rng`` in exactly this way, so calling this function on an identically
+    seeded generator reproduces the bootstrap's resamples.
     """
     resamples = _check_resamples(resamples)
+    engine = check_engine(engine)
     if n_pos < 1 or n_neg < 1:
         raise ValueError(f"both classes need examples, got n_pos={n_pos}, n_neg={n_neg}")
-    blocks = list(_stratified_blocks(n_pos, n_neg, resamples, rng))
+    blocks = list(_stratified_blocks(n_pos, n_neg, resamples, rng, engine))
     pos_idx = np.concatenate([p for _, p, _ in blocks])
     neg_idx = np.concatenate([q for _, _, q in blocks])
     return pos_idx, neg_idx
@@ -495,13 +648,16 @@ def stratified_paired_bootstrap_rows(
     resamples: int,
     rng: np.random.Generator,
     row_block: int,
+    engine: int = 1,
 ) -> np.ndarray | None:
     """(K, B) stratified paired bootstrap AUROCs of every row of ``matrix`` (K, n): the first
     ``n_pos`` columns positives, the rest negatives, oriented. Bit for bit the rows of
     ``stratified_paired_bootstrap`` called on each block of ``row_block`` rows from the same
     generator state (the resamples are exactly ``stratified_resample_indices(n_pos, n_neg, B,
-    rng)``, drawn ONCE and counted once for all rows; each row block keeps its own comparison
-    matrices, so the matmuls are those of the per-block calls). ``rng`` is consumed as one call.
+    rng, engine)``, drawn ONCE and counted once for all rows). From ``max(_KRON_MIN_ROWS, 4
+    n_pos)`` rows (and up to ``_KRON_MAX_PAIRS`` pairs) one :class:`_KronComparisons` serves
+    every row, otherwise each row block keeps its own comparison matrices; both are exact integer
+    arithmetic, so the numbers are the same either way. ``rng`` is consumed as one call.
 
     Returns ``None`` (``rng`` untouched) on the rank path or when the comparison matrices of
     all rows would exceed ``ROWS_CACHE_BYTES``; the caller then processes the blocks one by one.
@@ -509,22 +665,29 @@ def stratified_paired_bootstrap_rows(
     k, n = matrix.shape
     n_neg = n - n_pos
     resamples = _check_resamples(resamples)
+    engine = check_engine(engine)
     if _choose_method(n_pos, n_neg) != "pairwise" or k * n_pos * n_neg * 4 > ROWS_CACHE_BYTES:
         return None
     pos, neg = matrix[:, :n_pos], matrix[:, n_pos:]
-    comps = [
-        (
-            r0,
-            min(r0 + row_block, k),
-            _PairwiseComparisons(pos[r0 : r0 + row_block], neg[r0 : r0 + row_block], n_pos, n_neg),
-        )
-        for r0 in range(0, k, row_block)
-    ]
+    comps: list[tuple[int, int, _PairwiseComparisons | _KronComparisons]]
+    if k >= max(_KRON_MIN_ROWS, 4 * n_pos) and n_pos * n_neg <= _KRON_MAX_PAIRS:
+        comps = [(0, k, _KronComparisons(pos, neg, n_pos, n_neg))]
+    else:
+        comps = [
+            (
+                r0,
+                min(r0 + row_block, k),
+                _PairwiseComparisons(
+                    pos[r0 : r0 + row_block], neg[r0 : r0 + row_block], n_pos, n_neg
+                ),
+            )
+            for r0 in range(0, k, row_block)
+        ]
     out = np.empty((k, resamples), dtype=np.float64)
-    for start, pos_block, neg_block in _stratified_blocks(n_pos, n_neg, resamples, rng):
+    count = _block_counter(comps[0][2], engine)
+    for start, pos_block, neg_block in _stratified_blocks(n_pos, n_neg, resamples, rng, engine):
         stop = start + pos_block.shape[0]
-        w_pos = _resample_counts(pos_block, n_pos, consume=True)
-        w_neg = _resample_counts(neg_block, n_neg, consume=True)
+        w_pos, w_neg = count(pos_block, neg_block)
         for r0, r1, c in comps:
             c.accumulate(w_pos, w_neg, out[r0:r1, start:stop])
     out /= 2.0 * n_pos * n_neg
@@ -536,6 +699,7 @@ def stratified_paired_bootstrap(
     labels: np.ndarray,
     resamples: int,
     rng: np.random.Generator,
+    engine: int = 1,
 ) -> dict[str, np.ndarray]:
     """Bootstrap AUROC distributions of several signals on the same examples.
 
@@ -550,7 +714,9 @@ def stratified_paired_bootstrap(
         labels: 1-D 0/1 array, 1 = positive.
         resamples: B, number of bootstrap resamples.
         rng: the group's Generator (see ``derive_group_rngs``); consumed exactly as one call
-            of ``stratified_resample_indices(n_pos, n_neg, B, rng)`` would consume it.
+            of ``stratified_resample_indices(n_pos, n_neg, B, rng, engine)`` would consume it.
+        engine: the engine version (module docstring); 1 reproduces every verdict recorded
+            before versions existed.
 
     Returns:
         signal name -> (B,) float64 array of bootstrap AUROCs (same key order as ``scores``).
@@ -558,7 +724,8 @@ def stratified_paired_bootstrap(
     Complexity: see ``resampled_auroc``. When ``n_pos n_neg <= 2**17`` (pairwise path) the
     indices are drawn, counted and reduced block by block (memory O(1024 (n + S n_neg)));
     otherwise the full index matrices are drawn (memory O(B n)) and the rank kernel is used.
-    Either way the resamples are exactly ``stratified_resample_indices(n_pos, n_neg, B, rng)``.
+    Either way the resamples are exactly ``stratified_resample_indices(n_pos, n_neg, B, rng,
+    engine)``.
     """
     if not scores:
         raise ValueError("scores is empty: need at least one signal")
@@ -576,18 +743,20 @@ def stratified_paired_bootstrap(
     n_pos = int(pos_mask.sum())
     n_neg = pos_mask.shape[0] - n_pos
     resamples = _check_resamples(resamples)
+    engine = check_engine(engine)
     pos, neg = matrix[:, pos_mask], matrix[:, ~pos_mask]
     if _choose_method(n_pos, n_neg) == "rank":
-        pos_idx, neg_idx = stratified_resample_indices(n_pos, n_neg, resamples, rng)
+        pos_idx, neg_idx = stratified_resample_indices(n_pos, n_neg, resamples, rng, engine)
         aucs = _resampled_auroc_unchecked(pos, neg, pos_idx, neg_idx, "rank")
     else:
-        # Fused: each block of freshly drawn indices is counted (in place: the indices are
-        # valid by construction and not needed afterwards) and reduced while still in cache.
+        # Fused: each block of freshly drawn indices is counted (engine 1 in place: the indices
+        # are valid by construction and not needed afterwards) and reduced while still in cache.
         comps = _PairwiseComparisons(pos, neg, n_pos, n_neg)
         aucs = np.empty((len(names), resamples), dtype=np.float64)
-        for start, pos_block, neg_block in _stratified_blocks(n_pos, n_neg, resamples, rng):
-            w_pos = _resample_counts(pos_block, n_pos, consume=True)
-            w_neg = _resample_counts(neg_block, n_neg, consume=True)
+        blocks = _stratified_blocks(n_pos, n_neg, resamples, rng, engine)
+        count = _block_counter(comps, engine)
+        for start, pos_block, neg_block in blocks:
+            w_pos, w_neg = count(pos_block, neg_block)
             comps.accumulate(w_pos, w_neg, aucs[:, start : start + pos_block.shape[0]])
         aucs /= 2.0 * n_pos * n_neg
     return {name: aucs[i] for i, name in enumerate(names)}
