@@ -16,6 +16,13 @@ For each backend, in the same run:
   grouped by group into numpy arrays per (group, signal), in recording order. Goal: bulk >= 20x
   the ORM rate and the query < 2 s.
 
+* **peak memory of the user's commands** (``--peak-rows``, default 1,000,000 rows = 2,000,000
+  observations, 0 skips): a JSONL file of that many rows (2 signals, 10 groups) is written
+  (streamed), then ``docket ingest``, ``docket verdict`` (a DeLong ``regime_wins`` rule) and
+  ``docket audit`` each run in a fresh process; wall time and that process's own peak RSS
+  (``ru_maxrss``) are printed. Goal (issue 16): bounded memory -- the ingest streams its file,
+  the verdict and the audit stream the observations by group.
+
 The insert paths are interleaved, ``--repeats`` times each (every repeat into a fresh run:
 each bulk repeat records another 1,000,000 rows); the best time of each is reported, as timeit
 does, because on a shared machine the noise only ever adds time. The query is best of 3.
@@ -39,8 +46,10 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:] = [str(_HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
 import argparse  # noqa: E402
+import json  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
+import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
@@ -209,6 +218,112 @@ def verdict_query(ledger: Ledger, run_id: int) -> dict[str, dict[str, tuple[np.n
     return out
 
 
+PEAK_PROTOCOL = """docket: 1
+id: bench-peak
+title: peak memory benchmark
+hypotheses:
+  - {id: H1, statement: cand beats base per group, rule: wins}
+signals:
+  cand: {higher_means: positive}
+  base: {higher_means: positive, role: baseline}
+labels: {source: judged, positive: failure}
+groups: [GROUPS]
+decision_rules:
+  wins:
+    kind: regime_wins
+    candidates: [cand]
+    baselines: [base]
+    margin: 0.02
+    ci: {method: delong, level: 0.95}
+    verdicts:
+      PROVEN: {min_wins: 1}
+      DISPROVEN: {max_wins: 0}
+jobs:
+  - {name: probe, kind: python, entry: "bench:probe"}
+"""
+
+PEAK_CHILD = """
+import resource, sys
+from docketml.ledger.cli.main import main
+try:
+    main(sys.argv[1:])
+except SystemExit as exc:
+    code = exc.code or 0
+else:
+    code = 0
+sys.stdout.flush()
+print(f"PEAK_RSS_KIB {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}", file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def write_results_file(path: Path, n_rows: int, groups: list[str]) -> None:
+    """``n_rows`` JSONL rows (2 signals each), written in chunks (bounded memory)."""
+    rng = np.random.default_rng(7)
+    with path.open("w") as out:
+        for start in range(0, n_rows, 100_000):
+            k = np.arange(start, min(n_rows, start + 100_000))
+            label = (k // len(groups)) % 2
+            cand = (rng.standard_normal(len(k)) + 1.19 * label).tolist()
+            base = (rng.standard_normal(len(k)) + 0.74 * label).tolist()
+            out.write(
+                "".join(
+                    json.dumps({"group": groups[i % len(groups)], "item": f"i{i}", "label": y,
+                                "signals": {"cand": c, "base": b}}) + "\n"
+                    for i, y, c, b in zip(k.tolist(), label.tolist(), cand, base, strict=True)
+                )
+            )  # fmt: skip
+
+
+def run_child(url: str, args: list[str], cwd: Path) -> tuple[float, float, str]:
+    """Wall seconds, peak RSS (MiB) and stdout of ``docket ARGS`` in a fresh process."""
+    env = dict(os.environ, DOCKET_DB=url)
+    started = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-c", PEAK_CHILD, *args], env=env, capture_output=True, text=True,
+        check=False, cwd=cwd,
+    )  # fmt: skip
+    elapsed = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"docket {args[0]} failed ({proc.returncode}): {proc.stderr[-800:]}")
+    peak = [ln for ln in proc.stderr.splitlines() if ln.startswith("PEAK_RSS_KIB ")]
+    return elapsed, int(peak[-1].split()[1]) / 1024, proc.stdout
+
+
+def peak_memory(name: str, url: str, n_rows: int) -> dict[str, float]:
+    """Ingest, verdict and audit of ``n_rows`` rows (2 observations each), each in its own
+    process: wall time and peak RSS."""
+    groups = [f"g{i}" for i in range(10)]
+    ledger = init_ledger(url)
+    loaded = load_protocol_text(PEAK_PROTOCOL.replace("GROUPS", ", ".join(groups)), "peak.yaml")
+    with ledger.session() as session:
+        row = store.register(session, loaded).row
+        store.freeze(session, row.protocol_id, lambda _p: {"passed": True, "checks": []})
+    ledger.engine.dispose()
+    out: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="docket-peak-") as tmp:
+        path = Path(tmp) / "results.jsonl"
+        write_results_file(path, n_rows, groups)
+        size = path.stat().st_size / 2**20
+        print(f"\n{name}: peak memory, {n_rows:,} rows = {2 * n_rows:,} observations "
+              f"({size:,.0f} MiB JSONL), each command in a fresh process")  # fmt: skip
+        steps = [
+            ("ingest", ["ingest", "bench-peak", str(path), "--job", "probe", "--json"]),
+            ("verdict", ["verdict", "bench-peak", "--json"]),
+            ("audit", ["audit", "--json"]),
+        ]
+        for step, args in steps:
+            elapsed, rss, stdout = run_child(url, args, Path(tmp))
+            note = ""
+            if step == "verdict":
+                note = f"; {json.loads(stdout)['verdict']}"
+            if step == "audit":
+                note = "; clean" if json.loads(stdout).get("clean") else "; NOT clean"
+            print(f"  docket {step:<8}: {elapsed:7.2f} s, peak RSS {rss:6.0f} MiB{note}")
+            out[f"{step}_s"], out[f"{step}_rss_mib"] = elapsed, rss
+    return out
+
+
 def best_of(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
     best, result = float("inf"), None
     for _ in range(repeats):
@@ -327,18 +442,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--orm-slice", type=int, default=20_000)
     parser.add_argument("--repeats", type=int, default=2, help="times each insert path runs")
     parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument("--peak-rows", type=int, default=1_000_000, help="0: skip")
+    parser.add_argument("--skip-throughput", action="store_true")
     args = parser.parse_args(argv)
     print(f"docket ledger ingest benchmark: {args.rows:,} observations per backend")
     print(
         f"python {platform.python_version()}, SQLAlchemy {sqlalchemy.__version__}, "
         f"{os.cpu_count()} CPUs, {platform.platform()}"
     )
-    rows = observations(args.rows)
+    rows = [] if args.skip_throughput else observations(args.rows)
     results: dict[str, dict[str, float]] = {}
+
+    def measure(name: str, url: str, backend: str) -> None:
+        if not args.skip_throughput:
+            results[backend] = bench(name, url, rows, args.orm_slice, args.repeats)
+        if args.peak_rows:
+            peak_memory(name, url.replace("ledger.db", "peak.db"), args.peak_rows)
+
     for backend in args.backends.split(","):
         if backend == "sqlite":
             with sqlite_url() as url:
-                results[backend] = bench("SQLite", url, rows, args.orm_slice, args.repeats)
+                measure("SQLite", url, backend)
         elif backend == "postgresql":
             try:
                 context = postgres_url()
@@ -347,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"\nPostgreSQL: skipped, server unreachable ({str(exc.orig).strip()})")
                 continue
             try:
-                results[backend] = bench("PostgreSQL", url, rows, args.orm_slice, args.repeats)
+                measure("PostgreSQL", url, backend)
             finally:
                 context.__exit__(None, None, None)
         else:

@@ -46,7 +46,12 @@ built-in job, ``billing.hardware.cost_micros``) and/or ``usd_micros`` (recorded 
 cost row attached to the run (``billing.bill.add_manual_cost``), ``runs.cost_micros`` equal to it.
 
 Validation is complete before anything is written: every problem of every file is reported as
-``FILE:LINE: message`` (all at once; exit 2) and the ledger is left untouched. A valid file is
+``FILE:LINE: message`` (all at once, the first ``MAX_PROBLEMS_SHOWN`` in line order and the
+count; exit 2) and the ledger is left untouched. The results file is streamed: read, parsed and
+validated one line at a time, its rows spooled to a temporary file (``TMPDIR``; a full disk there
+is exit 4) from which the whole-file checks (duplicate items, signals present on other rows) and
+the write read them back, so memory does not grow with the file (8 bytes per row remain, the
+hashes of the duplicate check). A valid file is
 recorded in ONE short transaction (parsing happens before it, outside any transaction, so a long
 file never holds the ledger's write lock) as a ``succeeded`` run (source ``ingest``, job
 ``ingest`` or ``--job``) bound to the latest frozen version, with the file's sha256 as
@@ -55,27 +60,32 @@ file never holds the ledger's write lock) as a ``succeeded`` run (source ``inges
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
-import io
 import json
 import math
+import pickle
 import re
+import tempfile
 import time
+from array import array
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from docketml.protocols.reading import FileRefused, read_bounded
+from docketml.protocols.reading import FileRefused, iter_lines, open_bounded, read_bounded
 from docketml.protocols.schema import NonInferiorityRule, Protocol, RegimeWinsRule, ThresholdRule
 
 from .billing.bill import add_manual_cost, user_catalog
 from .billing.hardware import UnknownHardwareError
-from .errors import UserError
+from .errors import EnvironmentRefused, UserError
 from .store import protocols as store
 from .store.db import Ledger
 from .store.models import ProtocolRow, RunRow
@@ -123,15 +133,101 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+class _Problems:
+    """The problems of one file, bounded: every problem is counted, the first
+    ``MAX_PROBLEMS_SHOWN`` in (line, check order) are kept. ``stage`` orders the checks of one
+    line as the whole-file validation did: 0 the row's own fields, 1 its duplicate, 2 its
+    label and values, 3 the missing-signal check."""
+
+    def __init__(self) -> None:
+        self.kept: list[tuple[int, int, int, str]] = []
+        self.total = 0
+
+    def add(self, line: int, message: str, stage: int = 0) -> None:
+        self.total += 1
+        self.kept.append((line, stage, self.total, message))
+        if len(self.kept) > 8 * MAX_PROBLEMS_SHOWN:
+            self.kept.sort()
+            del self.kept[MAX_PROBLEMS_SHOWN:]
+
+    def first(self) -> list[tuple[int, str]]:
+        self.kept.sort()
+        return [(line, msg) for line, _, _, msg in self.kept[:MAX_PROBLEMS_SHOWN]]
+
+
+def _spool_refused(exc: OSError) -> EnvironmentRefused:
+    return EnvironmentRefused(
+        f"cannot write ingest's temporary file in {tempfile.gettempdir()} ({exc.strerror}); "
+        "free space there or point TMPDIR elsewhere"
+    )
+
+
+class _Spool:
+    """Validated rows on disk (a temporary file, pickled batches), so a file of any size is
+    held in memory one batch at a time."""
+
+    BATCH = 10_000
+
+    def __init__(self) -> None:
+        try:
+            self.file = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
+        except OSError as exc:
+            raise _spool_refused(exc) from None
+        self.batch: list[tuple[Any, ...]] = []
+
+    def add(self, row: tuple[Any, ...]) -> None:
+        self.batch.append(row)
+        if len(self.batch) >= self.BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.batch:
+            try:
+                pickle.dump(self.batch, self.file, protocol=pickle.HIGHEST_PROTOCOL)
+            except OSError as exc:
+                raise _spool_refused(exc) from None
+            self.batch = []
+
+    def rows(self) -> Iterator[tuple[Any, ...]]:
+        self.flush()
+        self.file.seek(0)
+        while True:
+            try:
+                batch = pickle.load(self.file)
+            except EOFError:
+                return
+            yield from batch
+
+    def close(self) -> None:
+        self.file.close()
+
+
 @dataclass
 class Parsed:
-    """The validated content of a results file."""
+    """The validated content of a results file: counts, the first problems (``problems``, at
+    most ``MAX_PROBLEMS_SHOWN``, line order; ``problem_count`` of them in all), the file's
+    sha256 and its observations, read back from disk by :meth:`observation_rows`."""
 
     format: str
-    observations: list[dict[str, Any]] = field(default_factory=list)
     items: int = 0
     signals: list[str] = field(default_factory=list)
     problems: list[tuple[int, str]] = field(default_factory=list)
+    problem_count: int = 0
+    observations: int = 0
+    sha256: str = ""
+    spool: _Spool | None = None
+
+    def observation_rows(self) -> Iterator[dict[str, Any]]:
+        """The observations in file order (per row, the signals in ``signals`` order)."""
+        assert self.spool is not None
+        for _line, group, item, lab, values, _failed, _keyed in self.spool.rows():
+            for name in self.signals:
+                yield {"group": group, "item": item, "label": lab, "signal": name,
+                       "value": values[name]}  # fmt: skip
+
+    def close(self) -> None:
+        if self.spool is not None:
+            self.spool.close()
 
 
 def required_signals(protocol: Protocol, job: str) -> list[str]:
@@ -246,24 +342,29 @@ def _text_problem(what: str, value: str, limit: int) -> str | None:
 
 
 class _Validator:
-    """Row-level checks shared by the JSONL and CSV readers."""
+    """Row-level checks shared by the JSONL and CSV readers, streamed: each row is checked
+    when read and spooled to disk; what needs the whole file (duplicates, signals present on
+    other rows) is checked by :meth:`finish` reading the spool back. Memory: one batch, the
+    kept problems and 8 bytes per row (the hashes of its (group, item) for the duplicate
+    check)."""
 
-    def __init__(self, protocol: Protocol, job: str, parsed: Parsed, text_numbers: bool) -> None:
+    def __init__(self, protocol: Protocol, job: str, text_numbers: bool) -> None:
         self.text_numbers = text_numbers
         self.protocol = protocol
         self.groups = set(protocol.groups)
         self.known = set(protocol.signals)
         self.required = required_signals(protocol, job)
         self.labeler = _Labeler(protocol)
-        self.parsed = parsed
-        self.seen: dict[tuple[str, str], int] = {}
-        self.rows: list[tuple[int, str, str, int | None, dict[str, float]]] = []
+        self.problems = _Problems()
+        self.spool = _Spool()
+        self.hashes = array("q")
+        self.count = 0
 
-    def problem(self, line: int, message: str) -> None:
-        self.parsed.problems.append((line, message))
+    def problem(self, line: int, message: str, stage: int = 0) -> None:
+        self.problems.add(line, message, stage)
 
     def row(self, line: int, group: Any, item: Any, label: Any, signals: dict[str, Any]) -> None:
-        """Check one row (every problem is recorded) and keep it for :meth:`finish`."""
+        """Check one row (every problem is recorded) and spool it for :meth:`finish`."""
         keyed = True
         if not isinstance(group, str) or not group.strip():
             self.problem(line, f"group must be a non-empty string, found {_short(group)}")
@@ -288,84 +389,131 @@ class _Validator:
             self.problem(line, why)
             keyed = False
         if keyed:
-            key = (group, str(item))
-            if key in self.seen:
-                self.problem(
-                    line,
-                    f"duplicate item {str(item)!r} in group {group!r} (first on line "
-                    f"{self.seen[key]})",
-                )
-            else:
-                self.seen[key] = line
+            self.hashes.append(hash((group, str(item))))
         lab, why = self.labeler.parse(label, group if isinstance(group, str) else "")
         if why:
-            self.problem(line, why)
+            self.problem(line, why, 2)
         values: dict[str, float] = {}
+        failed: list[str] = []
         for name, raw in signals.items():
             if not self.protocol.declares_signal(name):
                 known = ", ".join(sorted(self.known)) or "(none declared)"
-                self.problem(line, f"unknown signal {name!r}; the protocol declares: {known}")
+                self.problem(line, f"unknown signal {name!r}; the protocol declares: {known}", 2)
                 continue
             value, why = _number(raw, self.text_numbers)
             if why:
-                self.problem(line, f"signal {name!r}: {why}")
+                self.problem(line, f"signal {name!r}: {why}", 2)
+                failed.append(name)
             else:
                 assert value is not None
                 values[name] = value
-        self.rows.append((line, str(group), str(item), lab, values))
+        self.spool.add((line, str(group), str(item), lab, values, failed, keyed))
+        self.count += 1
 
-    def finish(self, present_everywhere: set[str]) -> None:
-        """Missing-signal checks (needs the whole file), then build the observations."""
+    def finish(self, present_everywhere: set[str], parsed: Parsed) -> None:
+        """Duplicate items and missing signals (both need the whole file), read back from the
+        spool; fills ``parsed``."""
         wanted = list(self.required) + sorted(present_everywhere - set(self.required))
         wanted = [w for w in wanted if self.protocol.declares_signal(w)]
-        problem_lines = {line for line, _ in self.parsed.problems}
-        for line, group, item, lab, values in self.rows:
-            absent = [w for w in wanted if w not in values]
-            # a signal that failed to parse on this line was already reported
-            reported = {
-                msg.split("'")[1]
-                for ln, msg in self.parsed.problems
-                if ln == line and msg.startswith("signal '")
-            }
-            absent = [a for a in absent if a not in reported]
+        hashes = np.frombuffer(self.hashes, dtype=np.int64) if self.hashes else np.empty(0)
+        ordered = np.sort(hashes)
+        twice = set(ordered[1:][ordered[1:] == ordered[:-1]].tolist())
+        seen: dict[tuple[str, str], int] = {}  # only rows whose hash occurs twice
+        observations = 0
+        for line, group, item, _lab, values, failed, keyed in self.spool.rows():
+            if keyed and twice and hash((group, item)) in twice:
+                key = (group, item)
+                if key in seen:
+                    self.problem(
+                        line,
+                        f"duplicate item {item!r} in group {group!r} (first on line {seen[key]})",
+                        1,
+                    )
+                else:
+                    seen[key] = line
+            absent = [w for w in wanted if w not in values and w not in failed]
             if absent:
                 why = (
                     "read by this protocol's rules"
                     if set(absent) & set(self.required)
                     else "present on other rows"
                 )
-                self.problem(line, f"missing signal(s) {', '.join(absent)} ({why})")
+                self.problem(line, f"missing signal(s) {', '.join(absent)} ({why})", 3)
                 continue
-            if line in problem_lines:
-                continue
-            for name in wanted:
-                self.parsed.observations.append(
-                    {
-                        "group": group,
-                        "item": item,
-                        "label": lab,
-                        "signal": name,
-                        "value": values[name],
-                    }
-                )
-        self.parsed.items = len(self.rows)
-        self.parsed.signals = wanted
-        self.parsed.problems.sort(key=lambda p: p[0])
+            observations += len(wanted)
+        parsed.items = self.count
+        parsed.signals = wanted
+        parsed.observations = observations
+        parsed.spool = self.spool
 
 
-def _detect(path: Path, text: str) -> str:
+def _detect(path: Path, first: str) -> str:
+    """The format of ``path``: by its suffix, else by ``first`` (its first non-blank text)."""
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".ndjson", ".json"):
         return "jsonl"
     if suffix == ".csv":
         return "csv"
-    return "jsonl" if text.lstrip().startswith("{") else "csv"
+    return "jsonl" if first.lstrip().startswith("{") else "csv"
 
 
-def _parse_jsonl(text: str, v: _Validator) -> set[str]:
+class _NotUtf8(Exception):
+    def __init__(self, line: int, offset: int) -> None:
+        super().__init__(line, offset)
+        self.line, self.offset = line, offset
+
+
+class _Lines:
+    """The decoded physical lines of a results file (each with its ``\\n``), its sha256 and
+    the first non-blank text (for :func:`_detect`), read once, in order; raises
+    :class:`_NotUtf8` at the first line that is not UTF-8 (a UTF-8 BOM is skipped)."""
+
+    def __init__(self, raw: Iterator[bytes]) -> None:
+        self.raw = raw
+        self.sha = hashlib.sha256()
+        self.ahead: list[str] = []
+        self.line = 0
+        self.offset = 0  # bytes before the current line, BOM excluded
+
+    def _decode(self, data: bytes) -> str:
+        self.sha.update(data)
+        if self.line == 0 and data.startswith(codecs.BOM_UTF8):
+            data = data[len(codecs.BOM_UTF8) :]
+        self.line += 1
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise _NotUtf8(self.line, self.offset + exc.start) from None
+        self.offset += len(data)
+        return text
+
+    def first_text(self) -> str:
+        """The first line with non-whitespace text ('' if none), kept for :meth:`__iter__`."""
+        for data in self.raw:
+            text = self._decode(data)
+            self.ahead.append(text)
+            if text.strip():
+                return text
+        return ""
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self.ahead
+        self.ahead = []
+        for data in self.raw:
+            yield self._decode(data)
+
+    def hexdigest(self) -> str:
+        """The file's sha256, after reading (and checking the UTF-8 of) what a reader that
+        stopped early left: a bad byte anywhere is the file's one problem."""
+        for data in self.raw:
+            self._decode(data)
+        return self.sha.hexdigest()
+
+
+def _parse_jsonl(lines: Iterable[str], v: _Validator) -> set[str]:
     present: set[str] = set()
     # physical lines: only "\n" ends a line (str.splitlines also breaks at U+2028, \x0c, ...)
-    for n, raw in enumerate(text.split("\n"), start=1):
+    for n, raw in enumerate(lines, start=1):
         if not raw.strip():
             continue
         try:
@@ -398,9 +546,9 @@ def _parse_jsonl(text: str, v: _Validator) -> set[str]:
     return present
 
 
-def _parse_csv(text: str, v: _Validator) -> set[str]:
-    # newline="\n": the reader's line_num counts physical "\n" lines only
-    reader = csv.reader(io.StringIO(text, newline="\n"))
+def _parse_csv(lines: Iterable[str], v: _Validator) -> set[str]:
+    # the lines are physical "\n" lines: the reader's line_num counts them
+    reader = csv.reader(iter(lines))
     try:
         header = next(reader)
     except StopIteration:
@@ -445,21 +593,34 @@ def _parse_csv(text: str, v: _Validator) -> set[str]:
     return set(signals)
 
 
-def parse_results(protocol: Protocol, path: Path, data: bytes, job: str) -> Parsed:
-    """Validate a results file completely; ``Parsed.problems`` lists (line, message)."""
+def parse_results(protocol: Protocol, path: Path, job: str) -> Parsed:
+    """Validate the results file ``path`` completely, streaming it (see :class:`_Validator`);
+    ``Parsed.problems`` lists the first (line, message) problems. The caller closes it."""
     try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        return Parsed("unknown", problems=[(line, f"not valid UTF-8 at byte {exc.start}")])
-    fmt = _detect(path, text)
-    parsed = Parsed(fmt)
-    v = _Validator(protocol, job, parsed, text_numbers=fmt == "csv")
-    present = _parse_jsonl(text, v) if fmt == "jsonl" else _parse_csv(text, v)
-    if not v.rows and not parsed.problems:
-        parsed.problems.append((1, "no result rows in the file"))
+        with open_bounded(path, MAX_INGEST_BYTES, "JSONL or CSV file") as handle:
+            lines = _Lines(iter_lines(handle, MAX_INGEST_BYTES, "JSONL or CSV file"))
+            v: _Validator | None = None
+            try:
+                fmt = _detect(path, lines.first_text())
+                v = _Validator(protocol, job, text_numbers=fmt == "csv")
+                present = _parse_jsonl(lines, v) if fmt == "jsonl" else _parse_csv(lines, v)
+                digest = lines.hexdigest()
+            except _NotUtf8 as exc:
+                if v is not None:
+                    v.spool.close()
+                parsed = Parsed("unknown")
+                parsed.problems = [(exc.line, f"not valid UTF-8 at byte {exc.offset}")]
+                parsed.problem_count = 1
+                return parsed
+    except FileRefused as exc:
+        raise UserError(f"{path}: {exc}") from None
+    parsed = Parsed(fmt, sha256=digest)
+    if not v.count and not v.problems.total:
+        v.spool.close()
+        parsed.problems, parsed.problem_count = [(1, "no result rows in the file")], 1
         return parsed
-    v.finish(present)
+    v.finish(present, parsed)
+    parsed.problems, parsed.problem_count = v.problems.first(), v.problems.total
     return parsed
 
 
@@ -632,7 +793,6 @@ def ingest_file(
             hardware = user_catalog()[cost.hardware].name
         except UnknownHardwareError as exc:
             raise UserError(f"--hardware: {exc.args[0]}") from None
-    data: bytes | None = None
     side_problems: list[tuple[Path, int, str]] = []
     metric_rows: list[dict[str, Any]] = []
     text_rows: dict[str, str] = {}
@@ -663,20 +823,25 @@ def ingest_file(
                 f"job {job!r} declares replicates seeds {seeds}: give --seed with one of them "
                 f"(found {found})"
             )
-        if data is None:  # after the flags are known to be right
-            data = _read(path, "JSONL or CSV file")
-        parsed = parse_results(protocol, path, data, job)
-        _refuse_problems([(path, line, msg) for line, msg in parsed.problems] + side_problems)
-        digest = hashlib.sha256(data).hexdigest()
-        with ledger.session() as session:
-            reap_abandoned(session)
-            row = store.latest_frozen(session, protocol_id)
-            if row.sha256 != sha256:  # frozen meanwhile: validate against the new version
-                continue
-            run_id, earlier, latest, cost_row = _record(
-                session, row, job, path, parsed, digest, started, extras, seed
+        # after the flags are known to be right: read, parse and validate, streaming
+        parsed = parse_results(protocol, path, job)
+        try:
+            _refuse_problems(
+                [(path, line, msg) for line, msg in parsed.problems] + side_problems,
+                parsed.problem_count + len(side_problems),
             )
-            kept = _first_run(session, row, job, run_id, seed if seeds is not None else None)
+            digest = parsed.sha256
+            with ledger.session() as session:
+                reap_abandoned(session)
+                row = store.latest_frozen(session, protocol_id)
+                if row.sha256 != sha256:  # frozen meanwhile: validate against the new version
+                    continue
+                run_id, earlier, latest, cost_row = _record(
+                    session, row, job, path, parsed, digest, started, extras, seed
+                )
+                kept = _first_run(session, row, job, run_id, seed if seeds is not None else None)
+        finally:
+            parsed.close()
         break
     else:  # pragma: no cover - needs MAX_REVALIDATIONS freezes during one ingest
         raise UserError(f"{protocol_id} kept changing while {path} was ingested; try again")
@@ -712,7 +877,7 @@ def ingest_file(
         "file_sha256": digest,
         "items": parsed.items,
         "signals": parsed.signals,
-        "observations": len(parsed.observations),
+        "observations": parsed.observations,
         "metrics": len(metric_rows),
         "texts": len(text_rows),
         "hardware": hardware,
@@ -725,19 +890,21 @@ def ingest_file(
     }
 
 
-def _refuse_problems(problems: list[tuple[Path, int, str]]) -> None:
+def _refuse_problems(problems: list[tuple[Path, int, str]], total: int | None = None) -> None:
     """Raise the :class:`UserError` listing ``problems`` (at most ``MAX_PROBLEMS_SHOWN``, each
-    ``FILE:LINE: message``), if there are any."""
+    ``FILE:LINE: message``; ``total``: how many there are in all, default ``len(problems)``),
+    if there are any."""
     if not problems:
         return
+    total = len(problems) if total is None else total
     shown = problems[:MAX_PROBLEMS_SHOWN]
     lines = [f"{where}:{line}: {msg}" for where, line, msg in shown]
-    more = len(problems) - len(shown)
+    more = total - len(shown)
     if more > 0:
         lines.append(f"... and {more} more problem(s)")
     files = sorted({str(where) for where, _, _ in problems})
     raise UserError(
-        f"{', '.join(files)}: {len(problems)} problem(s); nothing was recorded\n" + "\n".join(lines)
+        f"{', '.join(files)}: {total} problem(s); nothing was recorded\n" + "\n".join(lines)
     )
 
 
@@ -808,7 +975,7 @@ def _record(
         session,
         run.id,
         status="succeeded",
-        observations=parsed.observations,
+        observations=parsed.observation_rows(),
         metrics=extras.metric_rows,
         texts=extras.text_rows or None,
         wall_s=float(cost.seconds)

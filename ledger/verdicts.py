@@ -27,6 +27,13 @@ Contract of :func:`compute_verdict`:
   pooled), so
   :func:`recompute_inputs_sha256` can re-derive the hash from the current observation rows (the
   audit compares the two to detect tampering).
+* Reading streams (:func:`read_sources`): each source's effective observations arrive one group
+  at a time from one ordered query (:func:`docketml.ledger.store.stream.iter_groups`) and go
+  straight into the engine's per-group arrays and into the incremental ``inputs_sha256``
+  (:class:`docketml.ledger.store.results.InputsHasher`, the same bytes as
+  :func:`docketml.ledger.store.results.inputs_sha256`). No Python object per observation is
+  kept: memory is the engine's arrays (one float per item and signal, one ``str`` per item)
+  plus the largest group's rows.
 * ``log_head`` (:func:`docketml.ledger.integrity.heads.head_record`): the Merkle log head the
   verdict was computed at (tree size, root hash, and the signed tree head when a signing key is
   available), stored in ``details_json``. It is not part of the look rule (a repeated look at
@@ -44,6 +51,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -54,9 +62,16 @@ from .results import MetricValue
 from .store import looks
 from .store import protocols as store
 from .store.models import ProtocolRow, RunRow, VerdictRow, utcnow
-from .store.results import SourcePayload, inputs_sha256, load_parts, load_payload
+from .store.results import (
+    InputsHasher,
+    SourcePayload,
+    load_parts,
+    part_metrics,
+)
+from .store.stream import GroupBlock, flat_runs, iter_groups, streamable
 from .verdict.rules import (
     Dataset,
+    GroupSamples,
     SourceData,
     evaluate,
     headline_rule,
@@ -78,6 +93,116 @@ def _to_source(payload: SourcePayload, name: str, problems: Sequence[str]) -> So
     return SourceData.from_rows(
         rows, metrics, run_ids=payload.run_ids, problems=problems, name=name
     )
+
+
+def _group_samples(block: GroupBlock, nonfinite: dict[tuple[str, str], int]) -> GroupSamples | None:
+    """One group's engine arrays from its effective observations, as
+    :meth:`SourceData.from_rows` shapes them (items sorted, signals sorted, NaN = not recorded,
+    non-finite values counted in ``nonfinite`` and stored as NaN); None when an item carries
+    different labels on different signals (from_rows then keeps the label of the item's last
+    row in dict order: the caller uses that path)."""
+    n = len(block)
+    new = np.ones(n, dtype=bool)
+    new[1:] = block.items[1:] != block.items[:-1]
+    index = np.cumsum(new) - 1
+    labels = np.where(np.equal(block.labels, None), -1, block.labels).astype(np.int64)
+    item_labels = labels[new]
+    if n and bool((labels != item_labels[index]).any()):
+        return None
+    items = tuple(block.items[new].tolist())
+    values: dict[str, np.ndarray] = {}
+    for signal in sorted(set(block.signals.tolist())):
+        mask = block.signals == signal
+        got = block.values[mask]
+        finite = np.isfinite(got)
+        if not finite.all():
+            nonfinite[(block.group, signal)] = int((~finite).sum())
+        column = np.full(len(items), np.nan)
+        column[index[mask]] = np.where(finite, got, np.nan)
+        values[signal] = column
+    return GroupSamples(items, item_labels.astype(np.int8), values)
+
+
+def _payload_blocks(payload: SourcePayload) -> list[GroupBlock]:
+    """A dict-held payload as canonical-order blocks (the path for parts that repeat a run)."""
+    keys = sorted(payload.observations)
+    out: list[GroupBlock] = []
+    start = 0
+    for k in range(1, len(keys) + 1):
+        if k == len(keys) or keys[k][0] != keys[start][0]:
+            chunk = keys[start:k]
+            out.append(
+                GroupBlock(
+                    chunk[0][0],
+                    np.array([i for _, i, _ in chunk], dtype=object),
+                    np.array([s for _, _, s in chunk], dtype=object),
+                    np.array([payload.observations[c][0] for c in chunk], dtype=object),
+                    np.array([payload.observations[c][1] for c in chunk], dtype=np.float64),
+                )
+            )
+            start = k
+    return out
+
+
+@dataclass
+class SourceSpec:
+    """What to read for one source key: its parts and, when the engine needs it, the name and
+    problems of its :class:`SourceData` (``build``)."""
+
+    parts: list[list[int]]
+    build: bool = False
+    name: str = "the data"
+    problems: list[str] = field(default_factory=list)
+
+
+def read_sources(
+    session: Session, specs: dict[str, SourceSpec]
+) -> tuple[str, dict[str, SourceData]]:
+    """Stream every source of ``specs`` once, in sorted key order: returns the verdict's
+    ``inputs_sha256`` (identical to :func:`docketml.ledger.store.results.inputs_sha256` of
+    their :func:`load_parts` payloads) and the :class:`SourceData` of the keys marked
+    ``build``."""
+    hasher = InputsHasher()
+    built: dict[str, SourceData] = {}
+    for key in sorted(specs):
+        spec = specs[key]
+        metrics = part_metrics(session, spec.parts)
+        hasher.begin(key, metrics)
+        if streamable(spec.parts):
+            blocks: Iterable[GroupBlock] = iter_groups(session, spec.parts)
+            payload = None
+        else:
+            payload = load_parts(session, spec.parts)
+            blocks = _payload_blocks(payload)
+        groups: dict[str, GroupSamples] = {}
+        nonfinite: dict[tuple[str, str], int] = {}
+        exact = spec.build
+        for block in blocks:
+            hasher.rows(block.group, block.items, block.signals, block.labels, block.values)
+            if exact:
+                samples = _group_samples(block, nonfinite)
+                if samples is None:
+                    exact = False
+                    groups.clear()
+                else:
+                    groups[block.group] = samples
+        run_ids = flat_runs(spec.parts)
+        hasher.end(run_ids)
+        if not spec.build:
+            continue
+        if exact:
+            built[key] = SourceData(
+                groups,
+                {n: MetricValue(n, v, lo, hi) for n, (v, lo, hi) in metrics.items()},
+                tuple(run_ids),
+                tuple(spec.problems),
+                spec.name,
+                nonfinite,
+            )
+        else:  # labels differ across an item's signals: from_rows' dict-order rule decides
+            payload = payload or load_parts(session, spec.parts)
+            built[key] = _to_source(payload, spec.name, spec.problems)
+    return hasher.hexdigest(), built
 
 
 def _ancestors(protocol: Protocol, job: str) -> list[str]:
@@ -205,7 +330,8 @@ def select_runs(
     ranked: list[tuple[float, int, int]] = []
     for k, s in enumerate(seeds):
         rid = first[s].id
-        src = _to_source(load_payload(session, [rid]), f"run #{rid}", [])
+        _, built = read_sources(session, {"r": SourceSpec([[rid]], True, f"run #{rid}")})
+        src = built["r"]
         value = headline_statistic(protocol, job, src)
         sel.headline[str(s)] = value
         if value is None:
@@ -225,7 +351,8 @@ class LoadedData:
     """What :func:`load_dataset` found for one frozen protocol version."""
 
     dataset: Dataset
-    payloads: dict[str, SourcePayload]
+    inputs_sha256: str
+    sources: dict[str, list[int]]  # per source key, its run ids (parts flattened)
     runs: list[RunRow]  # every succeeded run of the version, id order
     parts: dict[str, list[list[int]]] = field(default_factory=dict)  # per source key
     selections: dict[str, JobSelection] = field(default_factory=dict)  # per job with runs
@@ -285,7 +412,7 @@ def load_dataset(
             if job not in needed:
                 needed.append(job)
     dataset = Dataset()
-    payloads: dict[str, SourcePayload] = {}
+    specs: dict[str, SourceSpec] = {}
     all_parts: dict[str, list[list[int]]] = {}
     by_id = {r.id: r for r in succeeded}
     for job in needed:
@@ -337,8 +464,7 @@ def load_dataset(
         key = _source_key(job)
         if pinned is not None:  # re-deriving: the runs the verdict recorded, whatever selects now
             chosen_parts = [list(p) for p in pinned.get(key, [])]
-        payload = load_parts(session, chosen_parts)
-        payloads[key] = payload
+        spec = specs[key] = SourceSpec([list(p) for p in chosen_parts], name=name)
         all_parts[key] = [list(p) for p in chosen_parts]
         if not chosen_parts:
             if job is None:
@@ -347,8 +473,13 @@ def load_dataset(
         elif job is not None and selections[job].problem:
             dataset.unavailable[job] = "; ".join(problems)
         else:
-            dataset.sources[job] = _to_source(payload, name, problems)
-    return LoadedData(dataset, payloads, succeeded, all_parts, selections)
+            spec.build, spec.problems = True, problems
+    digest, built = read_sources(session, specs)
+    keyed = {_source_key(job): job for job in needed}
+    for key, src in built.items():
+        dataset.sources[keyed[key]] = src
+    sources = {k: flat_runs(spec.parts) for k, spec in specs.items()}
+    return LoadedData(dataset, digest, sources, succeeded, all_parts, selections)
 
 
 def _amendments(session: Session, row: ProtocolRow) -> dict[str, Any]:
@@ -439,8 +570,8 @@ def compute_verdict(session: Session, protocol_id: str, *, record: bool = True) 
     loaded = load_dataset(session, row, protocol)
     engine = engine_version(session, row)
     result = evaluate(protocol, loaded.dataset, engine=engine)
-    digest = inputs_sha256(loaded.payloads)
-    used = sorted({rid for p in loaded.payloads.values() for rid in p.run_ids})
+    digest = loaded.inputs_sha256
+    used = sorted({rid for ids in loaded.sources.values() for rid in ids})
     runs_by_id = {r.id: r for r in loaded.runs}
     out: dict[str, Any] = {
         "protocol": row.protocol_id,
@@ -458,7 +589,7 @@ def compute_verdict(session: Session, protocol_id: str, *, record: bool = True) 
             if rid in runs_by_id
         ],
         "inputs": {
-            "sources": {k: p.run_ids for k, p in sorted(loaded.payloads.items())},
+            "sources": {k: ids for k, ids in sorted(loaded.sources.items())},
             "parts": {k: v for k, v in sorted(loaded.parts.items())},
         },
         "selection": [s.as_dict() for _, s in sorted(loaded.selections.items())],
@@ -515,11 +646,11 @@ def recompute_inputs_sha256(session: Session, verdict_row: VerdictRow) -> str:
     details = json.loads(verdict_row.details_json)
     sources = details.get("inputs", {}).get("sources", {})
     parts = details.get("inputs", {}).get("parts", {})
-    payloads = {
-        key: load_parts(session, parts[key]) if key in parts else load_payload(session, list(ids))
+    specs = {
+        key: SourceSpec([list(p) for p in parts[key]] if key in parts else [[int(i)] for i in ids])
         for key, ids in sources.items()
     }
-    return inputs_sha256(payloads)
+    return read_sources(session, specs)[0]
 
 
 def rederive_verdict(session: Session, verdict_row: VerdictRow) -> dict[str, Any]:
@@ -560,8 +691,8 @@ def rederive_verdict(session: Session, verdict_row: VerdictRow) -> dict[str, Any
         "frozen_engine": engine_version(session, row),
         "hypotheses_full": result["hypotheses"],
         "hypotheses": {h["id"]: h["verdict"] for h in result["hypotheses"]},
-        "inputs_sha256": inputs_sha256(loaded.payloads),
-        "run_ids": sorted({rid for p in loaded.payloads.values() for rid in p.run_ids}),
+        "inputs_sha256": loaded.inputs_sha256,
+        "run_ids": sorted({rid for ids in loaded.sources.values() for rid in ids}),
     }
 
 
@@ -577,7 +708,9 @@ def load_pilot(session: Session, ref: str) -> SourceData:
     run = session.get(RunRow, int(text))
     if run is None:
         raise UserError(f"--pilot {ref!r}: no run #{text} in this ledger")
-    payload = load_payload(session, [run.id])
-    if not payload.observations:
+    _, built = read_sources(
+        session, {"r": SourceSpec([[run.id]], True, f"run #{run.id} (job {run.job!r})")}
+    )
+    if not built["r"].groups:
         raise UserError(f"--pilot {ref!r}: run #{run.id} recorded no observations")
-    return _to_source(payload, f"run #{run.id} (job {run.job!r})", [])
+    return built["r"]

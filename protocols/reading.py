@@ -12,7 +12,9 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 
 class FileRefused(Exception):
@@ -26,6 +28,55 @@ _KINDS = (
     (stat.S_ISBLK, "a block device"),
     (stat.S_ISSOCK, "a socket"),
 )
+
+
+def open_bounded(path: str | Path, limit: int, what: str = "file") -> BinaryIO:
+    """``path`` opened for binary reading after the checks of :func:`read_bounded` (a regular
+    file, at most ``limit`` bytes by its size now); a caller streaming it counts the bytes it
+    reads against ``limit`` itself (:func:`iter_lines` does)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise FileRefused("file not found") from None
+    except IsADirectoryError:
+        raise FileRefused(f"is a directory, expected a {what}") from None
+    except OSError as exc:
+        raise FileRefused(f"cannot read: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = next((name for test, name in _KINDS if test(info.st_mode)), "not a regular file")
+            raise FileRefused(f"is {kind}, expected a {what} (a regular file)")
+        if info.st_size > limit:
+            raise FileRefused(_too_large(limit, what))
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb", buffering=1 << 20)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _too_large(limit: int, what: str) -> str:
+    return f"is larger than {limit} bytes; a {what} is at most {limit} bytes"
+
+
+def iter_lines(handle: BinaryIO, limit: int, what: str = "file") -> Iterator[bytes]:
+    """The physical lines of ``handle`` (split at ``\\n`` only, each ending with it but the last
+    when the file does not end with one), refusing the
+    file (:class:`FileRefused`) as soon as more than ``limit`` bytes were read (a file that grew
+    after :func:`open_bounded`). Memory: one line."""
+    size = 0
+    try:
+        for line in handle:
+            size += len(line)
+            if size > limit:
+                raise FileRefused(_too_large(limit, what))
+            yield line
+    except OSError as exc:
+        if exc.errno == errno.EISDIR:
+            raise FileRefused(f"is a directory, expected a {what}") from None
+        raise FileRefused(f"cannot read: {exc.strerror}") from None
 
 
 def read_bounded(path: str | Path, limit: int, what: str = "file") -> bytes:
@@ -60,5 +111,5 @@ def read_bounded(path: str | Path, limit: int, what: str = "file") -> bytes:
     finally:
         os.close(fd)
     if size > limit:
-        raise FileRefused(f"is larger than {limit} bytes; a {what} is at most {limit} bytes")
+        raise FileRefused(_too_large(limit, what))
     return b"".join(chunks)

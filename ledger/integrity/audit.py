@@ -56,7 +56,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -260,12 +260,12 @@ def _audit_costs(session: Session, findings: list[Finding]) -> tuple[int, str | 
 def _audit_verdicts(
     session: Session, findings: list[Finding], recompute: RecomputeFn | None
 ) -> int:
-    rows = list(session.scalars(select(VerdictRow).order_by(VerdictRow.id)))
-    if rows and recompute is None:
+    ids = _verdict_ids(session)
+    if ids and recompute is None:
         from ..verdicts import recompute_inputs_sha256  # imported only when needed
 
         recompute = recompute_inputs_sha256
-    for row in rows:
+    for row in _verdict_rows(session, ids):
         assert recompute is not None
         try:
             now = recompute(session, row)
@@ -286,7 +286,23 @@ def _audit_verdicts(
                     f"{row.verdict} verdict's observations changed",
                 )
             )
-    return len(rows)
+    return len(ids)
+
+
+def _verdict_ids(session: Session) -> list[int]:
+    return list(session.scalars(select(VerdictRow.id).order_by(VerdictRow.id)))
+
+
+def _verdict_rows(session: Session, ids: list[int]) -> Iterator[VerdictRow]:
+    """The verdict rows ``ids``, one at a time (each dropped from the session after use: the
+    audit's memory does not grow with the number of verdicts; their inputs stream too,
+    :func:`docketml.ledger.verdicts.read_sources`)."""
+    for vid in ids:
+        row = session.get(VerdictRow, vid)
+        if row is None:
+            continue
+        yield row
+        session.expunge(row)
 
 
 _REDERIVED_NUMBERS = ("delta", "ci_low", "ci_high", "value", "difference")
@@ -383,7 +399,7 @@ def _verdict_findings(session: Session, row: VerdictRow) -> list[str]:
 
 
 def _audit_rederived(session: Session, findings: list[Finding]) -> None:
-    for row in session.scalars(select(VerdictRow).order_by(VerdictRow.id)):
+    for row in _verdict_rows(session, _verdict_ids(session)):
         try:
             sources = json.loads(row.details_json)["inputs"]["sources"]
         except (ValueError, KeyError, TypeError):

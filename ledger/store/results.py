@@ -21,6 +21,9 @@ These two rules live here and nowhere else; the verdict, the report, ``docket re
   run ids, its effective observations ``[group, item, signal, label, repr(value)]`` sorted, and
   its effective metrics ``[name, repr(value), repr(ci_low), repr(ci_high)]`` sorted, as compact
   JSON with sorted keys; ``inputs_sha256`` is the sha256 of its UTF-8 bytes.
+  :class:`InputsHasher` computes the same sha256 incrementally from the sources' effective
+  observations streamed in canonical order (:mod:`docketml.ledger.store.stream`), so a verdict
+  over millions of observations never holds them as Python objects.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
 from sqlalchemy import select
@@ -38,6 +42,7 @@ from sqlalchemy.orm import Session
 from .models import MetricRow, ObservationRow
 
 __all__ = [
+    "InputsHasher",
     "SourcePayload",
     "canonical_inputs",
     "effective_metrics",
@@ -46,6 +51,7 @@ __all__ = [
     "load_payload",
     "pool_payloads",
     "metric_rank",
+    "part_metrics",
     "run_metrics",
 ]
 
@@ -141,6 +147,44 @@ def pool_payloads(payloads: Sequence[SourcePayload]) -> SourcePayload:
     return SourcePayload([rid for p in payloads for rid in p.run_ids], obs, mets)
 
 
+def part_metrics(
+    session: Session, parts: Sequence[Sequence[int]]
+) -> dict[str, tuple[float, float | None, float | None]]:
+    """The effective metrics of a source stored as ``parts``, as :func:`load_parts` merges them
+    (each part's runs pooled, the parts merged in order), without reading observations."""
+    out: dict[str, tuple[float, float | None, float | None]] = {}
+    for part in parts:
+        runs = [_metrics_only(session, [rid]) for rid in part]
+        if len(runs) == 1:
+            out.update(runs[0])
+            continue
+        sums: dict[str, list[float]] = {}
+        for mets in runs:
+            for name, (value, _lo, _hi) in mets.items():
+                sums.setdefault(name, []).append(value)
+        out.update({n: (math.fsum(v) / len(v), None, None) for n, v in sums.items()})
+    return out
+
+
+def _metrics_only(
+    session: Session, run_ids: Sequence[int]
+) -> dict[str, tuple[float, float | None, float | None]]:
+    rows = session.execute(
+        select(
+            MetricRow.run_id,
+            MetricRow.id,
+            MetricRow.name,
+            MetricRow.step,
+            MetricRow.value,
+            MetricRow.ci_low,
+            MetricRow.ci_high,
+        ).where(MetricRow.run_id.in_(list(run_ids)))
+    ).all()
+    return {
+        name: (float(r.value), r.ci_low, r.ci_high) for name, r in effective_metrics(rows).items()
+    }
+
+
 def load_parts(session: Session, parts: Sequence[Sequence[int]]) -> SourcePayload:
     """A source stored as ``parts`` (module docstring): each part pooled, the parts merged in
     order (a later part overrides an earlier one). All one-run parts = :func:`load_payload`."""
@@ -180,3 +224,61 @@ def canonical_inputs(payloads: dict[str, SourcePayload]) -> str:
 def inputs_sha256(payloads: dict[str, SourcePayload]) -> str:
     """sha256 hex of :func:`canonical_inputs`."""
     return hashlib.sha256(canonical_inputs(payloads).encode("utf-8")).hexdigest()
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+class InputsHasher:
+    """:func:`inputs_sha256`, computed incrementally: the same bytes are fed to sha256 in the
+    same order. Per source key, in sorted key order: :meth:`begin` (its metrics), then
+    :meth:`rows` for every block of its effective observations in canonical ``(group, item,
+    signal)`` order, then :meth:`end` (its run ids); finally :meth:`hexdigest`."""
+
+    def __init__(self) -> None:
+        self._sha = hashlib.sha256(b"{")
+        self._last_key: str | None = None
+        self._rows = 0
+
+    def _feed(self, text: str) -> None:
+        self._sha.update(text.encode("utf-8"))
+
+    def begin(self, key: str, metrics: dict[str, tuple[float, float | None, float | None]]) -> None:
+        if self._last_key is not None and key <= self._last_key:
+            raise ValueError(f"source {key!r} fed after {self._last_key!r}: keys must be sorted")
+        lead = "" if self._last_key is None else ","
+        self._last_key = key
+        self._rows = 0
+        mets = sorted([n, repr(v), _r(lo), _r(hi)] for n, (v, lo, hi) in metrics.items())
+        self._feed(f'{lead}{_dumps(key)}:{{"metrics":{_dumps(mets)},"observations":[')
+
+    def rows(self, group: str, items: Any, signals: Any, labels: Any, values: Any) -> None:
+        """One block: aligned sequences (numpy arrays or lists) of one group's effective
+        observations; ``values`` float. Each row is written as ``json.dumps`` writes
+        ``[group, item, signal, label, repr(value)]`` (``encode_basestring`` is the encoder's
+        own string function), assembled by slice assignment so no per-row Python code runs."""
+        n = len(values)
+        if not n:
+            return
+        listed = [x.tolist() if hasattr(x, "tolist") else list(x) for x in (items, signals, labels)]
+        vals = values.tolist() if hasattr(values, "tolist") else list(values)
+        keys = list(zip(listed[1], listed[2], strict=True))
+        mid = {k: f',{encode_basestring(k[0])},{_dumps(k[1])},"' for k in set(keys)}
+        pieces: list[str | None] = [None] * (5 * n)
+        pieces[0::5] = [f"[{encode_basestring(group)},"] * n
+        pieces[1::5] = map(encode_basestring, listed[0])
+        pieces[2::5] = map(mid.__getitem__, keys)
+        pieces[3::5] = map(repr, vals)
+        pieces[4::5] = ['"],'] * n
+        text = "".join(pieces)[:-1]  # type: ignore[arg-type]
+        self._feed(text if not self._rows else "," + text)
+        self._rows += n
+
+    def end(self, run_ids: Sequence[int]) -> None:
+        self._feed(f'],"runs":{_dumps([int(r) for r in run_ids])}}}')
+
+    def hexdigest(self) -> str:
+        sha = self._sha.copy()
+        sha.update(b"}")
+        return sha.hexdigest()

@@ -184,7 +184,7 @@ def complete_run(
     run_id: int,
     *,
     status: str,
-    observations: Sequence[dict[str, Any]] = (),
+    observations: Iterable[dict[str, Any]] = (),
     metrics: Sequence[dict[str, Any]] = (),
     texts: dict[str, str] | None = None,
     wall_s: float | None = None,
