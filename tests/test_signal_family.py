@@ -110,12 +110,15 @@ def test_ingest_accepts_family_members_and_refuses_the_family_name(tmp_path) -> 
         for g in ("in_domain", "ood")
         for i in range(3)
     ]  # fmt: skip
-    data = "".join(json.dumps(r) + "\n" for r in rows).encode()
-    parsed = parse_results(protocol, tmp_path / "r.jsonl", data, "probe")
+    path = tmp_path / "r.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    parsed = parse_results(protocol, path, "probe")
+    parsed.close()
     assert parsed.problems == []
     rows[0]["signals"]["router_entropy_per_layer"] = 1.0
-    data = "".join(json.dumps(r) + "\n" for r in rows).encode()
-    parsed = parse_results(protocol, tmp_path / "r.jsonl", data, "probe")
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    parsed = parse_results(protocol, path, "probe")
+    parsed.close()
     assert [(line, msg.split(";")[0]) for line, msg in parsed.problems] == [
         (1, "unknown signal 'router_entropy_per_layer'")
     ]
