@@ -129,7 +129,10 @@ def test_register_freeze_ingest_verdict(docket, tmp_path: Path) -> None:
         led.engine.dispose()
 
     hyps = {h["id"]: h for h in data["hypotheses"]}
-    assert set(hyps) == {"H1", "H2", "H3"}
+    assert set(hyps) == {"H1", "H2", "H3", "D1", "D2", "D3", "H4"}
+    # the held-out refusal gate reads job idk_gate, which has no run here
+    assert hyps["D3"]["verdict"] == "INCONCLUSIVE" and "idk_gate" in hyps["D3"]["why"]
+    assert hyps["H4"]["verdict"] in ("INCONCLUSIVE", "DISPROVEN")
     assert data["verdict"] == hyps["H1"]["verdict"] and data["primary"] == "H1"
     h1 = hyps["H1"]
     assert isinstance(h1["wins"], int) and len(h1["groups"]) == 12  # 6 contests x 2 candidates
