@@ -556,7 +556,7 @@ def run_protocol(
     A job that declares ``replicates`` is run once per declared seed (one outcome each); a seed
     that already has a succeeded run is ``up_to_date`` unless ``force`` (which runs every seed
     again; the verdict still uses each seed's first run, ``ledger.verdicts.select_runs``).
-    The Ray executor refuses jobs with replicates (:class:`UserError`).
+    The Ray executor does the same, one Ray task per seed (``ray_executor.run_with_ray``).
     """
     if allow_over_budget and not (over_budget_reason or "").strip():
         raise UserError('--allow-over-budget needs --reason "..." (it is written to the journal)')
@@ -584,13 +584,6 @@ def run_protocol(
     ensure_artifacts_root(ledger.engine.url.render_as_string(hide_password=False))
     if executor == "ray":
         from .ray_executor import run_with_ray
-
-        replicated = [j.name for j in jobs if j.replicates is not None]
-        if replicated:
-            raise UserError(
-                f"--executor ray does not run replicates yet (job(s) {', '.join(replicated)} "
-                "declare replicates); use --executor local"
-            )
 
         return run_with_ray(
             ledger,
