@@ -176,3 +176,45 @@ def test_simulation_of_an_observed_gate_matches_the_binomial() -> None:
     fp = rules["fp_zero"]
     null = next(pt for pt in fp["points"] if pt["gap"] == 0.0)
     assert null["rates"]["PROVEN"] == 1.0  # true FP rate exactly 0: never a false positive
+
+
+CLI_PROTOCOL = """docket: 1
+id: gates-cli
+title: Deploy gates through the CLI
+signals:
+  refused: {higher_means: positive}
+labels: {source: regime, reference: in_domain}
+groups: [in_domain, held_out_idk]
+jobs:
+  - {name: probe, kind: probe}
+hypotheses:
+  - {id: G1, statement: nine of ten refusals, rule: nine}
+decision_rules:
+  nine: {kind: threshold, statistic: count, signal: refused, groups: [held_out_idk],
+         op: ">=", bound: 9, job: probe}
+"""
+
+
+def test_verdict_cli_shows_an_observed_gate(docket_sqlite, tmp_path) -> None:
+    import json
+
+    proto = tmp_path / "gates.yaml"
+    proto.write_text(CLI_PROTOCOL)
+    for args in (("protocol", "register", str(proto)), ("protocol", "freeze", "gates-cli")):
+        r = docket_sqlite(*args)
+        assert r.exit_code == 0, r.output
+    rows = [
+        {"group": g, "item": f"{g}-{i}", "label": int(g != "in_domain"),
+         "signals": {"refused": float(g == "held_out_idk" and i < 9)}}
+        for g in ("in_domain", "held_out_idk") for i in range(10)
+    ]  # fmt: skip
+    data = tmp_path / "probe.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert docket_sqlite("ingest", "gates-cli", str(data), "--job", "probe").exit_code == 0
+    r = docket_sqlite("verdict", "gates-cli", "--json")
+    assert r.exit_code == 0, r.output
+    (g1,) = json.loads(r.output)["hypotheses"]
+    assert (g1["verdict"], g1["decide"], g1["k"], g1["n"]) == ("PROVEN", "observed", 9, 10)
+    text = " ".join(docket_sqlite("verdict", "gates-cli").output.split())
+    assert ">= 9 observed" in text and "(not used)" in text
+    assert "9 of 10 samples = 9" in text and "the observed value is >= 9" in text
