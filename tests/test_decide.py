@@ -101,6 +101,14 @@ def test_fpr_gate_at_zero_is_provable_when_decided_on_the_observed_value() -> No
     on_ci = load(GATES.replace("bound: 0.0, decide: observed}", "bound: 0.0}"))
     assert on_ci.decision_rules["fp_zero"].decision() == "ci"
     assert evaluate_rule(on_ci, "fp_zero", data(NINE, CLEAN))["verdict"] == "PARTIAL"
+    # and the sign-check says so at freeze time, naming the way out
+    check = next(
+        c
+        for c in sign_check(on_ci)["checks"]
+        if (c["target"], c["check"]) == ("fp_zero", "rule: true effect")
+    )
+    assert check["passed"] and check["expected"].startswith("PARTIAL")
+    assert "write decide: observed" in check["found"]
 
 
 @pytest.mark.parametrize(("k", "n"), [(9, 10), (13, 13), (29, 29), (36, 36), (35, 36), (40, 60)])

@@ -425,7 +425,10 @@ def _threshold_dataset(
         unit = "" if rule.statistic == "count" else f" ({k / size:.4g})"
         desc = f"{rule.statistic} {k} of {size}{unit}"
         if edge:
-            desc += "; no sample size lets a CI pass this bound, so PARTIAL is the best verdict"
+            desc += (
+                "; no sample size lets a CI pass this bound, so PARTIAL is the best verdict "
+                "(for a gate on the observed samples write decide: observed)"
+            )
         return Dataset({rule.job: src}), desc
     value, desc = _threshold_plan(protocol, rule, scenario)
     name = f"synthetic {scenario}"
