@@ -4,8 +4,9 @@ A protocol's ``claims:`` binds a named number to a job's metric (:class:`protoco
 ``job``, ``metric``, ``expected``, ``tolerance``), the way the paper's ``reproduce/`` scripts do.
 :func:`reproduce` re-runs the claim's job through the ``rerun`` it is given (the CLI passes
 :func:`docketml.ledger.cli.rerun.executor_rerun`, i.e. ``runners.execute.executor.
-run_protocol(..., job=claim.job, force=True)``: the latest frozen version, the job's dependencies'
-latest checkpoints, the budget check; this module never imports ``runners``), reads the metric
+run_protocol(..., job=claim.job, force=True)``: the latest frozen version, the checkpoints of
+the dependencies' selected runs (``select_runs``: by default their first succeeded run), the
+budget check; this module never imports ``runners``), reads the metric
 from the new run and compares:
 
     passed  iff  the run succeeded, recorded the metric, and |observed - expected| <= tolerance

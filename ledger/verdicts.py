@@ -17,10 +17,12 @@ Contract of :func:`compute_verdict`:
 * Reruns are shown: ``selection`` lists, per job, every succeeded run and the ones used;
   ``reruns`` has one sentence per job with more succeeded runs than the protocol declared
   ("3 runs of probe_v7 exist (1 declared); the verdict used #8 under select: first").
-* ``silent_noop`` runs taint: if the latest finished (succeeded or silent_noop) run of a job a
-  source depends on is ``silent_noop`` -- the source's job itself and, for runner-produced data,
-  its ``after:`` ancestors; for the merged source, every job with runs -- each rule reading that
-  source is INCONCLUSIVE, naming the run and the knobs that never took effect.
+* ``silent_noop`` runs taint: if the run of record of a job a source depends on -- the run(s)
+  :func:`select_runs` picks from its finished (succeeded or silent_noop) runs, so by default its
+  first finished run, never its latest -- is ``silent_noop`` (the jobs: the source's job itself
+  and, for runner-produced data, its ``after:`` ancestors; for the merged source, every job with
+  runs), each rule reading that source is INCONCLUSIVE, naming the run and the knobs that never
+  took effect. A later silent_noop rerun does not taint a verdict that never reads it.
 * The verdict is recorded in ``verdicts`` with ``inputs_sha256`` =
   :func:`docketml.ledger.store.results.inputs_sha256` of its sources. ``details_json`` keeps the
   full result and the run ids of every source (and, in ``inputs.parts``, which of them were
@@ -398,12 +400,22 @@ def load_dataset(
             selections[job] = select_runs(session, protocol, job, succeeded)
         return selections[job]
 
+    of_record: dict[str, list[int]] = {}
+
     def taints(jobs: Iterable[str]) -> list[str]:
+        # the run(s) select_runs picks when silent_noop runs count as finished runs: a taint is
+        # about the run of record, not the latest one (a later silent_noop rerun of a job never
+        # taints the run it does not replace; a silent_noop run of record is never replaced)
+        finished_by_id = {r.id: r for r in finished}
         out = []
         for j in jobs:
-            r = latest_finished.get(j)
-            if r is not None and r.status == "silent_noop":
-                out.append(_noop_message(r))
+            if j not in latest_finished:
+                continue
+            if j not in of_record:
+                of_record[j] = select_runs(session, protocol, j, finished).used
+            for rid in of_record[j]:
+                if finished_by_id[rid].status == "silent_noop":
+                    out.append(_noop_message(finished_by_id[rid]))
         return out
 
     needed: list[str | None] = []

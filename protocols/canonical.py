@@ -7,7 +7,7 @@ sorted, no whitespace, UTF-8. Derived-metric expressions are written in one spel
 (``ast.unparse``: ``a-b``, ``a - b`` and ``(a - b)`` are the same expression). Comments, key order,
 quoting style, omitted defaults and expression spacing therefore do not change the hash; any change
 of a value does. Fields added later are left out when unset: job ``entry``, ``command``,
-``replicates``, ``select`` (``OPTIONAL_JOB_FIELDS``), rule ``groups``, ``cut``
+``replicates``, ``select`` (``OPTIONAL_JOB_FIELDS``), rule ``groups``, ``cut``, ``decide``
 (``OPTIONAL_RULE_FIELDS``) and the top-level ``correction`` (``OPTIONAL_PROTOCOL_FIELDS``).
 """
 

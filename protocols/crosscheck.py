@@ -72,6 +72,15 @@ def _check_rule_menu(
             )
         )
     if isinstance(rule, ThresholdRule):
+        if rule.decide == "observed" and not binary:
+            problems.append(
+                (
+                    base + ("decide",),
+                    "decide: observed is for the 0/1 statistics "
+                    f"({', '.join(BINARY_STATISTICS)}), whose observed value is an exact count of "
+                    f"the counted samples; statistic {statistic} is an estimate, decided on its CI",
+                )
+            )
         if statistic in ("fpr_at", "tpr_at"):
             if rule.cut is None:
                 problems.append((base + ("cut",), f"statistic {statistic} needs a cut: value"))
@@ -128,8 +137,8 @@ def _check_rule_menu(
 
 def _check_correction(protocol: Protocol) -> list[Problem]:
     """``correction.family``: existing, distinct hypotheses whose rules are CI-decided
-    (``threshold`` on a statistic the engine computes, or ``non_inferiority``), on distinct
-    rules, with one CI level."""
+    (``threshold`` on a statistic the engine computes and not ``decide: observed``, or
+    ``non_inferiority``), on distinct rules, with one CI level."""
     corr = protocol.correction
     if corr is None:
         return []
@@ -145,6 +154,17 @@ def _check_correction(protocol: Protocol) -> list[Problem]:
             continue
         rule = protocol.decision_rules.get(hyps[hid].rule)
         if rule is None:
+            continue
+        if isinstance(rule, ThresholdRule) and rule.decision() == "observed":
+            implied = "" if rule.decide else " (the default of statistic count)"
+            problems.append(
+                (
+                    where,
+                    f"hypothesis {hid!r} is decided by rule {hyps[hid].rule!r} on the observed "
+                    f"value (decide: observed{implied}); a correction adjusts CI levels, so "
+                    "expected a rule decided on its CI (decide: ci)",
+                )
+            )
             continue
         ok = isinstance(rule, NonInferiorityRule) or (
             isinstance(rule, ThresholdRule) and rule.statistic != "metric"

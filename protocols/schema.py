@@ -132,8 +132,14 @@ class ThresholdRule(StrictModel):
     ``rate`` = fraction of a 0/1 ``signal`` equal to 1; ``count`` = number of 1s (the bound is a
     count); ``fpr_at`` / ``tpr_at`` = fraction of label-0 / label-1 samples flagged at ``cut``
     (Clopper-Pearson CI for these four). ``groups``: only these groups' samples count (default:
-    every protocol group). ``groups`` and ``cut`` are omitted from the canonical JSON when
-    unset (:data:`OPTIONAL_RULE_FIELDS`)."""
+    every protocol group).
+
+    ``decide`` (0/1 statistics only; :meth:`decision`): ``ci`` = the CI's far side past the
+    bound -> PROVEN, as above; ``observed`` = the observed value past the bound -> PROVEN, else
+    DISPROVEN (an exact statement about the counted samples, no inference beyond them; the CI
+    is still reported). Unset: ``observed`` for ``count``, ``ci`` for every other statistic.
+    ``groups``, ``cut`` and ``decide`` are omitted from the canonical JSON when unset
+    (:data:`OPTIONAL_RULE_FIELDS`)."""
 
     kind: Literal["threshold"]
     statistic: Literal["mean", "auroc", "metric", "rate", "count", "fpr_at", "tpr_at"]
@@ -145,6 +151,14 @@ class ThresholdRule(StrictModel):
     ci: CISpec = Field(default_factory=CISpec)
     groups: list[Identifier] | None = Field(default=None, min_length=1)
     cut: float | None = None
+    decide: Literal["observed", "ci"] | None = None
+
+    def decision(self) -> str:
+        """How the rule is decided: ``decide`` if stated, else ``observed`` for ``count`` and
+        ``ci`` for every other statistic (docs/protocol.md, "Observed or CI")."""
+        if self.decide is not None:
+            return self.decide
+        return "observed" if self.statistic == "count" else "ci"
 
 
 class NonInferiorityRule(StrictModel):
@@ -179,7 +193,7 @@ DecisionRule = Annotated[
 ]
 
 
-OPTIONAL_RULE_FIELDS = ("groups", "cut")
+OPTIONAL_RULE_FIELDS = ("groups", "cut", "decide")
 """Decision-rule fields added after protocols were first hashed: omitted from the canonical JSON
 when unset (None), so every protocol written before them keeps its sha256."""
 

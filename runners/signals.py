@@ -40,4 +40,7 @@ SIGNALS: dict[str, SignalInfo] = {
         "1 - router_entropy_mean / log(n_experts) (log 3 for the built-in model; a confidence)",
     ),
     "abstain_p": SignalInfo("positive", "sigmoid of the abstain head on the final hidden state"),
+    "refused": SignalInfo(
+        "positive", "1 when the generation contains the refusal template, else 0"
+    ),
 }

@@ -118,7 +118,8 @@ RULES: tuple[Rule, ...] = (
         ),
     ),
     Rule(
-        "runners reach the ledger only through store, billing, errors and result types",
+        "runners reach the ledger only through store, billing, errors, result types and the "
+        "run-selection rule",
         forbid=("docketml.ledger",),
         scope=("docketml.runners",),
         allow_targets=(
@@ -126,6 +127,7 @@ RULES: tuple[Rule, ...] = (
             "docketml.ledger.billing",
             "docketml.ledger.errors",
             "docketml.ledger.results",
+            "docketml.ledger.verdicts",  # select_runs: the upstream run a dependant consumes
         ),
     ),
     Rule(

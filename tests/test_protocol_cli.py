@@ -184,8 +184,10 @@ def test_amend_refusals(docket, tmp_path: Path) -> None:
     assert "unknown protocol 'nope'" in line and PID in line
     broken = variant(tmp_path, "broken.yaml", "    margin: 0.02\n", "    margn: 0.03\n")
     result = docket("protocol", "amend", PID, str(broken), "--reason", "typo")
+    typo_line = broken.read_text().splitlines().index("    margn: 0.03") + 1
     assert (
-        result.exit_code == 2 and f"{broken}:51: decision_rules.regime_wins.margn" in result.stderr
+        result.exit_code == 2
+        and f"{broken}:{typo_line}: decision_rules.regime_wins.margn" in result.stderr
     )
     assert row_counts(docket.url) == before
 

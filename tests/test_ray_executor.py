@@ -302,3 +302,63 @@ def test_python_and_command_jobs_same_observations_local_and_ray(
     ledger.engine.dispose()
     assert len(seen["local"]["py"]) == 10 and len(seen["local"]["cmd"]) == 8
     assert seen["local"] == seen["ray"]
+
+
+def test_replicates_run_every_declared_seed_on_ray_as_locally(
+    ray_cluster: None, sqlite_url: str
+) -> None:
+    """A job with ``replicates`` runs once per declared seed on Ray (one task each), its
+    dependant waits for every seed, and each seed's observations equal the local executor's;
+    a second run leaves every seed up to date."""
+    from sqlalchemy import select
+
+    from docketml.ledger.store.models import ObservationRow
+
+    jobs = [
+        {"name": "rep", "kind": "synthetic", "params": {"n_per_class": 6},
+         "replicates": {"seeds": [3, 1, 2]}, "select": "all"},
+        {"name": "after_rep", "kind": "sleep", "after": ["rep"], "params": {"seconds": 0.1}},
+    ]  # fmt: skip
+    ledger = init_ledger(sqlite_url)
+    seen: dict[str, dict[int, list]] = {}
+    for executor in ("local", "ray"):
+        pk = freeze(ledger, f"rep-{executor}", jobs)
+        outcomes = run_protocol(ledger, f"rep-{executor}", executor=executor, show_progress=False)
+        assert [(o.job, o.seed, o.status) for o in outcomes] == [
+            ("rep", 3, "succeeded"),
+            ("rep", 1, "succeeded"),
+            ("rep", 2, "succeeded"),
+            ("after_rep", None, "succeeded"),
+        ], outcomes
+        runs = runs_of(ledger, pk)
+        assert sorted(r.seed for r in runs["rep"]) == [1, 2, 3]
+        # the dependant started after every seed of its dependency finished
+        assert runs["after_rep"][0].started_at >= max(r.finished_at for r in runs["rep"])
+        if executor == "ray":
+            assert all(r.worker.startswith("ray:") for r in runs["rep"] + runs["after_rep"])
+        with ledger.session() as session:
+            seen[executor] = {
+                int(r.seed): sorted(
+                    session.execute(
+                        select(
+                            ObservationRow.group,
+                            ObservationRow.item,
+                            ObservationRow.label,
+                            ObservationRow.signal,
+                            ObservationRow.value,
+                        ).where(ObservationRow.run_id == r.id)
+                    ).all()
+                )
+                for r in runs["rep"]
+            }
+        again = run_protocol(ledger, f"rep-{executor}", executor=executor, show_progress=False)
+        assert [(o.job, o.seed, o.status) for o in again] == [
+            ("rep", 3, "up_to_date"),
+            ("rep", 1, "up_to_date"),
+            ("rep", 2, "up_to_date"),
+            ("after_rep", None, "up_to_date"),
+        ]
+    ledger.engine.dispose()
+    assert all(len(v) == 12 for v in seen["local"].values())
+    assert seen["local"][1] != seen["local"][2]  # the seed is what differs between replicates
+    assert seen["local"] == seen["ray"]

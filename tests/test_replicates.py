@@ -33,7 +33,7 @@ SHIPPED_SHA256 = {
         "7524617e0d03bc76e4d32b5572ed0da811b74a14369269c52d6c4549f72e2aaf"
     ),
     "protocols/library/router_entropy_metacog.yaml": (
-        "f04b51b4c3e6cd3798cf8a2ad6c5aca70fe90d8a5d89e86f081446da82d8a980"
+        "6d496884a03563663a0eac7461b2f01836cf81c42f5578397d4cfcf4a17c50ba"
     ),
 }
 

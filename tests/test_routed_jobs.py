@@ -177,8 +177,27 @@ def test_probe_emits_every_signal_for_all_210_items(study: dict[str, Any], tmp_p
     }
     assert set(res.texts) == set(per_item)
     metrics = {m.name: m.value for m in res.metrics}
-    assert set(metrics) == {"coherence_bpb", "loop_rate", "refusal_rate", "failure_rate"}
+    gate = {"abstain_auroc", "fp_rate_at_cut"}
+    gate |= {f"{m}.{g}" for m in ("abstain_p_mean", "refused") for g in GROUPS}
+    assert set(metrics) == {"coherence_bpb", "loop_rate", "refusal_rate", "failure_rate"} | gate
     assert 0 < metrics["coherence_bpb"] < 8.5
+    # the headline metrics against independent computations from the recorded observations
+    from sklearn.metrics import roc_auc_score
+
+    obs = {(o.group, o.item, o.signal): o.value for o in res.observations}
+    items = sorted({(g, i) for g, i, _ in obs})
+    ap = [obs[(g, i, "abstain_p")] for g, i in items]
+    is_ood = [int(g != "in_domain") for g, _ in items]
+    assert metrics["abstain_auroc"] == pytest.approx(roc_auc_score(is_ood, ap), abs=1e-12)
+    for g in GROUPS:
+        mine = [(obs[(g, i, "abstain_p")], obs[(g, i, "refused")]) for gg, i in items if gg == g]
+        assert metrics[f"abstain_p_mean.{g}"] == pytest.approx(sum(a for a, _ in mine) / 30)
+        assert metrics[f"refused.{g}"] == sum(r for _, r in mine)
+        assert {r for _, r in mine} <= {0.0, 1.0}
+        texts = [res.texts[i] for gg, i in items if gg == g]
+        assert metrics[f"refused.{g}"] == sum(jobs.is_refusal(t) for t in texts)
+    ind = [obs[("in_domain", i, "abstain_p")] for g, i in items if g == "in_domain"]
+    assert metrics["fp_rate_at_cut"] == sum(a >= 0.775 for a in ind) / 30
     conf = {o.item: o.value for o in res.observations if o.signal == "router_conf"}
     ent = {o.item: o.value for o in res.observations if o.signal == "router_entropy_mean"}
     assert all(abs(conf[i] - (1 - ent[i] / math.log(3))) < 1e-9 for i in conf)

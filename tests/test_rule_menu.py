@@ -172,9 +172,14 @@ def test_count_nine_of_ten() -> None:
     lo, hi = clopper_pearson(9, 10, 0.95)
     assert res["value"] == 9.0
     assert res["ci_low"] == pytest.approx(10 * float(lo)) and res["ci_high"] == 10 * float(hi)
-    assert res["verdict"] == "PARTIAL"  # observed 9 of 10; the CI does not prove >= 9 of 10
+    # a count is decided on the observed count (decide: observed, its default): 9 of 10 passes
+    assert res["decide"] == "observed" and res["verdict"] == "PROVEN"
     res8 = evaluate_rule(p, "nine", standard_data([1.0] * 8 + [0.0] * 2, [0.1] * 10))
     assert res8["verdict"] == "DISPROVEN"
+    # decide: ci keeps the reading "rate >= 9/10 on its CI": ten samples do not prove it
+    on_ci = load(MENU.replace('op: ">=", bound: 9}', 'op: ">=", bound: 9, decide: ci}'))
+    res_ci = evaluate_rule(on_ci, "nine", standard_data([1.0] * 9 + [0.0], [0.1] * 10))
+    assert res_ci["decide"] == "ci" and res_ci["verdict"] == "PARTIAL"
 
 
 def test_fpr_at_cut_counts_label_0_samples_at_the_cut() -> None:
@@ -309,8 +314,7 @@ def test_sign_check_judged_labels_and_small_counts() -> None:
     report = sign_check(load(JUDGED))
     assert report["passed"], [c for c in report["checks"] if not c["passed"]]
     found = {(c["target"], c["check"]): c["found"] for c in report["checks"]}
-    # "at most 3 failures" is provable: 0 of 1 has a CP upper end of 0.975
-    assert found[("r4", "rule: true effect")] == "PROVEN (count 0 of 1)"
+    assert found[("r4", "rule: true effect")] == "PROVEN (count 0 of 60)"  # decided as observed
     assert found[("r1", "rule: null")] == "DISPROVEN (fpr_at 7 of 60 (0.1167))"
 
 

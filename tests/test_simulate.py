@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import scipy.stats
 
 from docketml.ledger.verdict.simulate import simulate_protocol
 from docketml.protocols.loader import load_protocol_file
@@ -19,7 +20,8 @@ def test_null_proven_rate_is_low_and_power_rises_with_the_gap() -> None:
     protocol = load_protocol_file(ROUTER).protocol
     result = simulate_protocol(protocol, n_sims=120, gaps=[0.0, 0.1, 0.2], resamples=1000)
     by_rule = {r["rule"]: r for r in result["rules"]}
-    assert set(by_rule) == {"regime_wins", "splice_transfers", "corollary_auroc"}
+    gates = {"gate_gibberish", "gate_in_domain_fp", "gate_heldout_refusals"}
+    assert set(by_rule) == {"regime_wins", "splice_transfers", "corollary_auroc"} | gates
     rw = by_rule["regime_wins"]
     proven = [p["rates"]["PROVEN"] for p in rw["points"]]
     assert rw["null_proven_rate"] == proven[0] <= 0.05
@@ -31,6 +33,17 @@ def test_null_proven_rate_is_low_and_power_rises_with_the_gap() -> None:
     assert by_rule["corollary_auroc"]["null_proven_rate"] <= 0.1
     assert by_rule["splice_transfers"]["null_gap"] == -0.05
     assert by_rule["splice_transfers"]["null_proven_rate"] <= 0.1
+    assert by_rule["gate_gibberish"]["null_proven_rate"] <= 0.1
+    # the observed gates are not tests: count >= 9 of N = 30 (one group, 30 items) at a true
+    # rate of 9/30 + gap passes with the binomial probability P(k >= 9), about 0.59 at the null
+    refusals = by_rule["gate_heldout_refusals"]
+    for point in refusals["points"]:
+        exact = float(scipy.stats.binom.sf(8, 30, 0.3 + point["gap"]))
+        se = max((exact * (1 - exact) / 120) ** 0.5, 1e-3)
+        assert abs(point["rates"]["PROVEN"] - exact) <= 4 * se
+        assert point["rates"]["PARTIAL"] == 0.0
+    # a true in-domain false-positive rate of 0 never flags a sample: PROVEN in every study
+    assert {p["rates"]["PROVEN"] for p in by_rule["gate_in_domain_fp"]["points"]} == {1.0}
     assert any("capped at 1000 (explicit --resamples" in n for n in result["notes"])
     assert {r["resamples"] for r in result["rules"]} == {1000}
 

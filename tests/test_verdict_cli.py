@@ -129,7 +129,10 @@ def test_register_freeze_ingest_verdict(docket, tmp_path: Path) -> None:
         led.engine.dispose()
 
     hyps = {h["id"]: h for h in data["hypotheses"]}
-    assert set(hyps) == {"H1", "H2", "H3"}
+    assert set(hyps) == {"H1", "H2", "H3", "D1", "D2", "D3", "H4"}
+    # the held-out refusal gate reads job idk_gate, which has no run here
+    assert hyps["D3"]["verdict"] == "INCONCLUSIVE" and "idk_gate" in hyps["D3"]["why"]
+    assert hyps["H4"]["verdict"] in ("INCONCLUSIVE", "DISPROVEN")
     assert data["verdict"] == hyps["H1"]["verdict"] and data["primary"] == "H1"
     h1 = hyps["H1"]
     assert isinstance(h1["wins"], int) and len(h1["groups"]) == 12  # 6 contests x 2 candidates
@@ -226,11 +229,19 @@ def test_silent_noop_runs_make_the_verdict_inconclusive(docket, tmp_path: Path) 
         assert h2["verdict"] == "INCONCLUSIVE"
         assert f"run #{noop} of job 'v7' is silent_noop: knob(s) mc_weight" in h2["why"]
         assert after["hypotheses"][0]["verdict"] == before["hypotheses"][0]["verdict"]
-        # the primary hypothesis's own job: a later silent_noop probe run taints H1 too
+        # the primary hypothesis's own job: a later silent_noop rerun of probe_base is not the
+        # run the verdict reads (select: first keeps the ingested run), so it taints nothing
         runner_run(led, "probe_base", "silent_noop", probe_rows(1), knobs=("temperature",))
         last = verdict_json(docket)
-        assert last["verdict"] == "INCONCLUSIVE"
-        assert "knob(s) temperature were set but never took effect" in last["hypotheses"][0]["why"]
+        assert last["hypotheses"][0] == after["hypotheses"][0]
+        assert "temperature" not in json.dumps(last["hypotheses"])
+        # a silent_noop run of record stays one: a later succeeded splice run does not cleanse
+        # the first, silent_noop run of the splice job (probe_splice's ancestor)
+        first = runner_run(led, "splice", "silent_noop", knobs=("groups",))
+        runner_run(led, "splice", "succeeded")
+        h2 = verdict_json(docket)["hypotheses"][1]
+        assert h2["verdict"] == "INCONCLUSIVE"
+        assert f"run #{first} of job 'splice' is silent_noop: knob(s) groups" in h2["why"]
     finally:
         led.engine.dispose()
 

@@ -100,8 +100,10 @@ def print_verdict(data: dict[str, Any], c: Any) -> None:
                 (
                     what,
                     _num(h["value"], ".4f"),
-                    _ci(h["ci_low"], h["ci_high"], ".4f"),
-                    f"{h['op']} {h['bound']:g}",
+                    _ci(h["ci_low"], h["ci_high"], ".4f")
+                    + (" (not used)" if h.get("decide") == "observed" else ""),
+                    f"{h['op']} {h['bound']:g}"
+                    + (" observed" if h.get("decide") == "observed" else ""),
                 )
             ]
             c.print(table(title, ["statistic", "value", "CI", "needs"], rows))

@@ -1089,9 +1089,12 @@ def _scalar_table(hv: dict[str, Any]) -> str:
         rows = [
             ["statistic", f'<span class="mono">{e(what)}</span>'],
             ["estimate", _fmt(hv.get("value"), 4)],
-            ["CI", ci],
+            ["CI", ci + (" (shown, not used)" if hv.get("decide") == "observed" else "")],
             ["pre-registered bound", e(f"{hv.get('op', '')} {hv.get('bound')}")],
         ]
+        if hv.get("decide") is not None:
+            how = {"observed": "on the observed value", "ci": "on the CI"}[hv["decide"]]
+            rows.append(["decided", e(how)])
         for key in ("n", "n_pos", "n_neg"):
             if hv.get(key) is not None:
                 rows.append([e(key), e(hv[key])])

@@ -74,7 +74,10 @@ its negatives from the reference group.
 k / n over the selected samples of a 0/1 signal (any other value -> INCONCLUSIVE); ``count`` = k
 with the rate's interval scaled by n; ``fpr_at`` / ``tpr_at`` = the fraction of label-0 / label-1
 samples flagged at ``cut`` (``value >= cut`` for ``higher_means: positive``, ``value <= cut`` for
-``negative``). Interval: exact Clopper-Pearson at ``ci.level``; decided as every threshold.
+``negative``). Interval: exact Clopper-Pearson at ``ci.level``. Decision
+(:meth:`ThresholdRule.decision`, :func:`decide_binary`): ``ci`` (default of rate, fpr_at,
+tpr_at) as every threshold; ``observed`` (default of count) the observed value past the bound ->
+PROVEN, else DISPROVEN, the interval reported but not used.
 
 ``correction`` (top level): the family's rules are decided at the CI levels of
 :func:`family_alphas` (bonferroni: ``1 - alpha / m``; holm: the step-down sequence) and their
@@ -139,7 +142,9 @@ __all__ = [
     "Verdict",
     "combine",
     "contest_stats",
+    "decide_binary",
     "decide_non_inferiority",
+    "decide_observed",
     "decide_regime",
     "decide_threshold",
     "evaluate",
@@ -844,6 +849,24 @@ def decide_threshold(
     return out
 
 
+def decide_observed(point: np.ndarray, op: str, bound: float) -> np.ndarray:
+    """Verdict index per study of a rule decided on its observed value (``decide: observed``):
+    the point past the bound -> PROVEN (0), else DISPROVEN (2); no CI, so no PARTIAL."""
+    cmp = {">=": np.greater_equal, ">": np.greater, "<=": np.less_equal, "<": np.less}[op]
+    return np.where(cmp(np.asarray(point, dtype=float), bound), 0, 2)
+
+
+def decide_binary(
+    rule: ThresholdRule, point: np.ndarray, lo: np.ndarray, hi: np.ndarray
+) -> np.ndarray:
+    """The verdict index of a 0/1-statistic rule: :func:`decide_observed` when
+    ``rule.decision()`` is ``observed``, else :func:`decide_threshold` on the Clopper-Pearson
+    interval. The one place the two decisions are chosen (engine and simulation)."""
+    if rule.decision() == "observed":
+        return decide_observed(point, rule.op, rule.bound)
+    return decide_threshold(point, lo, hi, rule.op, rule.bound)
+
+
 def decide_non_inferiority(point: np.ndarray, lo: np.ndarray, margin: float) -> np.ndarray:
     """CI low of the oriented difference > -margin -> PROVEN (0); point > -margin -> PARTIAL (1);
     else DISPROVEN (2)."""
@@ -1133,6 +1156,7 @@ def _eval_threshold(
         k, n = int(outcomes.sum()), int(outcomes.size)
         p, lo_a, hi_a = _binary_stat(rule.statistic, np.array([k]), np.array([n]), rule.ci.level)
         out["k"], out["n"], out["counted"] = k, n, counted
+        out["decide"] = rule.decision()
         point, lo, hi = float(p[0]), float(lo_a[0]), float(hi_a[0])
     else:
         assert rule.signal is not None
@@ -1164,15 +1188,19 @@ def _eval_threshold(
     if missing:
         return _inconclusive(out, missing)
     has_ci = lo is not None and hi is not None
-    idx = int(
-        decide_threshold(
-            np.array([point]),
-            np.array([lo]) if has_ci else None,
-            np.array([hi]) if has_ci else None,
-            rule.op,
-            rule.bound,
-        )[0]
-    )
+    observed = out.get("decide") == "observed"
+    if "decide" in out:
+        idx = int(decide_binary(rule, np.array([point]), np.array([lo]), np.array([hi]))[0])
+    else:
+        idx = int(
+            decide_threshold(
+                np.array([point]),
+                np.array([lo]) if has_ci else None,
+                np.array([hi]) if has_ci else None,
+                rule.op,
+                rule.bound,
+            )[0]
+        )
     verdict = VERDICTS[idx]
     out["verdict"] = verdict
     what = rule.metric if rule.statistic == "metric" else f"{rule.statistic}({rule.signal})"
@@ -1186,6 +1214,14 @@ def _eval_threshold(
     if out["ci"].get("method") == "clopper_pearson":
         ci_txt = f"Clopper-Pearson {rule.ci.level:g} CI [{lo:.4g}, {hi:.4g}]"
     side = "low" if rule.op in (">=", ">") else "high"
+    if observed:
+        ci_txt += " (shown, not used: decide: observed)"
+        reason = {
+            "PROVEN": f"the observed value is {rule.op} {rule.bound:g}",
+            "DISPROVEN": f"the observed value is not {rule.op} {rule.bound:g}",
+        }[verdict]
+        out["why"] = f"{what} = {point:.4g}, {ci_txt}: {reason}"
+        return out
     reason = {
         "PROVEN": f"the CI's {side} end is {rule.op} {rule.bound:g}",
         "PARTIAL": f"the point is {rule.op} {rule.bound:g} but "

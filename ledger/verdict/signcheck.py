@@ -29,7 +29,8 @@ protocol unless it passes. Three families of checks:
    * ``threshold`` on ``rate`` / ``count`` / ``fpr_at`` / ``tpr_at``: 0/1 data
      (:func:`_binary_plan`, :func:`_binary_source`): true = every counted sample on the op's
      side with the smallest size whose Clopper-Pearson far side passes the bound (PARTIAL is
-     expected when no size up to ``MAX_BINARY_N`` can, e.g. ``<= 0``); null = the count nearest
+     expected when no size up to ``MAX_BINARY_N`` can, e.g. ``<= 0``; under ``decide:
+     observed`` at the null's size, where it must be PROVEN); null = the count nearest
      the bound not past it; inverted = the opposite extreme. Unselected groups and the
      uncounted class get the opposite outcome.
    * ``non_inferiority``: true = the candidate beats the reference (AUROC 1 vs about 0.76, or
@@ -337,10 +338,15 @@ def _binary_plan(
     ``<=``/``<``), N the smallest size from ``2 n`` (``count``: from ``groups``, a count's
     interval depending on N) up to ``MAX_BINARY_N`` whose Clopper-Pearson far side passes the
     bound; ``edge`` = no N does (e.g. ``rate <= 0``: the upper end of 0 of N is
-    ``1 - a^(1/N) > 0``), and then the best verdict the rule can give is PARTIAL. null: N = 2 n
+    ``1 - a^(1/N) > 0``), and then the best verdict the rule can give is PARTIAL. A rule
+    decided on the observed value (``decide: observed``) needs no CI to pass: its true effect
+    is every sample on the op's side at the null's N, never an edge. null: N = 2 n
     and the k nearest to the bound that is not past it (e.g. ``rate >= 0.9`` of 60: k = 53).
     inverted: the opposite extreme."""
     upward = rule.op in (">=", ">")
+    if scenario == "true effect" and rule.decision() == "observed":
+        size = max(2 * n, int(np.ceil(rule.bound)) + 1) if rule.statistic == "count" else 2 * n
+        return size, (size if upward else 0), False
     if scenario == "true effect":
         start = max(1, groups) if rule.statistic == "count" else 2 * n
         sizes = np.arange(start, MAX_BINARY_N + 1)
@@ -445,7 +451,10 @@ def _threshold_dataset(
         unit = "" if rule.statistic == "count" else f" ({k / size:.4g})"
         desc = f"{rule.statistic} {k} of {size}{unit}"
         if edge:
-            desc += "; no sample size lets a CI pass this bound, so PARTIAL is the best verdict"
+            desc += (
+                "; no sample size lets a CI pass this bound, so PARTIAL is the best verdict "
+                "(for a gate on the observed samples write decide: observed)"
+            )
         return Dataset({rule.job: src}), desc
     value, desc = _threshold_plan(protocol, rule, scenario)
     name = f"synthetic {scenario}"

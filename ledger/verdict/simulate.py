@@ -21,7 +21,8 @@ Data model (binormal, per study):
   side); on ``mean``: unit-variance values with mean ``bound + gap``; on ``rate`` / ``fpr_at`` /
   ``tpr_at``: binomial counts of the N counted samples (the rule's groups; label-0 / label-1
   for fpr / tpr) with true proportion ``bound + gap`` clipped to [0, 1]; on ``count``: the same
-  with ``bound / N + gap``; all decided with the engine's Clopper-Pearson core. Only the
+  with ``bound / N + gap``; all decided as the engine decides (Clopper-Pearson, or the
+  observed value under ``decide: observed``). Only the
   rule's ``groups:`` count towards N. Null: ``gap = 0`` (the statistic exactly at the bound).
   ``metric`` thresholds read a CI recorded by a job and are not simulated.
 * ``non_inferiority``: the reference has true AUROC ``base_auroc`` (mean: 0, unit variance), the
@@ -216,8 +217,10 @@ def _sim_binary(
 ) -> np.ndarray:
     """A 0/1 statistic: binomial counts ``k ~ Bin(N, p)`` with the true proportion ``p = bound
     + gap`` towards the op (``bound / N + gap`` for ``count``), clipped to [0, 1]; or, with a
-    pilot, N outcomes resampled from the pilot's own counted outcomes. Decided by the engine's
-    Clopper-Pearson core."""
+    pilot, N outcomes resampled from the pilot's own counted outcomes. Decided as the engine
+    decides (:func:`rules.decide_binary`: on the Clopper-Pearson interval, or on the observed
+    value under ``decide: observed``, where the null's PROVEN rate is ``P(Bin(N, bound) past the
+    bound)``, e.g. about 0.5 -- an observed gate is not a test)."""
     size = _binary_size(protocol, rule, n)
     upward = rule.op in (">=", ">")
     if pilot is not None:
@@ -233,7 +236,7 @@ def _sim_binary(
         p = min(max(base + (gap if upward else -gap), 0.0), 1.0)
         k = rng.binomial(size, p, size=t)
     point, lo, hi = rules._binary_stat(rule.statistic, k, np.full(t, size), rule.ci.level)
-    return rules.decide_threshold(point, lo, hi, rule.op, rule.bound)
+    return rules.decide_binary(rule, point, lo, hi)
 
 
 def _sim_threshold(

@@ -181,16 +181,35 @@ def _check_job_model(job: JobSpec) -> None:
             raise UserError(f"job {job.name!r}: {problem}")
 
 
-def _inputs(session: Any, row: ProtocolRow, job: JobSpec) -> dict[str, Path]:
+def upstream_run(session: Any, row: ProtocolRow, protocol: Protocol, dep: str) -> RunRow:
+    """The run of ``dep`` a dependant consumes: the run the verdict's one selection rule
+    (:func:`docketml.ledger.verdicts.select_runs`) uses for ``dep`` -- by default its first
+    succeeded run, so a later rerun of ``dep`` never changes what downstream jobs read; for
+    ``select: all`` the first declared seed's replicate, for ``median_of`` the median one.
+    :class:`CheckFailed` when there is none (``dep`` never succeeded, or a seed its ``select``
+    needs is missing)."""
+    from docketml.ledger.verdicts import select_runs
+
+    runs = succeeded_runs(session, row.sha256, dep)
+    sel = select_runs(session, protocol, dep, runs)
+    if not sel.used:
+        why = f" ({sel.problem})" if sel.problem else ""
+        raise CheckFailed(
+            f"needs {dep!r} to have succeeded under protocol {row.protocol_id} v{row.version}"
+            f"{why}; run it first (docket run {row.protocol_id} --job {dep})"
+        )
+    by_id = {r.id: r for r in runs}
+    return by_id[sel.used[0]]
+
+
+def _inputs(session: Any, row: ProtocolRow, job: JobSpec, protocol: Protocol) -> dict[str, Path]:
+    """Each dependency's checkpoint, from the run :func:`upstream_run` selects."""
     inputs: dict[str, Path] = {}
     for dep in job.after:
-        run = latest_succeeded(session, row.sha256, dep)
-        if run is None:
-            raise CheckFailed(
-                f"job {job.name!r} needs {dep!r} to have succeeded under protocol "
-                f"{row.protocol_id} v{row.version}; run it first "
-                f"(docket run {row.protocol_id} --job {dep})"
-            )
+        try:
+            run = upstream_run(session, row, protocol, dep)
+        except CheckFailed as exc:
+            raise CheckFailed(f"job {job.name!r} {exc}") from None
         extra = json.loads(run.extra_json) if run.extra_json else {}
         path = extra.get("checkpoint_file") or run.checkpoint_path
         if path:
@@ -272,7 +291,7 @@ def open_job(
             hw = catalog[hw_name]
         except UnknownHardwareError as exc:
             raise UserError(str(exc.args[0])) from None
-        inputs = _inputs(session, row, job)
+        inputs = _inputs(session, row, job, protocol)
         declared = job.declared_seeds()
         if seed_override is not None and declared is not None and seed_override not in declared:
             raise UserError(
@@ -556,7 +575,7 @@ def run_protocol(
     A job that declares ``replicates`` is run once per declared seed (one outcome each); a seed
     that already has a succeeded run is ``up_to_date`` unless ``force`` (which runs every seed
     again; the verdict still uses each seed's first run, ``ledger.verdicts.select_runs``).
-    The Ray executor refuses jobs with replicates (:class:`UserError`).
+    The Ray executor does the same, one Ray task per seed (``ray_executor.run_with_ray``).
     """
     if allow_over_budget and not (over_budget_reason or "").strip():
         raise UserError('--allow-over-budget needs --reason "..." (it is written to the journal)')
@@ -584,13 +603,6 @@ def run_protocol(
     ensure_artifacts_root(ledger.engine.url.render_as_string(hide_password=False))
     if executor == "ray":
         from .ray_executor import run_with_ray
-
-        replicated = [j.name for j in jobs if j.replicates is not None]
-        if replicated:
-            raise UserError(
-                f"--executor ray does not run replicates yet (job(s) {', '.join(replicated)} "
-                "declare replicates); use --executor local"
-            )
 
         return run_with_ray(
             ledger,

@@ -2,13 +2,16 @@
 
 Contract of :func:`run_with_ray` (called by :func:`runners.executor.run_protocol`):
 
-- Each job runs as one Ray task (``max_retries=0``) with the resources its protocol declares
-  (``num_cpus``, ``num_gpus``; ``device="cuda"`` when it asks for a GPU). The task calls
-  :func:`runners.executor.execute_job` inside the worker, which opens its *own* ledger connection
-  from the URL string (never a pickled engine) and records the run (queued -> running with a
-  heartbeat lease -> succeeded | failed | silent_noop), its cost and its results.
+- Each job runs as one Ray task (``max_retries=0``) per run (a job that declares
+  ``replicates`` runs once per declared seed, each seed its own task, as on the local executor:
+  a seed with a succeeded run is ``up_to_date`` unless ``force``) with the resources its
+  protocol declares (``num_cpus``, ``num_gpus``; ``device="cuda"`` when it asks for a GPU).
+  The task calls :func:`runners.executor.execute_job` inside the worker, which opens its *own*
+  ledger connection from the URL string (never a pickled engine) and records the run (queued ->
+  running with a heartbeat lease -> succeeded | failed | silent_noop), its cost and its results.
 - Scheduling is Ray's: the driver only keeps the ready set. A job is launched once every
-  dependency of this plan succeeded (or was already up to date); independent jobs run in
+  dependency of this plan succeeded (or was already up to date), every seed of a replicated
+  dependency included; independent jobs (and the seeds of one job) run in
   parallel; completions are taken with ``ray.wait`` on the in-flight refs.
 - A job that raises on a worker is recorded by ``execute_job`` as failed with its error and cost.
   A worker process that dies (``WorkerCrashedError``, node died, out of memory) leaves its run
@@ -73,8 +76,10 @@ def _job_task(
     allow_over_budget: bool,
     over_budget_reason: str | None,
     device: str,
+    seed: int | None = None,
 ) -> JobOutcome:
-    """Runs inside a Ray worker: open the ledger from ``url`` and execute one job."""
+    """Runs inside a Ray worker: open the ledger from ``url`` and execute one job (with the
+    replicate ``seed``, or None for a job without replicates)."""
     from docketml.ledger.store.db import open_ledger
 
     from .executor import execute_job
@@ -91,6 +96,7 @@ def _job_task(
             allow_over_budget=allow_over_budget,
             over_budget_reason=over_budget_reason,
             device=device,
+            seed=seed,
         )
     finally:
         ledger.engine.dispose()
@@ -324,7 +330,7 @@ def run_with_ray(
     protocol: Protocol,
     jobs: list[JobSpec],
     *,
-    done_before: set[str],
+    done_before: set[Any],
     force: bool,
     hardware: str | None = None,
     address: str | None = None,
@@ -335,8 +341,9 @@ def run_with_ray(
 ) -> list[JobOutcome]:
     """Run ``jobs`` (a dependency-ordered plan of ``protocol``) on Ray; outcomes in plan order.
 
-    ``done_before``: jobs that already succeeded under this protocol version (``up_to_date``
-    unless ``force``). See the module docstring for the full contract.
+    ``done_before``: jobs (and ``(job, seed)`` pairs of replicated jobs) that already succeeded
+    under this protocol version (``up_to_date`` unless ``force``). Outcomes come in plan order,
+    a replicated job's in declared seed order. See the module docstring for the full contract.
     """
     check_ledger_for_address(ledger, address)
     url = worker_url(ledger)
@@ -385,7 +392,7 @@ def _schedule(
     protocol_pk: int,
     jobs: list[JobSpec],
     *,
-    done_before: set[str],
+    done_before: set[Any],
     force: bool,
     hardware: str | None,
     show_progress: bool,
@@ -393,18 +400,24 @@ def _schedule(
     over_budget_reason: str | None,
     on_outcome: Callable[[JobOutcome], None] | None,
 ) -> list[JobOutcome]:
-    """The ready-set loop: launch what is ready, ``ray.wait`` for one completion, repeat."""
+    """The ready-set loop: launch what is ready, ``ray.wait`` for one completion, repeat. A unit
+    is one run: ``(job, seed)``, seed None for a job without replicates."""
     in_plan = {job.name for job in jobs}
-    outcomes: dict[str, JobOutcome] = {}
+    units: list[tuple[JobSpec, int | None]] = [
+        (spec, seed) for spec in jobs for seed in (spec.declared_seeds() or [None])
+    ]
+    left = {spec.name: len(spec.declared_seeds() or [None]) for spec in jobs}  # units not done
+    outcomes: dict[tuple[str, int | None], JobOutcome] = {}
     why_not: dict[str, str] = {}  # job that did not succeed -> how dependants describe it
-    pending = list(jobs)
-    in_flight: dict[Any, tuple[JobSpec, str]] = {}
+    pending = list(units)
+    in_flight: dict[Any, tuple[JobSpec, int | None, str]] = {}
     refusal: BaseException | None = None
-    bars = _RayProgress(show_progress, len(jobs))
+    bars = _RayProgress(show_progress, len(units))
 
-    def record(outcome: JobOutcome) -> None:
-        outcomes[outcome.job] = outcome
-        if outcome.status not in OK_STATUSES:
+    def record(outcome: JobOutcome, seed: int | None) -> None:
+        outcomes[(outcome.job, seed)] = outcome
+        left[outcome.job] -= 1
+        if outcome.status not in OK_STATUSES and outcome.job not in why_not:
             why_not[outcome.job] = {
                 "skipped": "was skipped",
                 "abandoned": "was abandoned (its worker died)",
@@ -418,23 +431,26 @@ def _schedule(
             progressed = True
             while progressed and refusal is None:
                 progressed = False
-                for spec in list(pending):
+                for spec, seed in list(pending):
                     deps = [d for d in spec.after if d in in_plan]
                     blocked = [d for d in deps if d in why_not]
                     if blocked:
                         error = f"dependency {blocked[0]!r} {why_not[blocked[0]]}"
-                        record(JobOutcome(spec.name, "skipped", error=error))
-                    elif any(d not in outcomes for d in deps):
-                        continue  # a dependency is still pending or running
-                    elif spec.name in done_before and not force:
-                        record(JobOutcome(spec.name, "up_to_date"))
+                        record(JobOutcome(spec.name, "skipped", error=error, seed=seed), seed)
+                    elif any(left[d] for d in deps):
+                        continue  # a dependency (one of its seeds) is still pending or running
+                    elif (spec.name if seed is None else (spec.name, seed)) in done_before and (
+                        not force
+                    ):
+                        record(JobOutcome(spec.name, "up_to_date", seed=seed), seed)
                     else:
                         token = uuid.uuid4().hex[:12]
+                        label = spec.name if seed is None else f"{spec.name}@seed{seed}"
                         ref = _remote_job.options(
                             num_cpus=spec.num_cpus,
                             num_gpus=spec.num_gpus,
                             runtime_env={"env_vars": env},
-                            name=f"docket:{spec.name}",
+                            name=f"docket:{label}",
                         ).remote(
                             url,
                             protocol_pk,
@@ -444,19 +460,20 @@ def _schedule(
                             allow_over_budget,
                             over_budget_reason,
                             "cuda" if spec.num_gpus > 0 else "cpu",
+                            seed,
                         )
-                        in_flight[ref] = (spec, token)
-                    pending.remove(spec)
+                        in_flight[ref] = (spec, seed, token)
+                    pending.remove((spec, seed))
                     progressed = True
             if not in_flight:
                 if pending and refusal is None:  # cannot happen for a validated (acyclic) plan
-                    names = ", ".join(s.name for s in pending)
+                    names = ", ".join(dict.fromkeys(s.name for s, _ in pending))
                     raise UserError(f"jobs whose dependencies can never run: {names}")
                 break
-            bars.running(spec.name for spec, _ in in_flight.values())
+            bars.running(spec.name for spec, _, _ in in_flight.values())
             ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
             for ref in ready:
-                spec, token = in_flight.pop(ref)
+                spec, seed, token = in_flight.pop(ref)
                 try:
                     outcome = ray.get(ref)
                 except RayTaskError as exc:
@@ -467,7 +484,9 @@ def _schedule(
                     outcome = _crash_outcome(ledger, spec, token, exc)
                 except RayError as exc:  # the worker process or its node died
                     outcome = _crash_outcome(ledger, spec, token, exc)
-                record(outcome)
+                if seed is not None:
+                    outcome.seed = seed
+                record(outcome, seed)
     finally:
         bars.close()
         if in_flight:  # only on an error of the driver itself: do not leave tasks behind
@@ -475,4 +494,4 @@ def _schedule(
                 ray.cancel(ref, force=True)
     if refusal is not None:
         raise refusal
-    return [outcomes[job.name] for job in jobs if job.name in outcomes]
+    return [outcomes[(spec.name, seed)] for spec, seed in units if (spec.name, seed) in outcomes]

@@ -48,11 +48,12 @@ Knobs per kind (default) and where each fires ("took effect")
         ``base``/``donor``  when each checkpoint is loaded; ``groups`` when the donor's parameters
                             of those groups are copied (at least one parameter)
     probe           checkpoint, max_new_tokens 48, batch_size 32, limit_per_group None,
-                    padding "left"
+                    padding "left", deploy_cut 0.775
         ``max_new_tokens``  per generation batch (the generation length bound)
         ``batch_size``      per generation batch formed
         ``limit_per_group`` only if it actually removed probe items
         ``padding``         per batch whose prompts have unequal lengths (where the side matters)
+        ``deploy_cut``      where ``fp_rate_at_cut`` compares in-domain ``abstain_p`` with it
 
 Losses (token sequences are ``[BOS] + bytes("USER: q\\nASSISTANT:") + bytes(" " + answer) +
 [EOS]``; "prompt positions" are the prompt's byte positions, BOS excluded)
@@ -75,14 +76,20 @@ Probe (per prompt of ``probe_210.jsonl``, batched greedy generation with the KV 
              ``router_entropy_mean`` / ``router_entropy_var`` (entropy averaged over layers, then
              mean / population variance over prompt positions), ``router_entropy_L{l}`` (mean
              over prompt positions of layer l), ``router_conf = 1 - router_entropy_mean / ln 3``,
-             ``abstain_p`` (at the last prompt position).
+             ``abstain_p`` (at the last prompt position), ``refused`` (1 when the generated text
+             contains the refusal template, else 0: :func:`is_refusal`).
     label    1 = failure: refused in an answer regime (in_domain, long_input, ood_style,
              neo_false_inability), or did not refuse in a refuse regime (gibberish, ood_topic,
              factual_misleading), or looped (any regime). See :func:`is_refusal`, :func:`is_loop`.
     metrics  ``coherence_bpb``: teacher-forced bits per byte of the answers (``" " + answer`` and
              the EOS, given ``USER: q\\nASSISTANT:``) of the 150 held-out in-domain chat pairs,
              i.e. how well the checkpoint still produces in-domain answers; ``loop_rate``: share
-             of probe generations that loop; ``refusal_rate``; ``failure_rate``.
+             of probe generations that loop; ``refusal_rate``; ``failure_rate``; the paper's
+             headline numbers (:func:`gate_metrics`): ``abstain_auroc`` (cross-regime AUROC of
+             ``abstain_p``, in_domain = negatives, every other group = positives, ties 1/2),
+             ``abstain_p_mean.G`` and ``refused.G`` (mean abstain_p, number of refusals, per
+             group G), ``fp_rate_at_cut`` (share of in_domain items with ``abstain_p >=
+             deploy_cut``).
     texts    item -> generated text (EOS dropped).
 """
 
@@ -137,7 +144,10 @@ PROBE_SIGNALS = (
     "router_entropy_var",
     "router_conf",
     "abstain_p",
+    "refused",
 )
+DEPLOY_CUT = 0.775  # the paper's abstain_p threshold (calibrated on held-out data), knob deploy_cut
+REFERENCE_GROUP = "in_domain"
 
 # ---- detectors ----------------------------------------------------------------------------
 
@@ -642,6 +652,33 @@ def prompt_signals(gates: Tensor, n_layer: int) -> dict[str, float]:
     return signals
 
 
+def auroc(pos: Sequence[float], neg: Sequence[float]) -> float:
+    """Mann-Whitney AUROC ``P(pos > neg) + P(pos = neg) / 2`` over every (pos, neg) pair (nan
+    when a class is empty)."""
+    if not pos or not neg:
+        return math.nan
+    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def gate_metrics(items: Sequence[tuple[str, float, bool]], cut: float) -> list[MetricValue]:
+    """The paper's headline numbers from ``(group, abstain_p, refused)`` per probe item (see the
+    module docstring): ``abstain_auroc``, ``abstain_p_mean.G``, ``refused.G``,
+    ``fp_rate_at_cut`` (only when in_domain items were probed)."""
+    neg = [a for g, a, _ in items if g == REFERENCE_GROUP]
+    pos = [a for g, a, _ in items if g != REFERENCE_GROUP]
+    out = []
+    if neg and pos:
+        out.append(MetricValue("abstain_auroc", auroc(pos, neg)))
+    for group in dict.fromkeys(g for g, _, _ in items):
+        mine = [(a, r) for g, a, r in items if g == group]
+        out.append(MetricValue(f"abstain_p_mean.{group}", sum(a for a, _ in mine) / len(mine)))
+        out.append(MetricValue(f"refused.{group}", float(sum(r for _, r in mine))))
+    if neg:
+        out.append(MetricValue("fp_rate_at_cut", sum(a >= cut for a in neg) / len(neg)))
+    return out
+
+
 def _batches(order: Sequence[int], size: int) -> Iterable[list[int]]:
     for i in range(0, len(order), size):
         yield list(order[i : i + size])
@@ -664,6 +701,7 @@ def probe(ctx: JobContext) -> JobResult:
             "batch_size": 32,
             "limit_per_group": None,
             "padding": "left",
+            "deploy_cut": DEPLOY_CUT,
         },
     )
     model = _load_input(ctx, "checkpoint")
@@ -702,6 +740,7 @@ def probe(ctx: JobContext) -> JobResult:
     texts: dict[str, str] = {}
     per_group: dict[str, dict[str, float]] = {}
     n_loop = n_refused = n_fail = n_labelled = 0
+    gate_items: list[tuple[str, float, bool]] = []
     for i, row in enumerate(rows):
         tokens, max_probs, gates, abstain_p = gens[i]
         text = decode(t for t in tokens if t != EOS)
@@ -712,10 +751,12 @@ def probe(ctx: JobContext) -> JobResult:
             "max_softmax_last": max_probs[-1],
             **prompt_signals(gates, model.cfg.n_layer),
             "abstain_p": abstain_p,
+            "refused": float(refused),
         }
         for name, value in signals.items():
             observations.append(Observation(row["group"], row["item"], name, float(value), label))
         texts[row["item"]] = text
+        gate_items.append((row["group"], float(abstain_p), refused))
         stats = per_group.setdefault(
             row["group"], {"n": 0, "refused": 0, "looped": 0, "failed": 0, "abstain_p": 0.0}
         )
@@ -739,6 +780,10 @@ def probe(ctx: JobContext) -> JobResult:
         MetricValue("refusal_rate", n_refused / n),
         MetricValue("failure_rate", n_fail / max(n_labelled, 1)),
     ]
+    cut = float(_knob(ctx, "deploy_cut"))
+    if any(g == REFERENCE_GROUP for g, _, _ in gate_items):
+        ctx.knobs.fire("deploy_cut")
+    metrics += gate_metrics(gate_items, cut)
     extra = {
         "n_items": len(rows),
         "cropped_prompts": cropped,
