@@ -153,12 +153,15 @@ class ThresholdRule(StrictModel):
     cut: float | None = None
     decide: Literal["observed", "ci"] | None = None
 
-    def decision(self) -> str:
+    def decision(self, engine: int = 2) -> str:
         """How the rule is decided: ``decide`` if stated, else ``observed`` for ``count`` and
-        ``ci`` for every other statistic (docs/protocol.md, "Observed or CI")."""
+        ``ci`` for every other statistic (docs/protocol.md, "Observed or CI"). ``engine``: the
+        verdict engine version of the protocol's freeze (``ledger.verdict.stats``); engine 1
+        (protocols frozen before engine versions) decided ``count`` on its CI too, and its
+        recorded verdicts must re-derive unchanged, so under engine 1 the default stays ``ci``."""
         if self.decide is not None:
             return self.decide
-        return "observed" if self.statistic == "count" else "ci"
+        return "observed" if self.statistic == "count" and engine >= 2 else "ci"
 
 
 class NonInferiorityRule(StrictModel):

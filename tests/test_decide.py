@@ -75,8 +75,8 @@ CLEAN = [0.1] * 9 + [0.774]  # no in-domain sample at or above the cut
 
 def test_count_gate_nine_of_ten_is_proven_and_eight_is_disproven() -> None:
     p = load(GATES)
-    assert p.decision_rules["nine"].decision() == "observed"  # count's default
-    res = evaluate_rule(p, "nine", data(NINE, CLEAN))
+    assert p.decision_rules["nine"].decision() == "observed"  # count's default (engine 2)
+    res = evaluate_rule(p, "nine", data(NINE, CLEAN), engine=2)
     lo, hi = cp(9, 10)
     assert (res["k"], res["n"], res["value"], res["decide"]) == (9, 10, 9.0, "observed")
     assert res["verdict"] == "PROVEN"
@@ -84,9 +84,20 @@ def test_count_gate_nine_of_ten_is_proven_and_eight_is_disproven() -> None:
     assert abs(res["ci_low"] - 10 * lo) <= 1e-11 and abs(res["ci_high"] - 10 * hi) <= 1e-11
     assert "shown, not used: decide: observed" in res["why"]
     assert "the observed value is >= 9" in res["why"]
-    eight = evaluate_rule(p, "nine", data([1.0] * 8 + [0.0] * 2, CLEAN))
+    eight = evaluate_rule(p, "nine", data([1.0] * 8 + [0.0] * 2, CLEAN), engine=2)
     assert eight["verdict"] == "DISPROVEN" and "is not >= 9" in eight["why"]
-    assert evaluate_rule(p, "nine", data([1.0] * 10, CLEAN))["verdict"] == "PROVEN"
+    assert evaluate_rule(p, "nine", data([1.0] * 10, CLEAN), engine=2)["verdict"] == "PROVEN"
+
+
+def test_count_keeps_its_ci_reading_under_engine_1() -> None:
+    """Protocols frozen before engine versions (engine 1) decided an unstated ``count`` on its
+    CI; their recorded verdicts must re-derive unchanged, so engine 1 keeps that default."""
+    p = load(GATES)
+    assert p.decision_rules["nine"].decision(1) == "ci"
+    old = evaluate_rule(p, "nine", data(NINE, CLEAN), engine=1)
+    assert (old["decide"], old["verdict"]) == ("ci", "PARTIAL")  # CI low 10 x 0.555 < 9
+    explicit = load(GATES.replace('op: ">=", bound: 9}', 'op: ">=", bound: 9, decide: observed}'))
+    assert evaluate_rule(explicit, "nine", data(NINE, CLEAN), engine=1)["verdict"] == "PROVEN"
 
 
 def test_fpr_gate_at_zero_is_provable_when_decided_on_the_observed_value() -> None:
@@ -127,9 +138,11 @@ def test_rate_on_its_ci_matches_scipy_and_observed_is_the_point(k: int, n: int) 
 
 def test_the_deploy_gates_combine() -> None:
     p = load(GATES)
-    out = {h["id"]: h["verdict"] for h in evaluate(p, data(NINE, CLEAN))["hypotheses"]}
+    out = {h["id"]: h["verdict"] for h in evaluate(p, data(NINE, CLEAN), engine=2)["hypotheses"]}
     assert out == {"G1": "PROVEN", "G2": "PROVEN", "G3": "PARTIAL", "G4": "PROVEN"}
-    bad = {h["id"]: h["verdict"] for h in evaluate(p, data(NINE, [0.9] * 10))["hypotheses"]}
+    bad = {
+        h["id"]: h["verdict"] for h in evaluate(p, data(NINE, [0.9] * 10), engine=2)["hypotheses"]
+    }
     assert bad["G2"] == "DISPROVEN" and bad["G4"] == "DISPROVEN"
 
 

@@ -857,12 +857,13 @@ def decide_observed(point: np.ndarray, op: str, bound: float) -> np.ndarray:
 
 
 def decide_binary(
-    rule: ThresholdRule, point: np.ndarray, lo: np.ndarray, hi: np.ndarray
+    rule: ThresholdRule, point: np.ndarray, lo: np.ndarray, hi: np.ndarray, engine: int = 2
 ) -> np.ndarray:
     """The verdict index of a 0/1-statistic rule: :func:`decide_observed` when
-    ``rule.decision()`` is ``observed``, else :func:`decide_threshold` on the Clopper-Pearson
-    interval. The one place the two decisions are chosen (engine and simulation)."""
-    if rule.decision() == "observed":
+    ``rule.decision(engine)`` is ``observed``, else :func:`decide_threshold` on the
+    Clopper-Pearson interval. The one place the two decisions are chosen (engine and
+    simulation)."""
+    if rule.decision(engine) == "observed":
         return decide_observed(point, rule.op, rule.bound)
     return decide_threshold(point, lo, hi, rule.op, rule.bound)
 
@@ -1156,7 +1157,7 @@ def _eval_threshold(
         k, n = int(outcomes.sum()), int(outcomes.size)
         p, lo_a, hi_a = _binary_stat(rule.statistic, np.array([k]), np.array([n]), rule.ci.level)
         out["k"], out["n"], out["counted"] = k, n, counted
-        out["decide"] = rule.decision()
+        out["decide"] = rule.decision(engine)
         point, lo, hi = float(p[0]), float(lo_a[0]), float(hi_a[0])
     else:
         assert rule.signal is not None
@@ -1190,7 +1191,7 @@ def _eval_threshold(
     has_ci = lo is not None and hi is not None
     observed = out.get("decide") == "observed"
     if "decide" in out:
-        idx = int(decide_binary(rule, np.array([point]), np.array([lo]), np.array([hi]))[0])
+        idx = int(decide_binary(rule, np.array([point]), np.array([lo]), np.array([hi]), engine)[0])
     else:
         idx = int(
             decide_threshold(

@@ -214,6 +214,7 @@ def _sim_binary(
     gap: float,
     rng: np.random.Generator,
     pilot: rules.SourceData | None,
+    engine: int = stats.LATEST_ENGINE,
 ) -> np.ndarray:
     """A 0/1 statistic: binomial counts ``k ~ Bin(N, p)`` with the true proportion ``p = bound
     + gap`` towards the op (``bound / N + gap`` for ``count``), clipped to [0, 1]; or, with a
@@ -236,7 +237,7 @@ def _sim_binary(
         p = min(max(base + (gap if upward else -gap), 0.0), 1.0)
         k = rng.binomial(size, p, size=t)
     point, lo, hi = rules._binary_stat(rule.statistic, k, np.full(t, size), rule.ci.level)
-    return rules.decide_binary(rule, point, lo, hi)
+    return rules.decide_binary(rule, point, lo, hi, engine)
 
 
 def _sim_threshold(
@@ -252,7 +253,7 @@ def _sim_threshold(
     engine: int = 1,
 ) -> np.ndarray:
     if rule.statistic in rules.BINARY_STATISTICS:
-        return _sim_binary(protocol, rule, t, n, gap, rng, pilot)
+        return _sim_binary(protocol, rule, t, n, gap, rng, pilot, engine)
     upward = rule.op in (">=", ">")
     target = rule.bound + (gap if upward else -gap)
     gen = stats.derive_group_rngs(rule.ci.seed, [rules.POOLED_STREAM])[rules.POOLED_STREAM]
