@@ -44,7 +44,7 @@ from sqlalchemy.orm import Session
 from docketml.protocols.schema import Protocol
 
 from .results import MetricValue
-from .store import looks
+from .store import looks, merkle_log
 from .store import protocols as store
 from .store.models import ProtocolRow, RunRow, VerdictRow, utcnow
 from .store.results import SourcePayload, inputs_sha256, load_parts, load_payload
@@ -452,6 +452,9 @@ def compute_verdict(session: Session, protocol_id: str, *, record: bool = True) 
         )
         session.add(verdict_row)
         session.flush()
+        merkle_log.queue_leaf(
+            session, "verdict", verdict_row.id, merkle_log.verdict_leaf(verdict_row)
+        )
         out["verdict_id"] = verdict_row.id
         out["computed_at"] = now.isoformat()
         out["recorded"] = "verdict"
