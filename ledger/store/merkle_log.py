@@ -24,16 +24,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import event, insert, select, tuple_
+from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
+from ..errors import IntegrityViolation
 from ..integrity import leaves as lb
 from ..integrity.merkle import leaf_hash, node_hash
-from .chainlock import lock_chain
+from .chainlock import lock_chain, lock_key
 from .models import (
-    LeafRow,
     MetricRow,
-    NodeRow,
     ObservationRow,
     ProtocolRow,
     RunRow,
@@ -182,67 +181,80 @@ def run_leaf_of(session: Session, run: RunRow) -> bytes:
 
 
 def append_leaves(session: Session, pending: list[_Pending]) -> int:
-    """Append ``pending`` at the end of the log (module docstring); returns the new size."""
-    lock_chain(session, LOCK)
-    last = session.execute(
-        select(LeafRow.position, LeafRow.leaf_hash).order_by(LeafRow.position.desc()).limit(1)
-    ).first()
-    size = 0 if last is None else last[0] + 1
-    known: dict[tuple[int, int], bytes] = {}
-    if last is not None:
-        known[(0, last[0])] = bytes.fromhex(last[1])
-    # the nodes the first append merges with: levels 1.. of the trailing 1-bits of size
-    wanted = []
-    level = 1
-    while (size >> level) & 1 and (size >> (level - 1)) & 1:
-        wanted.append((level, (size >> level) - 1))
-        level += 1
-    if wanted:
-        for lvl, idx, h in session.execute(
-            select(NodeRow.level, NodeRow.idx, NodeRow.hash).where(
-                tuple_(NodeRow.level, NodeRow.idx).in_(wanted)
-            )
-        ):
-            known[(lvl, idx)] = bytes.fromhex(h)
-    new_leaves, new_nodes = [], []
-    for item in pending:
-        h = leaf_hash(item.leaf)
-        new_leaves.append(
-            {
-                "position": size,
-                "kind": item.kind,
-                "record_id": item.record_id,
-                "leaf": item.leaf.decode("ascii"),
-                "leaf_hash": h.hex(),
-            }
-        )
-        known[(0, size)] = h
-        level, idx = 0, size
-        while idx & 1:
-            left = known.get((level, idx - 1))
-            if left is None:  # a node of the right edge not read yet (several appends)
-                left = _read_node(session, level, idx - 1)
-            h = node_hash(left, h)
-            level, idx = level + 1, idx >> 1
+    """Append ``pending`` at the end of the log (module docstring); returns the new size.
+
+    Runs on the DB-API cursor of the session's connection (same transaction), where
+    SQLAlchemy's per-statement overhead would dominate: on PostgreSQL two round trips (the
+    lock and the last leaf; the leaves and nodes as one ``INSERT ... unnest``), on SQLite
+    two or three statements."""
+    conn = session.connection()
+    pg = conn.dialect.name == "postgresql"
+    mark = "%s" if pg else "?"
+    cursor = conn.connection.dbapi_connection.cursor()
+    try:
+        last_sql = "SELECT position, leaf_hash FROM log_leaves ORDER BY position DESC LIMIT 1"
+        if pg:  # the lock, then the read, in one round trip (simple query protocol)
+            cursor.execute(f"SELECT pg_advisory_xact_lock({int(lock_key(LOCK))}); {last_sql}")
+            cursor.nextset()
+        else:  # BEGIN IMMEDIATE already holds the write lock
+            lock_chain(session, LOCK)
+            cursor.execute(last_sql)
+        last = cursor.fetchone()
+        size = 0 if last is None else int(last[0]) + 1
+        known: dict[tuple[int, int], bytes] = {}
+        if last is not None:
+            known[(0, size - 1)] = bytes.fromhex(last[1])
+
+        def read(level: int, idx: int) -> bytes:
+            if level == 0:
+                cursor.execute(f"SELECT leaf_hash FROM log_leaves WHERE position = {mark}", (idx,))
+            else:
+                cursor.execute(
+                    f"SELECT hash FROM log_nodes WHERE level = {mark} AND idx = {mark}",
+                    (level, idx),
+                )
+            row = cursor.fetchone()
+            if row is None:
+                raise IntegrityViolation(
+                    f"the Merkle log lacks node ({level}, {idx}) needed to append leaf {size}: "
+                    "its tables were truncated or edited; run `docket audit`"
+                )
+            return bytes.fromhex(row[0])
+
+        new_leaves, new_nodes = [], []
+        for item in pending:
+            h = leaf_hash(item.leaf)
+            new_leaves.append((size, item.kind, item.record_id, item.leaf.decode("ascii"), h.hex()))
+            level, idx = 0, size
+            while idx & 1:  # completes the subtree (level + 1, idx >> 1)
+                left = known.get((level, idx - 1)) or read(level, idx - 1)
+                h = node_hash(left, h)
+                level, idx = level + 1, idx >> 1
+                new_nodes.append((level, idx, h.hex()))
             known[(level, idx)] = h
-            new_nodes.append({"level": level, "idx": idx, "hash": h.hex()})
-        size += 1
-    session.execute(insert(LeafRow.__table__), new_leaves)
-    if new_nodes:
-        session.execute(insert(NodeRow.__table__), new_nodes)
+            size += 1
+        if pg:  # leaves and nodes in one statement (one round trip)
+            cursor.execute(
+                "WITH l AS (INSERT INTO log_leaves (position, kind, record_id, leaf, leaf_hash) "
+                "SELECT * FROM unnest(%s::int[], %s::text[], %s::int[], %s::text[], %s::text[])) "
+                "INSERT INTO log_nodes (level, idx, hash) "
+                "SELECT * FROM unnest(%s::smallint[], %s::int[], %s::text[])",
+                [list(col) for col in zip(*new_leaves, strict=True)]
+                + ([list(col) for col in zip(*new_nodes, strict=True)] or [[], [], []]),
+            )
+        else:
+            cursor.executemany(
+                "INSERT INTO log_leaves (position, kind, record_id, leaf, leaf_hash) "
+                "VALUES (?, ?, ?, ?, ?)",
+                new_leaves,
+            )
+            if new_nodes:
+                cursor.executemany(
+                    "INSERT INTO log_nodes (level, idx, hash) VALUES (?, ?, ?)", new_nodes
+                )
+    finally:
+        cursor.close()
     return size
-
-
-def _read_node(session: Session, level: int, idx: int) -> bytes:
-    if level == 0:
-        value = session.scalar(select(LeafRow.leaf_hash).where(LeafRow.position == idx))
-    else:
-        value = session.scalar(
-            select(NodeRow.hash).where(NodeRow.level == level, NodeRow.idx == idx)
-        )
-    if value is None:
-        raise RuntimeError(f"the Merkle log lacks node ({level}, {idx}): run `docket audit`")
-    return bytes.fromhex(value)
 
 
 @event.listens_for(Session, "before_commit")
