@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select, tuple_
+from sqlalchemy import and_, false, func, literal, or_, select, union_all
 from sqlalchemy.orm import Session
 
 from ..errors import IntegrityViolation
@@ -70,14 +70,20 @@ def stored_nodes(session: Session, wanted: Iterable[subtrees.Node]) -> dict[subt
     wanted = set(wanted)
     found: dict[subtrees.Node, bytes] = {}
     leaves = [idx for level, idx in wanted if level == 0]
-    inner = [node for node in wanted if node[0] > 0]
-    for position, h in _chunked(
-        session, select(LeafRow.position, LeafRow.leaf_hash), LeafRow.position, leaves
-    ):
-        found[(0, position)] = bytes.fromhex(h)
-    query = select(NodeRow.level, NodeRow.idx, NodeRow.hash)
-    for level, idx, h in _chunked(session, query, tuple_(NodeRow.level, NodeRow.idx), inner):
-        found[(level, idx)] = bytes.fromhex(h)
+    by_level: dict[int, list[int]] = {}
+    for level, idx in sorted(wanted):
+        if level > 0:
+            by_level.setdefault(level, []).append(idx)
+    # one "level = L AND idx IN (...)" per level: SQLite scans the table for a row-value IN
+    inner = or_(
+        false(), *(and_(NodeRow.level == lv, NodeRow.idx.in_(ix)) for lv, ix in by_level.items())
+    )
+    query = union_all(
+        select(literal(0), LeafRow.position, LeafRow.leaf_hash).where(LeafRow.position.in_(leaves)),
+        select(NodeRow.level, NodeRow.idx, NodeRow.hash).where(inner),
+    )
+    for level, idx, h in session.execute(query):  # one query: O(log n) rows
+        found[(int(level), int(idx))] = bytes.fromhex(h)
     missing = sorted(wanted - found.keys())
     if missing:
         level, idx = missing[0]
@@ -87,11 +93,6 @@ def stored_nodes(session: Session, wanted: Iterable[subtrees.Node]) -> dict[subt
             "were truncated or edited; run `docket audit`"
         )
     return found
-
-
-def _chunked(session: Session, query: Any, key: Any, values: list[Any]) -> Iterable[Any]:
-    for i in range(0, len(values), 500):
-        yield from session.execute(query.where(key.in_(values[i : i + 500])))
 
 
 def _range_hashes(session: Session, ranges: list[tuple[int, int]]) -> list[bytes]:
