@@ -265,6 +265,9 @@ def _append_on_commit(session: Session) -> None:
         append_leaves(session, pending)
 
 
-@event.listens_for(Session, "after_rollback")
-def _drop_on_rollback(session: Session) -> None:
-    session.info.pop(PENDING, None)
+@event.listens_for(Session, "after_transaction_end")
+def _drop_when_done(session: Session, transaction: Any) -> None:
+    """Whatever is still queued when the outermost transaction ends (rolled back, or its
+    connection lost) was never appended: drop it."""
+    if transaction.parent is None:
+        session.info.pop(PENDING, None)
