@@ -153,11 +153,23 @@ def test_log_tables_are_append_only(ledger: Ledger) -> None:
         "UPDATE log_nodes SET hash = 'x'",
         "DELETE FROM log_nodes",
     ]
+    if ledger.dialect == "postgresql":
+        refused += ["TRUNCATE log_leaves", "TRUNCATE log_nodes"]
+    else:  # REPLACE deletes the old row without DELETE triggers: refused by its own trigger
+        refused += [
+            "INSERT OR REPLACE INTO log_leaves (position, kind, record_id, leaf, leaf_hash) "
+            "VALUES (1, 'journal', 99, '{}', 'x')",
+            "INSERT OR REPLACE INTO log_leaves (position, kind, record_id, leaf, leaf_hash) "
+            "VALUES (9, 'journal', 1, '{}', 'x')",
+            "INSERT OR REPLACE INTO log_nodes (level, idx, hash) VALUES (1, 0, 'x')",
+        ]
     for statement in refused:
         with pytest.raises(Exception, match="append-only"), ledger.engine.begin() as conn:
             conn.execute(text(statement))
     with ledger.engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM log_leaves")).scalar_one() == 3
+        assert conn.execute(text("SELECT count(*) FROM log_nodes")).scalar_one() == 1
+    assert leaf_findings_clean(ledger)
 
 
 def test_a_rolled_back_record_leaves_no_leaf(ledger: Ledger) -> None:
