@@ -49,7 +49,8 @@ import sqlalchemy
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.orm import Session
 
-from docketml.ledger.billing.costs import append_cost
+from docketml.ledger.billing.costs import append_cost, meter_run
+from docketml.ledger.billing.hardware import load_catalog
 from docketml.ledger.integrity import merkle
 from docketml.ledger.integrity.log import (
     consistency_proof_between,
@@ -58,7 +59,10 @@ from docketml.ledger.integrity.log import (
     root_at,
 )
 from docketml.ledger.store import merkle_log
+from docketml.ledger.store import protocols as store
 from docketml.ledger.store.db import Ledger, init_ledger
+from docketml.ledger.store.runs import complete_run, create_run, start_run
+from docketml.protocols.loader import load_protocol_text
 
 DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
@@ -104,20 +108,70 @@ def write_block(ledger: Ledger, n: int, start: int) -> float:
     return time.perf_counter() - began
 
 
-def bench_writes(ledger: Ledger, writes: int, block: int) -> dict[str, float]:
+RUN_OBS = 100
+
+
+def run_block(ledger: Ledger, n: int, start: int) -> float:
+    """``n`` run completions as the executor writes them: one transaction with
+    ``complete_run`` (``RUN_OBS`` observations, 2 metrics) and the run's metered cost (two
+    leaves: the run's and the cost's). Creating and starting the run is not timed."""
+    with ledger.session() as session:
+        pk = session.execute(text("SELECT id FROM protocols")).scalar()
+        if pk is None:
+            pk = _frozen(session)
+        sha = session.execute(text("SELECT sha256 FROM protocols")).scalar_one()
+        ids = []
+        for i in range(n):
+            run = create_run(
+                session, protocol_pk=pk, protocol_sha256=sha, job="j", kind="synthetic", config={}
+            )
+            start_run(session, run.id, worker=f"w{start + i}", lease_s=3600)
+            ids.append(run.id)
+    hw = load_catalog()["cpu"]
+    obs = [
+        {"group": "g1", "item": f"i{k}", "signal": "s", "value": k / 7, "label": k % 2}
+        for k in range(RUN_OBS)
+    ]
+    metrics = [{"name": "auroc", "value": 0.9}, {"name": "loss", "value": 0.2, "step": 10}]
+    began = time.perf_counter()
+    for run_id in ids:
+        with ledger.session() as session:
+            complete_run(
+                session, run_id, status="succeeded", observations=obs, metrics=metrics, wall_s=1.0
+            )
+            meter_run(session, hw=hw, wall_s=1.0, run_id=run_id, protocol_pk=pk, label="j")
+    return time.perf_counter() - began
+
+
+def _frozen(session: Session) -> int:
+    yaml_text = (
+        "docket: 1\nid: bench\ntitle: bench\nhypotheses:\n  - {id: H1, statement: s, rule: r}\n"
+        "signals:\n  s: {higher_means: positive}\nlabels: {source: judged}\ngroups: [g1]\n"
+        "decision_rules:\n  r: {kind: threshold, statistic: auroc, signal: s, bound: 0.6}\n"
+        'jobs:\n  - {"name": "j", "kind": "synthetic"}\n'
+    )
+    row = store.register(session, load_protocol_text(yaml_text, "bench.yaml")).row
+    store.freeze(session, row.protocol_id, lambda _p: {"passed": True, "checks": []})
+    return row.id
+
+
+def bench_writes(ledger: Ledger, writes: int, block: int, kind: str = "cost") -> dict[str, float]:
     with_s = without_s = 0.0
     done = 0
     for b in range(max(1, writes // block)):
         for leaf in (True, False) if b % 2 == 0 else (False, True):
+            write = write_block if kind == "cost" else run_block
             if leaf:
-                with_s += write_block(ledger, block, done)
+                with_s += write(ledger, block, done)
             else:
                 with leaves_off():
-                    without_s += write_block(ledger, block, done)
+                    without_s += write(ledger, block, done)
             done += block
     with ledger.read_session() as session:
         leaves = session.execute(text("SELECT count(*) FROM log_leaves")).scalar_one()
         costs = session.execute(text("SELECT count(*) FROM costs")).scalar_one()
+    if kind == "run":  # two leaves per completion with the hook on
+        costs = 2 * costs
     return {"with_s": with_s, "without_s": without_s, "leaves": leaves, "costs": costs}
 
 
@@ -218,6 +272,12 @@ def run_backend(name: str, url_cm, args: argparse.Namespace, tree: tuple) -> Non
             ledger = init_ledger(url)
             w = bench_writes(ledger, args.writes, args.block)
             ledger.engine.dispose()
+        r = None
+        if args.runs:
+            with url_cm() as url:
+                ledger = init_ledger(url)
+                r = bench_writes(ledger, args.runs, args.run_block, kind="run")
+                ledger.engine.dispose()
         with url_cm() as url:
             ledger = init_ledger(url)
             load_s = bulk_load(ledger, leaves, nodes)
@@ -237,6 +297,16 @@ def run_backend(name: str, url_cm, args: argparse.Namespace, tree: tuple) -> Non
         f"leaf overhead {100 * over:+.1f} % (goal < 10 %); {w['leaves']:,} leaves for "
         f"{w['costs']:,} cost rows"
     )
+    if r is not None:
+        over_r = (r["with_s"] - r["without_s"]) / r["without_s"]
+        half_r = r["costs"] // 4
+        print(
+            f"  run completions ({RUN_OBS} observations, 2 metrics, metered cost): {half_r:,} "
+            f"with their two leaves {r['with_s']:.2f} s ({1e6 * r['with_s'] / half_r:.0f} us "
+            f"each), {half_r:,} without {r['without_s']:.2f} s "
+            f"({1e6 * r['without_s'] / half_r:.0f} us each); leaf overhead {100 * over_r:+.1f} %"
+            f" (goal < 10 %); {r['leaves']:,} leaves"
+        )
     print(f"  proofs at {len(leaves):,} leaves (bulk-loaded in {load_s:.1f} s), each verified:")
     for tag, what in (("call", "the call"), ("txn", "with its own read transaction")):
         print(
@@ -252,6 +322,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--writes", type=int, default=100_000)
     parser.add_argument("--block", type=int, default=1_000)
+    parser.add_argument("--runs", type=int, default=10_000, help="run completions (0: none)")
+    parser.add_argument("--run-block", type=int, default=500)
     parser.add_argument("--leaves", type=int, default=1_000_000)
     parser.add_argument("--proofs", type=int, default=200)
     parser.add_argument("--backends", default="sqlite,postgresql")

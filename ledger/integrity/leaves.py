@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -126,8 +127,27 @@ def signcheck_leaf_bytes(
     )
 
 
-def _line(values: list[Any]) -> bytes:
-    return json.dumps(values, separators=(",", ":"), ensure_ascii=True).encode() + b"\n"
+_ESCAPE = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+
+
+def _json_str(value: Any) -> str:
+    return _ESCAPE(str(value))
+
+
+def _json_float(value: Any) -> str:
+    """``json.dumps(float(value))`` (null for None), without building an encoder per call."""
+    if value is None:
+        return "null"
+    x = float(value)
+    if x != x:
+        return "NaN"
+    if x in (math.inf, -math.inf):
+        return "Infinity" if x > 0 else "-Infinity"
+    return float.__repr__(x)
+
+
+def _json_int(value: Any) -> str:
+    return "null" if value is None else str(int(value))
 
 
 def _opt_float(value: Any) -> float | None:
@@ -156,22 +176,17 @@ def results_sha256(
     ``observations`` are ``(group, item, signal, value, label)``, ``metrics`` ``(name, value,
     ci_low, ci_high, step)``, ``texts`` ``(item, text)``.
     """
+    q, f, n = _json_str, _json_float, _json_int
+    sections = [
+        [f'["o",{q(g)},{q(i)},{q(s)},{f(v)},{n(lab)}]' for g, i, s, v, lab in observations],
+        [f'["m",{q(name)},{f(v)},{f(lo)},{f(hi)},{n(st)}]' for name, v, lo, hi, st in metrics],
+        [f'["t",{q(i)},{q(t)}]' for i, t in texts],
+    ]
     digest = hashlib.sha256()
-    counts = [0, 0, 0]
-    for group, item, signal, value, label in observations:
-        digest.update(
-            _line(["o", str(group), str(item), str(signal), float(value), _opt_int(label)])
-        )
-        counts[0] += 1
-    for name, value, low, high, step in metrics:
-        digest.update(
-            _line(["m", str(name), float(value), _opt_float(low), _opt_float(high), _opt_int(step)])
-        )
-        counts[1] += 1
-    for item, text in texts:
-        digest.update(_line(["t", str(item), str(text)]))
-        counts[2] += 1
-    return digest.hexdigest(), counts[0], counts[1], counts[2]
+    for lines in sections:
+        if lines:
+            digest.update(("\n".join(lines) + "\n").encode("ascii"))
+    return digest.hexdigest(), len(sections[0]), len(sections[1]), len(sections[2])
 
 
 def run_leaf_bytes(
