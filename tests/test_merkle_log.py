@@ -444,3 +444,33 @@ def test_a_consistent_rewrite_is_clean_alone_but_fails_against_a_kept_head(
     assert not merkle.verify_consistency(
         kept.tree_size, now.tree_size, kept.root_hash, now.root_hash, proof
     )
+
+
+def test_results_digest_is_the_documented_json_lines() -> None:
+    """``results_sha256`` equals SHA-256 over ``json.dumps(line, separators=(",", ":"),
+    ensure_ascii=True) + "\\n"`` per row (docs/transparency.md), for awkward values too."""
+    import json
+    import math
+    import random
+
+    from docketml.ledger.integrity.leaves import results_sha256
+
+    rng = random.Random(3)
+
+    def s() -> str:
+        return "".join(rng.choice('aé\n"\\€\x00😀z') for _ in range(rng.randrange(5)))
+
+    def f() -> float:
+        special = [-0.0, 0.0, math.nan, math.inf, -math.inf, 1e16, 1 / 3, 5e-324]
+        return rng.choice([rng.random() * 10 ** rng.randrange(-30, 30), *special])
+
+    for _ in range(500):
+        obs = [(s(), s(), s(), f(), rng.choice([None, 0, 1, -5])) for _ in range(3)]
+        met = [(s(), f(), rng.choice([None, f()]), None, rng.choice([None, 7, 2**40]))]
+        texts = [(s(), s())]
+        lines = [["o", *o] for o in obs] + [["m", *m] for m in met] + [["t", *t] for t in texts]
+        raw = b"".join(
+            json.dumps(line, separators=(",", ":"), ensure_ascii=True).encode() + b"\n"
+            for line in lines
+        )
+        assert results_sha256(obs, met, texts) == (hashlib.sha256(raw).hexdigest(), 3, 1, 1)
