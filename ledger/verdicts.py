@@ -61,7 +61,7 @@ from docketml.protocols.schema import Protocol
 
 from .integrity.heads import head_record
 from .results import MetricValue
-from .store import looks
+from .store import looks, merkle_log
 from .store import protocols as store
 from .store.models import ProtocolRow, RunRow, VerdictRow, utcnow
 from .store.results import (
@@ -635,6 +635,9 @@ def compute_verdict(session: Session, protocol_id: str, *, record: bool = True) 
         )
         session.add(verdict_row)
         session.flush()
+        merkle_log.queue_leaf(
+            session, "verdict", verdict_row.id, merkle_log.verdict_leaf(verdict_row)
+        )
         out["verdict_id"] = verdict_row.id
         out["computed_at"] = now.isoformat()
         out["recorded"] = "verdict"

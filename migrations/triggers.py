@@ -3,7 +3,8 @@
 - ``protocols``: UPDATE or DELETE of a row whose status is ``frozen`` is rejected (a registered row
   may still be frozen, i.e. updated once).
 - ``sign_checks``, ``verdicts``, ``verdict_looks``, ``costs``, ``journal_entries``,
-  ``reproductions``: any UPDATE or DELETE is rejected (and TRUNCATE on PostgreSQL).
+  ``reproductions``, and the Merkle log's ``log_leaves`` and ``log_nodes`` (revision 0005): any
+  UPDATE or DELETE is rejected (and TRUNCATE on PostgreSQL).
 - SQLite only: ``INSERT OR REPLACE`` / ``UPDATE OR REPLACE`` delete the conflicting row without
   firing DELETE triggers unless ``PRAGMA recursive_triggers`` is on (docket turns it on for its own
   connections, see ``ledger/db.py``). A ``docket_<table>_no_replace`` trigger also rejects an
@@ -42,6 +43,8 @@ APPEND_ONLY = (
     "costs",
     "journal_entries",
     "reproductions",
+    "log_leaves",
+    "log_nodes",
 )
 FROZEN_GUARDED = ("protocols",)
 
@@ -55,6 +58,8 @@ UNIQUE_KEYS: dict[str, tuple[tuple[str, ...], ...]] = {
     "costs": (("id",), ("seq",)),
     "journal_entries": (("id",), ("seq",)),
     "reproductions": (("id",),),
+    "log_leaves": (("position",), ("kind", "record_id")),
+    "log_nodes": (("level", "idx"),),
 }
 
 

@@ -92,6 +92,7 @@ def test_clean_ledger(studied) -> None:
         "verdicts": 1,
         "runs": 1,  # its cost_micros matches its costs rows
         "ingest_files": 0,
+        "log_leaves": 14,  # freeze, sign-check, run, verdict, 7 costs, 3 journal entries
         "triggers_missing": 0,
         "triggers_altered": 0,
     }
@@ -347,10 +348,16 @@ def test_frozen_without_a_passing_sign_check_is_found(studied, tmp_path: Path) -
                 "WHERE id IN (2, 3)"
             )
         )
-    assert _problems(docket, "protocols", "2 (second v1)") == ["is frozen without a sign-check"]
-    assert _problems(docket, "protocols", "3 (third v1)") == [
-        "is frozen but its latest sign-check (row 2) failed"
+    unlogged = "has no leaf in the Merkle log (log_leaves)"  # frozen by hand: never logged
+    assert _problems(docket, "protocols", "2 (second v1)") == [
+        "is frozen without a sign-check",
+        unlogged,
     ]
+    assert _problems(docket, "protocols", "3 (third v1)") == [
+        "is frozen but its latest sign-check (row 2) failed",
+        unlogged,
+    ]
+    assert _problems(docket, "sign_checks", 2) == [unlogged]
     assert _problems(docket, "protocols", "1 (audited v1)") == []
 
 

@@ -1,6 +1,7 @@
 """``docket log head`` / ``docket log key`` on both backends: the STH covers exactly the
 documented leaves of the journal and cost chains, verifies with the printed public key, and the
-head after an append is provably an extension of the earlier one."""
+head after an append is provably an extension of the earlier one. The leaves are read from
+the stored leaf table (revision 0005) and rebuilt here by hand from the chain rows."""
 
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ from docketml.ledger.integrity.sth import load_public_key, verify_tree_head
 
 
 def _leaves_by_hand(url: str) -> list[bytes]:
-    """The documented leaf bytes, built from raw SQL rows (not the library's query)."""
+    """The documented leaf bytes (docs/transparency.md), built from raw SQL rows of the journal
+    and cost chains (not the library's query), in record-time order; also checks that the
+    stored leaf table holds exactly these bytes, position by position."""
     engine = create_engine(url)
     try:
         with engine.connect() as conn:
@@ -30,16 +33,22 @@ def _leaves_by_hand(url: str) -> list[bytes]:
                 (str(at), "journal", seq, h)
                 for at, seq, h in conn.execute(text("SELECT at, seq, hash FROM journal_entries"))
             ] + [
-                (str(at), "costs", seq, h)
+                (str(at), "cost", seq, h)
                 for at, seq, h in conn.execute(text("SELECT at, seq, hash FROM costs"))
+            ]
+            stored = [
+                leaf.encode()
+                for (leaf,) in conn.execute(text("SELECT leaf FROM log_leaves ORDER BY position"))
             ]
     finally:
         engine.dispose()
     rows.sort(key=lambda r: (r[0], r[1], r[2]))
-    return [
-        ('{"chain":"%s","hash":"%s","seq":%d}' % (chain, h, seq)).encode()  # noqa: UP031
-        for _, chain, seq, h in rows
+    leaves = [
+        ('{"hash":"%s","kind":"%s","seq":%d}' % (h, kind, seq)).encode()  # noqa: UP031
+        for _, kind, seq, h in rows
     ]
+    assert stored == leaves
+    return leaves
 
 
 def test_log_head_signed_over_the_chains(
@@ -79,7 +88,7 @@ def test_log_head_signed_over_the_chains(
 
     leaves = _leaves_by_hand(docket.url)
     hashes = [leaf_hash(leaf) for leaf in leaves]
-    assert len(leaves) == 3 and b'"chain":"costs"' in leaves[1]
+    assert len(leaves) == 3 and b'"kind":"cost"' in leaves[1]
     assert root_hash(hashes).hex() == second["root_hash"]
     assert root_hash(hashes[:1]).hex() == first["root_hash"]
     proof = consistency_proof(hashes, 1)

@@ -18,6 +18,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from ...journal.chain import GENESIS, ChainRow, entry_hash, verify_chain
+from ..store import merkle_log
 from ..store.chainlock import lock_chain
 from ..store.models import CostRow, RunRow, utcnow
 from .hardware import (
@@ -99,6 +100,7 @@ def append_cost(
     row.hash = entry_hash(prev, cost_canonical(row))
     session.add(row)
     session.flush()
+    merkle_log.queue_leaf(session, "cost", row.id, merkle_log.chain_leaf("cost", row))
     return row
 
 

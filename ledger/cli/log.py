@@ -23,9 +23,9 @@ def log_group() -> None:
 @out_option("out", "Also write the signed tree head as JSON to PATH (keep it outside the ledger).")
 @pass_env
 def head_cmd(env: Env, as_json: bool, out: Path | None) -> None:
-    """Compute the Merkle tree over the journal and cost chains and sign its head with the
-    Ed25519 key (DOCKET_SIGNING_KEY or ~/.config/docket/signing_key.pem). Writes nothing to the
-    ledger."""
+    """Read the head of the ledger's Merkle log (every frozen protocol, sign-check, completed
+    run, verdict, cost and journal entry is a leaf) and sign it with the Ed25519 key
+    (DOCKET_SIGNING_KEY or ~/.config/docket/signing_key.pem). Writes nothing to the ledger."""
     from ..integrity.log import log_head
     from ..integrity.sth import load_private_key, sign_tree_head
 

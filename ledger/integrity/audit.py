@@ -33,7 +33,10 @@ What is checked (each problem is one :class:`Finding` naming the table, the row 
    sha256 (``input_sha256``). An absolute path still present is re-hashed (a finding if it
    changed); a file that is gone, or a relative path (the directory it was relative to is not
    recorded), is a note, not a finding.
-8. Triggers (:func:`migrations.triggers.trigger_problems`): every append-only / frozen-row /
+8. The Merkle log (:func:`.leaf_audit.leaf_findings`): every record's leaf recomputed from its
+   current rows and compared with the stored leaf, records without a leaf, leaves without a
+   record, and every stored node recomputed from the leaf hashes.
+9. Triggers (:func:`migrations.triggers.trigger_problems`): every append-only / frozen-row /
    guard trigger exists, is enabled (PostgreSQL ``tgenabled``) and has the definition the
    migrations created (SQLite: the stored ``CREATE TRIGGER`` text; PostgreSQL: timing, events,
    function and the function's body).
@@ -47,9 +50,10 @@ The audit writes nothing (one read-only transaction, :meth:`Ledger.read_session`
 read-only replica or role. Runs whose lease expired are listed, not reaped: ``docket runs reap``
 (or the next ``run``/``ingest``) marks them abandoned and books their cost.
 
-Limits (by construction of hash chains): deleting the *last* rows of a chain, or rewriting a row
-and re-hashing every row after it, is not detectable from the ledger alone; keep signed tree
-heads (``docket log head --out``) somewhere else and audit ``--against`` them to detect that.
+Limits (by construction of hash chains and of the log): deleting the *last* rows of a chain or
+of the log, or rewriting a row and re-hashing everything after it, is not detectable from the
+ledger alone; keep signed tree heads (``docket log head --out``) somewhere else and audit
+``--against`` them to detect that.
 """
 
 from __future__ import annotations
@@ -76,6 +80,7 @@ from ..store.db import Ledger
 from ..store.journal import entry_of, verify_journal_chain
 from ..store.models import CostRow, JournalEntryRow, ProtocolRow, RunRow, SignCheckRow, VerdictRow
 from ..store.runs import lease_expired
+from .leaf_audit import leaf_findings
 
 __all__ = ["AuditReport", "Finding", "audit", "audit_session"]
 
@@ -575,6 +580,9 @@ def audit_session(
     _audit_frozen(session, findings)
     report.checked["runs"] = _audit_money(session, findings)
     report.checked["ingest_files"] = _audit_ingest_files(session, findings, report.notes)
+    log = leaf_findings(session)
+    findings.extend(Finding(table, row, problem) for table, row, problem in log.problems)
+    report.checked["log_leaves"], report.heads["log"] = log.size, log.root
     problems = trigger_problems(session.connection())
     for table, _trigger, problem in problems:
         findings.append(Finding(table, None, problem))

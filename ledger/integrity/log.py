@@ -1,25 +1,29 @@
 """The ledger's Merkle log: the read API every command uses (heads, leaves, proofs).
 
-INTERIM implementation (computed, O(n)): the log is computed on every call from the rows it
-covers — frozen protocol versions, journal rows and cost rows — ordered by record time
-(``frozen_at`` / ``at``), ties by kind then id/seq. The leaf-table change (issue 14 item 1)
-replaces the bodies of these functions with a stored, position-ordered leaf table and stored
-interior nodes (O(log n) appends and proofs) **without changing their signatures**, and adds
-the sign-check, run and verdict leaves. Leaf bytes are defined in :mod:`.leaves`.
+The log is stored (revision 0005): ``log_leaves`` holds the leaves by ``position`` (0.., no
+gaps) and ``log_nodes`` the hash of every complete perfect subtree (``ledger.store.merkle_log``
+appends both in the transaction of the record). Every function here reads O(log n) rows:
+roots and proofs are folds of stored subtree hashes (:mod:`.subtrees`), equal to RFC 9162
+``MTH`` / ``PATH`` / ``PROOF`` over all leaf hashes. They read what is stored; whether the
+stored leaves still match the records and the nodes the leaves is ``docket audit``'s job
+(:mod:`.leaf_audit`). A node missing from the store raises :class:`IntegrityViolation` (exit 3).
+Leaf bytes are defined in :mod:`.leaves`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, false, func, literal, or_, select, union_all
 from sqlalchemy.orm import Session
 
+from ..errors import IntegrityViolation
 from ..store.db import Ledger
-from ..store.models import CostRow, JournalEntryRow, ProtocolRow
-from . import merkle
-from .leaves import chain_leaf_bytes, leaf_body, protocol_leaf_bytes
+from ..store.models import LeafRow, NodeRow
+from . import merkle, subtrees
+from .leaves import leaf_body
 
 __all__ = [
     "Leaf",
@@ -32,6 +36,7 @@ __all__ = [
     "log_head_session",
     "log_size",
     "root_at",
+    "stored_nodes",
 ]
 
 
@@ -59,90 +64,107 @@ class Leaf:
         return merkle.leaf_hash(self.leaf)
 
 
-def _computed_leaves(session: Session) -> list[bytes]:
-    rows: list[tuple[Any, int, int, bytes]] = []
-    parents = dict(session.execute(select(ProtocolRow.id, ProtocolRow.sha256)).all())
-    for p in session.scalars(select(ProtocolRow).where(ProtocolRow.status == "frozen")):
-        assert p.frozen_at is not None
-        leaf = protocol_leaf_bytes(
-            protocol_id=p.protocol_id,
-            version=p.version,
-            sha256=p.sha256,
-            parent_sha256=parents.get(p.parent_id) if p.parent_id is not None else None,
-            frozen_at=p.frozen_at,
+def stored_nodes(session: Session, wanted: Iterable[subtrees.Node]) -> dict[subtrees.Node, bytes]:
+    """The stored hashes of ``wanted`` nodes (level 0: ``log_leaves.leaf_hash``); raises
+    :class:`IntegrityViolation` naming the first one that is not stored."""
+    wanted = set(wanted)
+    found: dict[subtrees.Node, bytes] = {}
+    leaves = [idx for level, idx in wanted if level == 0]
+    by_level: dict[int, list[int]] = {}
+    for level, idx in sorted(wanted):
+        if level > 0:
+            by_level.setdefault(level, []).append(idx)
+    # one "level = L AND idx IN (...)" per level: SQLite scans the table for a row-value IN
+    inner = or_(
+        false(), *(and_(NodeRow.level == lv, NodeRow.idx.in_(ix)) for lv, ix in by_level.items())
+    )
+    query = union_all(
+        select(literal(0), LeafRow.position, LeafRow.leaf_hash).where(LeafRow.position.in_(leaves)),
+        select(NodeRow.level, NodeRow.idx, NodeRow.hash).where(inner),
+    )
+    for level, idx, h in session.execute(query):  # one query: O(log n) rows
+        found[(int(level), int(idx))] = bytes.fromhex(h)
+    missing = sorted(wanted - found.keys())
+    if missing:
+        level, idx = missing[0]
+        raise IntegrityViolation(
+            f"the Merkle log lacks the stored hash of leaves {idx << level}..."
+            f"{((idx + 1) << level) - 1} (node level {level}, index {idx}): the log tables "
+            "were truncated or edited; run `docket audit`"
         )
-        rows.append((p.frozen_at, 0, p.id, leaf))
-    for at, seq, h in session.execute(
-        select(JournalEntryRow.at, JournalEntryRow.seq, JournalEntryRow.hash)
-    ):
-        rows.append((at, 1, seq, chain_leaf_bytes("journal", seq, h)))
-    for at, seq, h in session.execute(select(CostRow.at, CostRow.seq, CostRow.hash)):
-        rows.append((at, 2, seq, chain_leaf_bytes("cost", seq, h)))
-    rows.sort(key=lambda r: (r[0], r[1], r[2]))
-    return [r[3] for r in rows]
+    return found
 
 
-def _hashes(session: Session) -> list[bytes]:
-    return [merkle.leaf_hash(leaf) for leaf in _computed_leaves(session)]
+def _range_hashes(session: Session, ranges: list[tuple[int, int]]) -> list[bytes]:
+    nodes = stored_nodes(session, subtrees.nodes_for(ranges))
+    return [subtrees.range_hash(lo, hi, nodes) for lo, hi in ranges]
 
 
 def log_size(session: Session) -> int:
     """Number of leaves in ``session``'s snapshot."""
-    return len(_computed_leaves(session))
+    last = session.scalar(select(func.max(LeafRow.position)))
+    return 0 if last is None else int(last) + 1
 
 
 def leaf_at(session: Session, index: int) -> Leaf:
     """Leaf ``index``; IndexError if the log is shorter."""
-    leaves = _computed_leaves(session)
-    if not 0 <= index < len(leaves):
-        raise IndexError(f"leaf {index} does not exist (log size {len(leaves)})")
-    return Leaf(index, leaves[index])
+    leaf = session.scalar(select(LeafRow.leaf).where(LeafRow.position == index))
+    if leaf is None or index < 0:
+        raise IndexError(f"leaf {index} does not exist (log size {log_size(session)})")
+    return Leaf(index, leaf.encode("ascii"))
 
 
 def root_at(session: Session, size: int) -> bytes:
     """``MTH`` of the first ``size`` leaves; ValueError if ``size`` exceeds the log."""
-    hashes = _hashes(session)
-    if not 0 <= size <= len(hashes):
-        raise ValueError(f"tree size {size} exceeds the log size {len(hashes)}")
-    return merkle.root_hash(hashes[:size])
+    n = log_size(session)
+    if not 0 <= size <= n:
+        raise ValueError(f"tree size {size} exceeds the log size {n}")
+    if size == 0:
+        return merkle.EMPTY_ROOT
+    return _range_hashes(session, [(0, size)])[0]
 
 
 def inclusion_proof_at(session: Session, index: int, size: int) -> list[bytes]:
     """RFC 9162 2.1.3.1 inclusion proof of leaf ``index`` in the tree of the first ``size``."""
-    hashes = _hashes(session)
-    if not 0 <= index < size <= len(hashes):
-        raise ValueError(f"no leaf {index} in a tree of size {size} (log size {len(hashes)})")
-    return merkle.inclusion_proof(hashes[:size], index)
+    n = log_size(session)
+    if not 0 <= index < size <= n:
+        raise ValueError(f"no leaf {index} in a tree of size {size} (log size {n})")
+    return _range_hashes(session, subtrees.inclusion_ranges(index, size))
 
 
 def consistency_proof_between(session: Session, old_size: int, new_size: int) -> list[bytes]:
     """RFC 9162 2.1.4.1 consistency proof from the tree of ``old_size`` to ``new_size``."""
-    hashes = _hashes(session)
-    if not 0 <= old_size <= new_size <= len(hashes):
-        raise ValueError(f"sizes {old_size} -> {new_size} do not fit the log size {len(hashes)}")
-    return merkle.consistency_proof(hashes[:new_size], old_size)
+    n = log_size(session)
+    if not 0 <= old_size <= new_size <= n:
+        raise ValueError(f"sizes {old_size} -> {new_size} do not fit the log size {n}")
+    return _range_hashes(session, subtrees.consistency_ranges(old_size, new_size))
 
 
 def find_protocol_leaf(session: Session, protocol_id: str, version: int) -> Leaf | None:
-    """The leaf recording the freeze of ``protocol_id`` version ``version``, if any."""
-    for index, leaf in enumerate(_computed_leaves(session)):
-        body = leaf_body(leaf)
-        if (
-            body["kind"] == "protocol"
-            and body["protocol_id"] == protocol_id
-            and body["version"] == version
-        ):
-            return Leaf(index, leaf)
+    """The leaf recording the freeze of ``protocol_id`` version ``version``, if any (the first,
+    by position, whose body names them)."""
+    rows = session.execute(
+        select(LeafRow.position, LeafRow.leaf)
+        .where(LeafRow.kind == "protocol")
+        .order_by(LeafRow.position)
+    )
+    for position, leaf in rows:
+        try:
+            body = leaf_body(leaf.encode("ascii"))
+        except ValueError:
+            continue  # an edited leaf: the audit names it
+        if body.get("protocol_id") == protocol_id and body.get("version") == version:
+            return Leaf(int(position), leaf.encode("ascii"))
     return None
 
 
 def log_head_session(session: Session) -> LogHead:
     """The head of the log in ``session``'s snapshot."""
-    hashes = _hashes(session)
-    return LogHead(len(hashes), merkle.root_hash(hashes))
+    n = log_size(session)
+    return LogHead(n, root_at(session, n))
 
 
 def log_head(ledger: Ledger) -> LogHead:
-    """The current head, computed in one read-only transaction (writes nothing)."""
+    """The current head, read in one read-only transaction (writes nothing)."""
     with ledger.read_session() as session:
         return log_head_session(session)

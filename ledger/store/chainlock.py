@@ -14,8 +14,12 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 
+def lock_key(table: str) -> int:
+    """The PostgreSQL advisory lock key of ``table``'s append lock."""
+    return zlib.crc32(f"docket:{table}".encode())
+
+
 def lock_chain(session: Session, table: str) -> None:
     """Hold the append lock of ``table`` until the current transaction ends."""
     if session.get_bind().dialect.name == "postgresql":
-        key = zlib.crc32(f"docket:{table}".encode())
-        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_key(table)})

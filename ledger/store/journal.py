@@ -52,7 +52,7 @@ from docketml.journal.markdown import parse_journal, render_journal
 from docketml.journal.schema import JournalEntry
 
 from ..errors import UserError
-from . import protocols
+from . import merkle_log, protocols
 from .chainlock import lock_chain
 from .models import MAX_ID, JournalEntryRow, ProtocolRow, RunRow, utcnow
 
@@ -233,6 +233,7 @@ def append_entry(
     )
     session.add(row)
     session.flush()
+    merkle_log.queue_leaf(session, "journal", row.id, merkle_log.chain_leaf("journal", row))
     return row
 
 

@@ -2,7 +2,7 @@
 
 The schema is created only by Alembic migrations (``migrations/``); these classes describe it.
 Append-only tables (frozen protocols, sign_checks, verdicts, costs, journal_entries,
-reproductions) are enforced by database triggers (``ledger/triggers.py``).
+reproductions, log_leaves, log_nodes) are enforced by database triggers (``ledger/triggers.py``).
 Money is stored as integer micro-dollars (``*_micros``), never as floats.
 """
 
@@ -265,3 +265,31 @@ class ReproductionRow(Base):
     passed: Mapped[bool] = mapped_column(Boolean)
     run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"), nullable=True)
     detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class LeafRow(Base):
+    """One leaf of the ledger's Merkle log (append-only, revision 0005): ``position`` 0.. with
+    no gaps, the record it stands for (``kind`` + ``record_id``, the id of that kind's row),
+    the canonical leaf bytes (ASCII JSON, ``ledger.integrity.leaves``) and their RFC 9162 leaf
+    hash (hex). Written only by ``ledger.store.merkle_log``."""
+
+    __tablename__ = "log_leaves"
+    __table_args__ = (UniqueConstraint("kind", "record_id", name="uq_log_leaves_record"),)
+
+    position: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    kind: Mapped[str] = mapped_column(String(16))
+    record_id: Mapped[int] = mapped_column(Integer)
+    leaf: Mapped[str] = mapped_column(Text)
+    leaf_hash: Mapped[str] = mapped_column(String(64))
+
+
+class NodeRow(Base):
+    """A complete perfect subtree of the Merkle log (append-only, revision 0005): the hash (hex)
+    of leaves ``idx * 2**level .. (idx + 1) * 2**level - 1``, ``level >= 1`` (level 0 is
+    ``log_leaves.leaf_hash``)."""
+
+    __tablename__ = "log_nodes"
+
+    level: Mapped[int] = mapped_column(SmallInteger, primary_key=True, autoincrement=False)
+    idx: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    hash: Mapped[str] = mapped_column(String(64))

@@ -23,6 +23,7 @@ from docketml.protocols.loader import LoadedProtocol, load_protocol_text
 from docketml.protocols.schema import Protocol
 
 from ..errors import CheckFailed, UserError
+from . import merkle_log
 from .models import ProtocolRow, SignCheckRow, utcnow
 
 
@@ -172,6 +173,7 @@ def store_sign_check(session: Session, row: ProtocolRow, report: dict[str, Any])
     )
     session.add(check)
     session.flush()
+    merkle_log.queue_leaf(session, "signcheck", check.id, merkle_log.signcheck_leaf(check))
     return check
 
 
@@ -204,6 +206,7 @@ def freeze(
     row.status = "frozen"
     row.frozen_at = utcnow()
     session.flush()
+    merkle_log.queue_leaf(session, "protocol", row.id, merkle_log.protocol_leaf(session, row))
     return row, report, True
 
 

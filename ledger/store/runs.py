@@ -24,6 +24,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from ..billing.hardware import HardwareCatalog
+from . import merkle_log
 from .db import env_seconds
 from .models import MetricRow, ObservationRow, RunRow, RunTextRow, utcnow
 
@@ -244,7 +245,35 @@ def complete_run(
             insert(RunTextRow.__table__),
             [{"run_id": run_id, "item": item, "text": text} for item, text in texts.items()],
         )
+    _queue_run_leaf(session, run_id, status, observations, metrics, texts)
     return True
+
+
+def _queue_run_leaf(
+    session: Session,
+    run_id: int,
+    status: str,
+    observations: Sequence[dict[str, Any]],
+    metrics: Sequence[dict[str, Any]],
+    texts: dict[str, str] | None,
+) -> None:
+    """Queue the run's Merkle-log leaf, its results digest computed from the values just written
+    (converted as they were written, so it equals :func:`merkle_log.run_results` re-read)."""
+    sha, job, seed = session.execute(
+        select(RunRow.protocol_sha256, RunRow.job, RunRow.seed).where(RunRow.id == run_id)
+    ).one()
+    results = merkle_log.results_sha256(
+        ((t[1], t[2], t[4], t[5], t[3]) for t in _observation_tuples(run_id, observations)),
+        (
+            (m["name"], float(m["value"]), m.get("ci_low"), m.get("ci_high"), m.get("step"))
+            for m in metrics
+        ),
+        (texts or {}).items(),
+    )
+    leaf = merkle_log.run_leaf(
+        run_id=run_id, protocol_sha256=sha, job=job, seed=seed, status=status, results=results
+    )
+    merkle_log.queue_leaf(session, "run", run_id, leaf)
 
 
 def reap_abandoned(
@@ -283,6 +312,7 @@ def reap_abandoned(
             if result.rowcount == 1:
                 session.refresh(run)
                 reaped.append(run)
+                merkle_log.queue_leaf(session, "run", run.id, merkle_log.run_leaf_of(session, run))
     if reaped:
         record_abandoned_costs(session, reaped, catalog)
     return reaped
