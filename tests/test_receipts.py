@@ -5,10 +5,10 @@ The receipt's inclusion proof is also checked with a verifier written here from 
 definition of RFC 9162 2.1.1/2.1.3 (not the library's iterative algorithm). Tampering is done as
 an attacker with the triggers dropped, on the rows the log's leaves are made of.
 
-COMPUTED-LOG DEPENDENT (see :func:`_drop_last_journal_row`, :func:`_rewrite_protocol_bound`): the
-interim log computes its leaves from ``protocols`` / ``journal_entries`` / ``costs`` rows, so
-deleting or rewriting those rows truncates or rewrites the log. Once the leaf table stores the
-leaves, these two helpers must tamper with the leaf table instead (the expected outcomes stay).
+The attacker of :func:`_drop_last_journal_row` and :func:`_rewrite_protocol_bound` is a careful
+one: besides the records, they rewrite the stored log itself (``log_leaves``, and every node of
+``log_nodes`` recomputed), so that nothing inside the ledger disagrees; only a head kept outside
+it can tell.
 """
 
 from __future__ import annotations
@@ -32,7 +32,9 @@ from docketml.ledger.integrity.sth import (
     sign_tree_head,
     verify_tree_head,
 )
+from docketml.ledger.store import merkle_log
 from docketml.ledger.store.db import Ledger, open_ledger
+from docketml.ledger.store.models import ProtocolRow, SignCheckRow
 from docketml.migrations.triggers import (
     GUARDS,
     create_guard_triggers,
@@ -157,27 +159,54 @@ def _restore(led: Ledger, tables: list[str]) -> None:
         create_guard_triggers(conn, [g for g in GUARDS if g.table in tables])
 
 
+LOG_TABLES = ["log_leaves", "log_nodes"]
+
+
+def _rebuild_nodes(led: Ledger) -> None:
+    """What a careful forger does after touching leaves: recompute every stored node (the hash of
+    each complete perfect subtree, level >= 1) from the stored leaf hashes."""
+    with led.engine.connect() as conn:
+        hashes = [
+            bytes.fromhex(h)
+            for (h,) in conn.execute(text("SELECT leaf_hash FROM log_leaves ORDER BY position"))
+        ]
+    rows, level, below = [], 1, hashes
+    while len(below) >= 2:
+        above = [_h(b"\x01" + below[i] + below[i + 1]) for i in range(0, len(below) - 1, 2)]
+        rows += [{"l": level, "i": i, "h": h.hex()} for i, h in enumerate(above)]
+        level, below = level + 1, above
+    with led.engine.begin() as conn:
+        conn.execute(text("DELETE FROM log_nodes"))
+        if rows:
+            conn.execute(text("INSERT INTO log_nodes (level, idx, hash) VALUES (:l, :i, :h)"), rows)
+
+
 def _drop_last_journal_row(url: str) -> None:
-    """COMPUTED-LOG DEPENDENT: truncate the log's tail by deleting the newest journal row (its
-    leaf is the last one), triggers dropped and restored."""
+    """Truncate the log's tail: delete the newest journal row and its leaf (the last one), rebuild
+    the nodes, triggers dropped and restored."""
     led = open_ledger(url)
     try:
-        _drop(led, ["journal_entries"])
+        _drop(led, ["journal_entries", *LOG_TABLES])
         with led.engine.begin() as conn:
-            conn.execute(
-                text(
-                    "DELETE FROM journal_entries WHERE seq = (SELECT MAX(seq) FROM journal_entries)"
-                )
-            )
-        _restore(led, ["journal_entries"])
+            (seq,) = conn.execute(text("SELECT MAX(seq) FROM journal_entries")).one()
+            (last,) = conn.execute(text("SELECT MAX(position) FROM log_leaves")).one()
+            kind = conn.execute(
+                text("SELECT kind FROM log_leaves WHERE position = :p"), {"p": last}
+            ).scalar()
+            assert kind == "journal"
+            conn.execute(text("DELETE FROM journal_entries WHERE seq = :s"), {"s": seq})
+            conn.execute(text("DELETE FROM log_leaves WHERE position = :p"), {"p": last})
+        _rebuild_nodes(led)
+        _restore(led, ["journal_entries", *LOG_TABLES])
     finally:
         led.engine.dispose()
 
 
 def _rewrite_protocol_bound(url: str, new_bound: str) -> str:
-    """COMPUTED-LOG DEPENDENT: the attack of issue 14 -- rewrite the frozen protocol's bound,
-    recompute its canonical JSON and sha256 (and the sign-check's sha256 so "frozen means
-    sign-checked" still holds), restore the triggers. Returns the new YAML."""
+    """The attack of issue 14 -- rewrite the frozen protocol's bound, recompute its canonical
+    JSON and sha256 (and the sign-check's sha256 so "frozen means sign-checked" still holds),
+    rewrite their two leaves in the documented format and every node, restore the triggers.
+    Returns the new YAML."""
     led = open_ledger(url)
     try:
         with led.engine.connect() as conn:
@@ -186,7 +215,7 @@ def _rewrite_protocol_bound(url: str, new_bound: str) -> str:
             ).one()
         forged = yaml_text.replace("bound: 0.6", f"bound: {new_bound}")
         loaded = load_protocol_text(forged)
-        _drop(led, ["protocols", "sign_checks"])
+        _drop(led, ["protocols", "sign_checks", *LOG_TABLES])
         with led.engine.begin() as conn:
             (old_sha,) = conn.execute(
                 text("SELECT sha256 FROM protocols WHERE protocol_id = 'receipted'")
@@ -202,7 +231,23 @@ def _rewrite_protocol_bound(url: str, new_bound: str) -> str:
                 text("UPDATE sign_checks SET protocol_sha256 = :s WHERE protocol_sha256 = :o"),
                 {"s": loaded.sha256, "o": old_sha},
             )
-        _restore(led, ["protocols", "sign_checks"])
+        with led.session() as session:
+            row = session.query(ProtocolRow).filter_by(protocol_id="receipted").one()
+            forged_leaves = {("protocol", row.id): merkle_log.protocol_leaf(session, row)}
+            for check in session.query(SignCheckRow).filter_by(protocol_sha256=loaded.sha256):
+                forged_leaves[("signcheck", check.id)] = merkle_log.signcheck_leaf(check)
+            session.rollback()
+        with led.engine.begin() as conn:
+            for (kind, rid), leaf in forged_leaves.items():
+                conn.execute(
+                    text(
+                        "UPDATE log_leaves SET leaf = :l, leaf_hash = :h "
+                        "WHERE kind = :k AND record_id = :r"
+                    ),
+                    {"l": leaf.decode(), "h": _h(b"\x00" + leaf).hex(), "k": kind, "r": rid},
+                )
+        _rebuild_nodes(led)
+        _restore(led, ["protocols", "sign_checks", *LOG_TABLES])
         return forged
     finally:
         led.engine.dispose()
@@ -218,7 +263,7 @@ def test_receipt_round_trip_verifies_offline(keyed, tmp_path: Path) -> None:  # 
     head = json.loads(keyed("log", "head", "--json").output)
     sth = receipt["sth"]
     assert (sth["tree_size"], sth["root_hash"]) == (head["tree_size"], head["root_hash"])
-    assert sth["tree_size"] == 2  # the freeze and the journal entry
+    assert sth["tree_size"] == 3  # the sign-check, the freeze and the journal entry
     pub = load_public_key(_pub(tmp_path).read_text())
     assert verify_tree_head(sth, pub)
     body = leaf_body(receipt["leaf"].encode("ascii"))
@@ -345,7 +390,10 @@ def test_tampered_receipts_are_rejected_with_the_reason(keyed, tmp_path: Path) -
     proof[0] = ("0" if proof[0][0] != "0" else "1") + proof[0][1:]
     rejected("proof", receipt | {"inclusion_proof": proof}, pub, {"inclusion"}, "inclusion")
     rejected("short-proof", receipt | {"inclusion_proof": []}, pub, {"inclusion"}, "cannot place")
-    rejected("index", receipt | {"leaf_index": 1}, pub, {"inclusion"}, "inclusion check failed")
+    sibling = receipt["leaf_index"] ^ 1  # same proof length, other side of the tree
+    rejected(
+        "index", receipt | {"leaf_index": sibling}, pub, {"inclusion"}, "inclusion check failed"
+    )
     # a modified leaf, still canonical: another freeze time
     body = leaf_body(receipt["leaf"].encode("ascii"))
     later = json.dumps(
@@ -373,7 +421,9 @@ def test_tampered_receipts_are_rejected_with_the_reason(keyed, tmp_path: Path) -
         "not a canonical leaf",
     )
     # a head whose size or root was edited: the signature no longer covers it
-    grown = receipt | {"sth": receipt["sth"] | {"tree_size": receipt["sth"]["tree_size"] + 1}}
+    # (+4: a size whose tree gives this leaf a longer path, so the proof no longer fits either;
+    # for some sizes a root does not bind the size, which is why the STH signs it)
+    grown = receipt | {"sth": receipt["sth"] | {"tree_size": receipt["sth"]["tree_size"] + 4}}
     rejected("size", grown, pub, {"inclusion", "signature"}, "does not verify")
 
 
@@ -439,16 +489,18 @@ def _head(docket, tmp_path: Path, name: str) -> Path:  # noqa: ANN001
 
 def test_log_consistency_after_appends_and_after_a_tail_truncation(keyed, tmp_path: Path) -> None:  # noqa: ANN001
     h2 = _head(keyed, tmp_path, "h2.json")
+    base = json.loads(h2.read_text())["tree_size"]
     assert keyed("cost", "add", "--hardware", "a40", "--usd", "0.18").exit_code == 0
     for title in ("a", "b", "c"):  # the last journal row is the last leaf
         assert keyed("journal", "add", "--title", title, "--obs", "o").exit_code == 0
     h6 = _head(keyed, tmp_path, "h6.json")
-    assert json.loads(h6.read_text())["tree_size"] == 6
+    size = base + 4
+    assert json.loads(h6.read_text())["tree_size"] == size
     for h in (h2, h6):
         res = keyed("log", "consistency", str(h), "--json")
         assert res.exit_code == 0, res.output
         data = json.loads(res.stdout)
-        assert data["ok"] and data["status"] == "consistent" and data["current_size"] == 6
+        assert data["ok"] and data["status"] == "consistent" and data["current_size"] == size
     assert keyed("log", "consistency", str(h2), "--public-key", str(_pub(tmp_path))).exit_code == 0
 
     # a kept head signed by another key proves nothing
@@ -469,12 +521,13 @@ def test_log_consistency_after_appends_and_after_a_tail_truncation(keyed, tmp_pa
     res = keyed("log", "consistency", str(_write(tmp_path, "junk.json", "[")))
     assert res.exit_code == 2 and "junk.json" in res.stderr and "not JSON" in res.stderr
 
-    _drop_last_journal_row(keyed.url)  # COMPUTED-LOG DEPENDENT (module docstring)
+    _drop_last_journal_row(keyed.url)
+    assert keyed("audit").exit_code == 0  # consistent with itself: only a kept head can tell
     res = keyed("log", "consistency", str(h6), "--json")
     assert res.exit_code == 3
     data = json.loads(res.stdout)
-    assert data["status"] == "truncated" and data["current_size"] == 5
-    assert "leaves 5..5 that it covered are gone (truncated)" in res.stderr
+    assert data["status"] == "truncated" and data["current_size"] == size - 1
+    assert f"leaves {size - 1}..{size - 1} that it covered are gone (truncated)" in res.stderr
     assert keyed("log", "consistency", str(h2)).exit_code == 0  # the prefix it signed is intact
 
     # two kept heads: the consistent one narrows where the damage starts
@@ -485,29 +538,33 @@ def test_log_consistency_after_appends_and_after_a_tail_truncation(keyed, tmp_pa
     assert report["checked"]["kept_heads"] == 2
     (finding,) = [f for f in report["findings"] if f["table"] == "log"]
     assert finding["row"] == str(h6)
-    assert "first bad leaf is in 2..5" in finding["problem"]
-    assert report["against"][1]["first_bad"] == 2 and report["against"][1]["last_bad"] == 5
+    assert f"first bad leaf is in {base}..{size - 1}" in finding["problem"]
+    assert report["against"][1]["first_bad"] == base
+    assert report["against"][1]["last_bad"] == size - 1
 
 
 def test_rewritten_frozen_protocol_is_found_against_kept_heads(keyed, tmp_path: Path) -> None:  # noqa: ANN001
     h2 = _head(keyed, tmp_path, "h2.json")
     assert keyed("journal", "add", "--title", "later", "--obs", "o").exit_code == 0
     h3 = _head(keyed, tmp_path, "h3.json")
+    n2, n3 = (json.loads(h.read_text())["tree_size"] for h in (h2, h3))
     clean = keyed("audit", "--against", str(h2), "--against", str(h3))
     assert clean.exit_code == 0, clean.output
     assert "kept head" in clean.output and "consistent" in clean.output
 
-    forged = _rewrite_protocol_bound(keyed.url, "0.05")  # COMPUTED-LOG DEPENDENT
+    forged = _rewrite_protocol_bound(keyed.url, "0.05")
+    assert keyed("audit").exit_code == 0  # consistent with itself: only a kept head can tell
     res = keyed("log", "consistency", str(h3), "--json")
     assert res.exit_code == 3
     assert json.loads(res.stdout)["status"] == "rewritten"
-    assert "the log no longer contains the first 3 leaves that head signed" in res.stderr
+    assert f"the log no longer contains the first {n3} leaves that head signed" in res.stderr
     res = keyed("audit", "--against", str(h2), "--against", str(h3), "--json")
     assert res.exit_code == 3
     report = json.loads(res.stdout)
     assert [h["status"] for h in report["against"]] == ["rewritten", "rewritten"]
     problems = [f["problem"] for f in report["findings"] if f["table"] == "log"]
-    assert len(problems) == 2 and all("0..1" in p or "0..2" in p for p in problems)
+    assert len(problems) == 2
+    assert all(f"0..{n2 - 1}" in p or f"0..{n3 - 1}" in p for p in problems), problems
     # a receipt made today proves the forged protocol, under a head that is not h3's, and the
     # original file no longer matches what the log holds
     _write(tmp_path, "forged.yaml", forged)
@@ -559,7 +616,10 @@ def test_verdict_records_its_head_without_making_a_look_a_verdict(
     assert head["sth"] is not None and verify_tree_head(head["sth"], pub)
     assert head["sth"]["root_hash"] == head["root_hash"] and head["unsigned"] is None
     shown = docket("verdict", "receipted")
-    assert f"log head: size {head['tree_size']}, root {head['root_hash'][:16]}" in shown.output
+    # a look: it sees the head after the verdict's own leaf
+    now = json.loads(docket("log", "head", "--json").output)
+    assert now["tree_size"] == head["tree_size"] + 1
+    assert f"log head: size {now['tree_size']}, root {now['root_hash'][:16]}" in shown.output
 
     led = open_ledger(docket.url)
     try:
@@ -571,7 +631,8 @@ def test_verdict_records_its_head_without_making_a_look_a_verdict(
         monkeypatch.setenv("DOCKET_SIGNING_KEY", str(tmp_path / "absent.pem"))  # no key now
         second = json.loads(docket("verdict", "receipted", "--json").output)
         assert second["recorded"] == "look" and second["verdict_id"] == first["verdict_id"]
-        assert second["log_head"]["tree_size"] == head["tree_size"] + 1
+        # the verdict's own leaf and the journal entry
+        assert second["log_head"]["tree_size"] == head["tree_size"] + 2
         assert second["log_head"]["sth"] is None and "absent.pem" in second["log_head"]["unsigned"]
         assert second["verdict_log_head"] == head
         with led.engine.connect() as conn:
