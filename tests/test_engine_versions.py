@@ -363,10 +363,15 @@ def test_audit_rederives_with_the_recorded_engine_and_flags_a_forked_one(
     finally:
         led.engine.dispose()
     by_row: dict[int, list[str]] = {}
+    no_leaf = "has no leaf in the Merkle log"
     for f in report.findings:
         assert f.table == "verdicts", f
         by_row.setdefault(f.row, []).append(f.problem)
-    assert legacy_id not in by_row and first.id not in by_row
+    # both rows went in behind the log's back, which the audit names; past that, the legacy
+    # row re-derives under engine 1 and only the forked one is wrong
+    assert all(any(no_leaf in p for p in by_row[r]) for r in (legacy_id, forked_id))
+    by_row = {r: [p for p in ps if no_leaf not in p] for r, ps in by_row.items()}
+    assert not by_row.get(legacy_id) and first.id not in by_row
     problems = by_row[forked_id]
     assert any("engine 2 but its protocol was frozen with engine 1" in p for p in problems)
     assert any("not re-derived bit for bit under engine 2" in p for p in problems)

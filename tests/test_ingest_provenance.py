@@ -192,7 +192,8 @@ def test_cost_add_run_links_into_the_chain_and_keeps_the_run_cost(docket, tmp_pa
     assert [(ln["run_id"], ln["job"]) for ln in lines] == [(run_id, "ingest")] * 2
     assert sum(ln["usd_micros"] for ln in lines) == run["cost_micros"]
     assert lines[1]["protocol"] == pid and lines[1]["label"] == "ingest"
-    assert docket("audit").exit_code == 0  # the cost chain still verifies
+    audited = docket("audit")
+    assert audited.exit_code == 0, audited.output  # the cost chain still verifies
 
     before = counts(docket.url)
     r = docket("cost", "add", "--run", "999", "--hardware", "a40", "--usd", "1")

@@ -27,7 +27,8 @@ from docketml.runners.jobs.poe import JOBS as POE_JOBS  # noqa: E402
 from docketml.runners.jobs.poe import _corpus_split  # noqa: E402
 from docketml.runners.jobs.poe_card_params import hf_checkpoint_dirs  # noqa: E402
 from docketml.runners.jobs.poe_concepts import JOBS as CONCEPT_JOBS  # noqa: E402
-from docketml.runners.models.greedy_checks import first_divergence, parse_concepts  # noqa: E402
+from docketml.runners.models.concepts import parse_concepts  # noqa: E402
+from docketml.runners.models.greedy_checks import first_divergence  # noqa: E402
 from docketml.runners.models.hf import HFModelError  # noqa: E402
 from docketml.runners.models.poe import BOS, PoELM, get_config, save_checkpoint  # noqa: E402
 

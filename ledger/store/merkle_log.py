@@ -132,6 +132,7 @@ def run_results(session: Session, run_id: int) -> tuple[str, int, int, int]:
         )
         .where(ObservationRow.run_id == run_id)
         .order_by(ObservationRow.id)
+        .execution_options(yield_per=50_000)  # bounded memory for a million-row ingest
     )
     metrics = session.execute(
         select(MetricRow.name, MetricRow.value, MetricRow.ci_low, MetricRow.ci_high, MetricRow.step)

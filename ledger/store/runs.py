@@ -253,15 +253,24 @@ def _queue_run_leaf(
     session: Session,
     run_id: int,
     status: str,
-    observations: Sequence[dict[str, Any]],
+    observations: Iterable[dict[str, Any]],
     metrics: Sequence[dict[str, Any]],
     texts: dict[str, str] | None,
 ) -> None:
     """Queue the run's Merkle-log leaf, its results digest computed from the values just written
-    (converted as they were written, so it equals :func:`merkle_log.run_results` re-read)."""
+    (converted as they were written, so it equals :func:`merkle_log.run_results` re-read). When
+    ``observations`` is a one-pass iterable (a streamed ingest), it has been consumed by the
+    insert, so the digest is :func:`merkle_log.run_results` of the rows just written."""
     sha, job, seed = session.execute(
         select(RunRow.protocol_sha256, RunRow.job, RunRow.seed).where(RunRow.id == run_id)
     ).one()
+    if not isinstance(observations, Sequence):
+        results = merkle_log.run_results(session, run_id)
+        leaf = merkle_log.run_leaf(
+            run_id=run_id, protocol_sha256=sha, job=job, seed=seed, status=status, results=results
+        )
+        merkle_log.queue_leaf(session, "run", run_id, leaf)
+        return
     results = merkle_log.results_sha256(
         ((t[1], t[2], t[4], t[5], t[3]) for t in _observation_tuples(run_id, observations)),
         (

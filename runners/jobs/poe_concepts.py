@@ -20,7 +20,7 @@ Model
     convention). Texts: ``pNNN`` -> ``prompt|cached continuation``.
 
 ``poe_concepts``
-    ``concepts`` (default :data:`~docketml.runners.models.greedy_checks.DEFAULT_CONCEPTS`): each
+    ``concepts`` (default :data:`~docketml.runners.models.concepts.DEFAULT_CONCEPTS`): each
     prompt is continued greedily (KV cache) for ``max_new_tokens`` tokens and graded by its
     expected strings. Per concept (group ``concepts``, item = its ``id``): signal
     ``concept_hit`` (1/0); texts ``id`` -> ``prompt|continuation``. Metrics: ``concept_accuracy``
@@ -42,16 +42,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..context import JobContext, JobFn, JobResult, MetricValue, Observation
+from ..models.concepts import Concept, parse_concepts, parse_prompts
 from ..models.greedy_checks import (
-    Concept,
     Decode,
     HFGreedy,
     builtin_decoder,
     builtin_encode,
     builtin_text,
     kv_identity,
-    parse_concepts,
-    parse_prompts,
 )
 from ..models.hf import HFModelError, is_hf_ref
 

@@ -36,7 +36,7 @@ from typing import Any
 
 from docketml.protocols.schema import JobSpec
 
-from ..models.greedy_checks import parse_concepts, parse_prompts
+from ..models.concepts import parse_concepts, parse_prompts
 from ..models.hf import HFModelError, check_boundaries, check_hf, hf_path, is_hf_ref
 
 ROUTER_SIGNAL_KINDS = frozenset({"probe"})
