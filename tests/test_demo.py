@@ -39,6 +39,10 @@ def test_demo_runs_every_step_with_its_expected_exit_code(tmp_path: Path) -> Non
         "verdict: " in out and "(primary hypothesis H1)" in out and "(primary hypothesis H3)" in out
     )
     assert "clean:" in out
+    # the reader's offline check of the freeze receipt, and the kept head still consistent
+    assert (directory / "receipt.json").exists() and (directory / "sth.json").exists()
+    assert "VERIFIED" in out and "UNTRUSTED" not in out
+    assert "consistent" in out
     assert "GPU $0.78" in out
     for protocol in ("router-entropy-metacog", "poe-self-speculative"):
         page = directory / "report" / protocol / "index.html"

@@ -4,7 +4,9 @@ Steps (each is a real ``docket`` command, run in-process against the demo ledger
 register both shipped protocols and the inverted example; show the sign-check refusing the
 inverted example; freeze both protocols; run every job of the routed study and of the PoE study
 with progress bars; print both verdicts; import the receipts' bill and print the bill; write a
-journal entry; run the audit; write the HTML report of both protocols.
+journal entry; run the audit; keep a signed tree head, make a receipt of the routed study's
+freeze and verify it as a reader would (offline), check the log against the kept head; write the
+HTML report of both protocols.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from rich.rule import Rule
 
 from docketml.protocols import LIBRARY
 
+from ..integrity.sth import signing_key_path
+
 MARKER = ".docket-demo"
 
 
@@ -36,6 +40,8 @@ def demo_steps(journal_file: Path) -> list[Step]:
     routed = str(LIBRARY / "router_entropy_metacog.yaml")
     poe = str(LIBRARY / "poe_self_speculative.yaml")
     inverted = str(LIBRARY / "examples" / "inverted_forgetting.yaml")
+    key = signing_key_path()  # `docket init` (the first step) creates it if there is none
+    public_key = key.with_name(key.stem + ".pub.pem")
     return [
         Step("Create the demo ledger", ["init"]),
         Step("Register the paper's pre-registration", ["protocol", "register", routed]),
@@ -74,7 +80,20 @@ def demo_steps(journal_file: Path) -> list[Step]:
             "Write a journal entry",
             ["journal", "add", "--protocol", "router-entropy-metacog", "--file", str(journal_file)],
         ),
-        Step("Audit every hash, chain and trigger", ["audit"]),
+        Step("Audit every hash, chain, trigger and log leaf", ["audit"]),
+        Step(
+            "Keep a signed tree head outside the ledger (commit it, put it in the paper)",
+            ["log", "head", "--out", "sth.json"],
+        ),
+        Step(
+            "A receipt of the routed study's freeze, for readers",
+            ["log", "receipt", "router-entropy-metacog", "--out", "receipt.json"],
+        ),
+        Step(
+            "A reader checks it offline: no ledger, only the YAML, the receipt and the public key",
+            ["verify", "receipt.json", "--protocol", routed, "--public-key", str(public_key)],
+        ),
+        Step("Today's log still extends the kept head", ["log", "consistency", "sth.json"]),
         Step(
             "HTML report of the routed study",
             ["report", "router-entropy-metacog", "--out", "report/router-entropy-metacog"],

@@ -127,29 +127,35 @@ def token_ids(stages: HFStages, text: str) -> tuple[list[int], int]:
     return ids, n_bytes
 
 
+def token_batches(
+    ids: list[int], seq_len: int, batch_size: int, device: Any = None
+) -> list[tuple[Tensor, Tensor]]:
+    """The hf windows of ``ids`` (the one definition, used by every hf PoE probe): inputs
+    ``t_i..t_{i+L-1}``, targets ``t_{i+1}..t_{i+L}`` for ``i = 0, L, 2L, ...``; full windows
+    ``batch_size`` to a batch, the shorter last window alone."""
+    data = torch.tensor(ids, dtype=torch.long)
+    n_full = (len(ids) - 1) // seq_len
+    out: list[tuple[Tensor, Tensor]] = []
+    for lo in range(0, n_full, batch_size):
+        starts = range(lo * seq_len, min(lo + batch_size, n_full) * seq_len, seq_len)
+        inputs = torch.stack([data[s : s + seq_len] for s in starts])
+        targets = torch.stack([data[s + 1 : s + seq_len + 1] for s in starts])
+        out.append((inputs.to(device), targets.to(device)))
+    tail = n_full * seq_len
+    if tail < len(ids) - 1:
+        out.append((data[tail:-1].view(1, -1).to(device), data[tail + 1 :].view(1, -1).to(device)))
+    return out
+
+
 @torch.inference_mode()
 def hf_position_stats(
     stages: HFStages, ids: list[int], seq_len: int, batch_size: int
 ) -> PositionStats:
-    """Per-target stats of every stage and PoE prefix over ``ids`` (windows as in the module
-    doc; full windows batched, the shorter last window alone)."""
-    data = torch.tensor(ids, dtype=torch.long)
-    n_full = (len(ids) - 1) // seq_len
+    """Per-target stats of every stage and PoE prefix over ``ids`` (:func:`token_batches`)."""
     parts: list[dict[str, Tensor]] = []
-
-    def run(inputs: Tensor, targets: Tensor) -> None:
-        logits, _ = stages.stage_logits(inputs.to(stages.device))
-        parts.append(window_stats(logits, targets.to(stages.device)))
-
-    for lo in range(0, n_full, batch_size):
-        starts = range(lo * seq_len, min(lo + batch_size, n_full) * seq_len, seq_len)
-        run(
-            torch.stack([data[s : s + seq_len] for s in starts]),
-            torch.stack([data[s + 1 : s + seq_len + 1] for s in starts]),
-        )
-    tail = n_full * seq_len
-    if tail < len(ids) - 1:
-        run(data[tail:-1].view(1, -1), data[tail + 1 :].view(1, -1))
+    for inputs, targets in token_batches(ids, seq_len, batch_size, stages.device):
+        logits, _ = stages.stage_logits(inputs)
+        parts.append(window_stats(logits, targets))
     return merge_stats(parts)
 
 

@@ -64,7 +64,7 @@ from ..models.poe_analysis import (
     wand_ranges,
 )
 from ..models.poe_decode import bits_per_byte
-from .hf_poe import token_ids
+from .hf_poe import token_batches, token_ids
 from .poe import _checkpoint_path, _corpus_split, _load, list_checkpoints
 from .poe_card_params import card_problems, default_probes, hf_checkpoint_dirs
 
@@ -157,23 +157,6 @@ def hf_parts(stages: HFStages) -> PartsFn:
         return base, delta
 
     return parts
-
-
-def token_batches(ids: list[int], seq_len: int, batch_size: int, device: Any) -> list[Batch]:
-    """hf windows: inputs ``t_i..t_{i+L-1}``, targets ``t_{i+1}..t_{i+L}``; full windows batched,
-    the shorter last window alone (as ``hf_poe.hf_position_stats``)."""
-    data = torch.tensor(ids, dtype=torch.long)
-    n_full = (len(ids) - 1) // seq_len
-    out: list[Batch] = []
-    for lo in range(0, n_full, batch_size):
-        starts = range(lo * seq_len, min(lo + batch_size, n_full) * seq_len, seq_len)
-        inputs = torch.stack([data[s : s + seq_len] for s in starts])
-        targets = torch.stack([data[s + 1 : s + seq_len + 1] for s in starts])
-        out.append((inputs.to(device), targets.to(device)))
-    tail = n_full * seq_len
-    if tail < len(ids) - 1:
-        out.append((data[tail:-1].view(1, -1).to(device), data[tail + 1 :].view(1, -1).to(device)))
-    return out
 
 
 # ------------------------------------------------------------------------------------- analysis
