@@ -24,6 +24,7 @@ def test_css_and_js_are_read_from_the_package_data_files() -> None:
 
 def test_pyproject_ships_the_assets() -> None:
     config = tomllib.loads((REPO / "pyproject.toml").read_text())
-    globs = config["tool"]["setuptools"]["package-data"]["docketml.ledger.report"]
-    shipped = {p.name for g in globs for p in (REPO / "ledger" / "report").glob(g)}
+    assert "docketml.ledger.report.assets" in config["tool"]["setuptools"]["packages"]
+    globs = config["tool"]["setuptools"]["package-data"]["docketml.ledger.report.assets"]
+    shipped = {p.name for g in globs for p in (REPO / "ledger" / "report" / "assets").glob(g)}
     assert {"report.css", "report.js"} <= shipped
