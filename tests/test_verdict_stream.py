@@ -85,6 +85,20 @@ def _rows(seed: int, *, conflict: bool = False, shift: float = 0.0) -> list[dict
 
 @pytest.fixture
 def runs(ledger):
+    return _seed_runs(ledger)
+
+
+@pytest.fixture
+def pg_runs(pg_schema_url: str):
+    """The same runs on PostgreSQL only (for the collation test: SQLite compares bytes)."""
+    from docketml.ledger.store.db import init_ledger
+
+    led = init_ledger(pg_schema_url)
+    yield _seed_runs(led)
+    led.engine.dispose()
+
+
+def _seed_runs(ledger):
     loaded = load_protocol_text(PROTOCOL, "stream.yaml")
     ids: dict[str, int] = {}
     with ledger.session() as s:
@@ -184,12 +198,11 @@ def test_verdict_and_audit_hash_match_reference(runs) -> None:
         assert recompute_inputs_sha256(s, vrow) == out["inputs_sha256"]
 
 
-def test_postgres_order_ignores_column_collation(runs) -> None:
+def test_postgres_order_ignores_column_collation(pg_runs) -> None:
     """With the text columns under an ICU (locale) collation, where 'a' < 'B' and 'é' < 'f',
     the stream still reads in code-point order (its ORDER BY says COLLATE "C")."""
-    ledger, ids = runs
-    if ledger.dialect != "postgresql":
-        pytest.skip("PostgreSQL only: SQLite compares text as bytes")
+    ledger, ids = pg_runs
+    assert ledger.dialect == "postgresql"
     from sqlalchemy import text
 
     with ledger.session() as s:
