@@ -694,3 +694,28 @@ def test_receipt_consistency_and_audit_against_write_nothing(keyed, tmp_path: Pa
         assert snapshot() == before, "a read-only command wrote to the ledger"
     finally:
         led.engine.dispose()
+
+
+def test_a_verdicts_recorded_head_catches_a_consistent_rewrite_before_it(verdicted) -> None:  # noqa: ANN001
+    """A verdict is a kept head inside the ledger: the careful forger of
+    :func:`_rewrite_protocol_bound` (records, leaves and every node rewritten, triggers restored)
+    is found by the audit alone once a verdict recorded a head covering the rewritten leaf; a
+    later leaf removed past the verdict's head is not blamed on the verdict."""
+    docket = verdicted
+    recorded = json.loads(docket("verdict", "receipted", "--json").output)
+    assert recorded["recorded"] == "verdict"
+    assert docket("journal", "add", "--title", "after", "--obs", "o").exit_code == 0
+    _drop_last_journal_row(docket.url)  # truncation after the verdict's head: not its finding
+    clean = json.loads(docket("audit", "--json").output)
+    assert not [f for f in clean["findings"] if f["table"] == "verdicts"], clean["findings"]
+    _rewrite_protocol_bound(docket.url, "0.05")
+    res = docket("audit", "--json")
+    assert res.exit_code == 3
+    heads = [
+        f
+        for f in json.loads(res.stdout)["findings"]
+        if f["table"] == "verdicts" and "the log before this verdict was rewritten" in f["problem"]
+    ]
+    assert [f["row"] for f in heads] == [recorded["verdict_id"]], heads
+    size = recorded["log_head"]["tree_size"]
+    assert f"of {size} leaves; the first {size} leaves now hash to" in heads[0]["problem"]

@@ -14,10 +14,15 @@
    its leaf.
 3. Every complete perfect subtree node is recomputed from the stored leaf hashes and compared
    with ``log_nodes`` (missing, different, or a node beyond the leaves).
+4. Every verdict's recorded head (``details_json["log_head"]``: ``tree_size``, ``root_hash``;
+   :mod:`.heads`) is a head of today's log: ``MTH`` of the first ``tree_size`` stored leaf hashes
+   equals the recorded root (one pass over the leaves with a :class:`.merkle.CompactRange`). A
+   verdict is a kept head inside the ledger: a rewrite or truncation before it is found unless
+   the forger also rewrote every later verdict's details and leaf.
 
-What it cannot see on its own: the leaf table and the nodes rewritten together, consistently
-(or its tail truncated). That is what a kept signed tree head is for: compare it with
-``consistency_proof_between`` (``merkle.verify_consistency``).
+What it cannot see on its own: the leaf table, the nodes and every verdict rewritten together,
+consistently (or its tail truncated after the last verdict). That is what a signed tree head kept
+outside the ledger is for (``docket audit --against``, ``docket log consistency``).
 """
 
 from __future__ import annotations
@@ -203,11 +208,51 @@ def _check_nodes(session: Session, hashes: list[bytes], audit: LeafAudit) -> Non
         )
 
 
+def _check_verdict_heads(session: Session, hashes: list[bytes], audit: LeafAudit) -> None:
+    """Check 4: each verdict's recorded head is a head of today's log."""
+    heads: list[tuple[int, int, str]] = []
+    for vid, details in session.execute(select(VerdictRow.id, VerdictRow.details_json)):
+        try:
+            head = json.loads(details).get("log_head")
+        except (ValueError, AttributeError):
+            continue  # the verdict's own checks report unreadable details
+        if isinstance(head, dict):
+            size, root = head.get("tree_size"), head.get("root_hash")
+            if isinstance(size, int) and not isinstance(size, bool) and isinstance(root, str):
+                heads.append((size, int(vid), root))
+    heads.sort()
+    acc = merkle.CompactRange()
+    for size, vid, root in heads:
+        if size > len(hashes):
+            audit.problems.append(
+                (
+                    "verdicts",
+                    vid,
+                    f"recorded the log head of {size} leaves, but the log has {len(hashes)}: "
+                    f"leaves {len(hashes)}..{size - 1} that it saw are gone (truncated)",
+                )
+            )
+            continue
+        while acc.size < size:
+            acc.append(hashes[acc.size])
+        if acc.root().hex() != root:
+            audit.problems.append(
+                (
+                    "verdicts",
+                    vid,
+                    f"recorded the log head {root[:16]}... of {size} leaves; the first {size} "
+                    f"leaves now hash to {acc.root().hex()[:16]}...: the log before this verdict "
+                    "was rewritten",
+                )
+            )
+
+
 def leaf_findings(session: Session) -> LeafAudit:
-    """Run checks 1-3 (module docstring) in ``session``; writes nothing."""
+    """Run checks 1-4 (module docstring) in ``session``; writes nothing."""
     audit = LeafAudit()
     hashes = _check_leaves(session, audit)
     _check_nodes(session, hashes, audit)
+    _check_verdict_heads(session, hashes, audit)
     audit.size = len(hashes)
     audit.root = merkle.root_hash(hashes).hex()
     return audit
