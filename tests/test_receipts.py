@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import text
+from test_merkle_log import _drop, _rebuild_nodes, _restore  # the careful forger's tools
 
 from docketml.ledger.integrity.leaves import leaf_body
 from docketml.ledger.integrity.sth import (
@@ -33,14 +34,8 @@ from docketml.ledger.integrity.sth import (
     verify_tree_head,
 )
 from docketml.ledger.store import merkle_log
-from docketml.ledger.store.db import Ledger, open_ledger
+from docketml.ledger.store.db import open_ledger
 from docketml.ledger.store.models import ProtocolRow, SignCheckRow
-from docketml.migrations.triggers import (
-    GUARDS,
-    create_guard_triggers,
-    create_triggers,
-    expected_triggers,
-)
 from docketml.protocols.loader import load_protocol_text
 
 STUDY = """\
@@ -143,42 +138,7 @@ def _verify(docket, receipt: Path, protocol: Path, key: Path | None, *extra: str
     return docket(*args)
 
 
-def _drop(led: Ledger, tables: list[str]) -> None:
-    with led.engine.begin() as conn:
-        for table in tables:
-            for name in expected_triggers(table, conn.dialect.name):
-                if conn.dialect.name == "sqlite":
-                    conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {name}")
-                else:
-                    conn.execute(text(f"DROP TRIGGER IF EXISTS {name} ON {table}"))
-
-
-def _restore(led: Ledger, tables: list[str]) -> None:
-    with led.engine.begin() as conn:
-        create_triggers(conn, tables)
-        create_guard_triggers(conn, [g for g in GUARDS if g.table in tables])
-
-
 LOG_TABLES = ["log_leaves", "log_nodes"]
-
-
-def _rebuild_nodes(led: Ledger) -> None:
-    """What a careful forger does after touching leaves: recompute every stored node (the hash of
-    each complete perfect subtree, level >= 1) from the stored leaf hashes."""
-    with led.engine.connect() as conn:
-        hashes = [
-            bytes.fromhex(h)
-            for (h,) in conn.execute(text("SELECT leaf_hash FROM log_leaves ORDER BY position"))
-        ]
-    rows, level, below = [], 1, hashes
-    while len(below) >= 2:
-        above = [_h(b"\x01" + below[i] + below[i + 1]) for i in range(0, len(below) - 1, 2)]
-        rows += [{"l": level, "i": i, "h": h.hex()} for i, h in enumerate(above)]
-        level, below = level + 1, above
-    with led.engine.begin() as conn:
-        conn.execute(text("DELETE FROM log_nodes"))
-        if rows:
-            conn.execute(text("INSERT INTO log_nodes (level, idx, hash) VALUES (:l, :i, :h)"), rows)
 
 
 def _drop_last_journal_row(url: str) -> None:

@@ -77,9 +77,11 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 }
 
 
-def load_stages(ctx: JobContext) -> HFStages:
-    """The job's :class:`HFStages`: checkpoint from ``model`` (or the heads file), boundaries
-    from ``boundaries`` (or the heads file), heads from the ``heads`` dependency (module doc)."""
+def stage_spec(ctx: JobContext) -> tuple[str, Any, Path | None]:
+    """``(model, boundaries, heads_path)`` of an hf PoE job (module doc): ``model`` and
+    ``boundaries`` from the job's params, else from the heads file of its ``heads`` dependency;
+    :class:`HFModelError` naming the field when neither gives them. The one reading of these
+    params (``load_stages`` and ``poe_card``'s checkpoint directories)."""
     knobs, where = ctx.knobs, f"job {ctx.job!r}"
     heads_ref = knobs.get("heads")
     heads_path: Path | None = None
@@ -104,7 +106,15 @@ def load_stages(ctx: JobContext) -> HFStages:
                 f"{where}: field 'boundaries' is required with model 'hf:...' (e.g. [3, 5, 7])"
             )
         boundaries = payload["boundaries"]
-    hf = load_hf(hf_path(str(model)), bool(knobs.get("trust_remote_code")), device=ctx.device)
+    return str(model), boundaries, heads_path
+
+
+def load_stages(ctx: JobContext, path: Path | None = None) -> HFStages:
+    """The job's :class:`HFStages` (:func:`stage_spec`), from ``path`` when given (one
+    checkpoint of a directory) else from the ``model`` param; heads loaded when declared."""
+    knobs, where = ctx.knobs, f"job {ctx.job!r}"
+    model, boundaries, heads_path = stage_spec(ctx)
+    hf = load_hf(path or hf_path(model), bool(knobs.get("trust_remote_code")), device=ctx.device)
     knobs.fire("trust_remote_code")
     knobs.fire("model")
     stages = HFStages(hf, boundaries, where)

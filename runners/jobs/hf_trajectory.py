@@ -28,11 +28,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..context import JobContext, JobResult, MetricValue, Observation
-from ..models.hf import HFModelError, hf_path, load_hf
-from ..models.hf_stages import HFStages
-from ..models.poe_decode import bits_per_byte
+from ..models.hf import HFModelError, hf_path
 from .hf_poe import PROBE_DEFAULTS, SPEC_DEFAULTS, hf_eval_stats, hf_speculative, load_stages
-from .poe import _ROUTE, _routing
+from .poe import _ROUTE, _routing, trajectory_values
 from .poe_card_params import hf_checkpoint_dirs
 from .poe_concepts import TRAJECTORY_DEFAULTS, checkpoint_probes, hf_target
 
@@ -91,33 +89,17 @@ def trajectory_hf(ctx: JobContext) -> JobResult:
     texts: dict[str, str] = {}
     records = []
     for done, (step, path) in enumerate(checkpoints):
-        hf = load_hf(path, bool(knobs.get("trust_remote_code")), device=ctx.device)
-        knobs.fire("trust_remote_code")
-        knobs.fire("model")
-        stages = HFStages(hf, boundaries, where)
-        knobs.fire("boundaries")
+        stages = load_stages(ctx, path)
         stats, n_bytes = hf_eval_stats(ctx, stages)
         spec, _, _, _ = hf_speculative(ctx, stages, report_progress=False)
         route = _routing(ctx, stages.depth_fraction(1), stats)
-        values = {
-            "bpb_full": bits_per_byte(stats.nll_prefix[-1], n_bytes),
-            "bpb_stage0": bits_per_byte(stats.nll_stage[0], n_bytes),
-            "acc_full": float(stats.correct_prefix[-1].double().mean()),
-            "acc_stage0": float(stats.correct_stage[0].double().mean()),
-            "alpha": spec["alpha"],
-            "speedup": spec["speedup_total"],
-            "cpu_speedup": spec["cpu_speedup_total"],
-            "projected_speedup": spec["projected_speedup"],
-            "identical_rate": spec["identical_rate"],
-            "routed_fraction": route.routed_fraction,
-            "routing_projected_speedup": route.projected_speedup,
-        }
+        values = trajectory_values(stats, spec, route, n_bytes)
         metrics.extend(MetricValue(name, value, step=step) for name, value in values.items())
         more, obs, more_texts = checkpoint_probes(ctx, hf_target(stages), step)
         metrics.extend(more)
         observations.extend(obs)
         texts.update(more_texts)
-        records.append({"step": step, "path": str(path), "sha256": hf.sha256})
+        records.append({"step": step, "path": str(path), "sha256": stages.hf.sha256})
         ctx.progress(done + 1, len(checkpoints), "poe_trajectory")
     extra = {
         "checkpoints": records,

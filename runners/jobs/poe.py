@@ -625,6 +625,27 @@ def list_checkpoints(final_checkpoint: Path) -> list[tuple[int, Path]]:
     return found
 
 
+def trajectory_values(
+    stats: PositionStats, spec: dict[str, Any], route: Any, n_bytes: int | None = None
+) -> dict[str, float]:
+    """One checkpoint's ``poe_trajectory`` metrics (built-in and hf alike): BPB and top-1 of the
+    full PoE and of stage 0 (``n_bytes``: the evaluated text's UTF-8 bytes; default one byte per
+    token), the speculative run's alpha / speedups / identity, and routing at the cap."""
+    return {
+        "bpb_full": bits_per_byte(stats.nll_prefix[-1], n_bytes),
+        "bpb_stage0": bits_per_byte(stats.nll_stage[0], n_bytes),
+        "acc_full": float(stats.correct_prefix[-1].double().mean()),
+        "acc_stage0": float(stats.correct_stage[0].double().mean()),
+        "alpha": spec["alpha"],
+        "speedup": spec["speedup_total"],
+        "cpu_speedup": spec["cpu_speedup_total"],
+        "projected_speedup": spec["projected_speedup"],
+        "identical_rate": spec["identical_rate"],
+        "routed_fraction": route.routed_fraction,
+        "routing_projected_speedup": route.projected_speedup,
+    }
+
+
 def run_trajectory(ctx: JobContext) -> JobResult:
     """``poe_trajectory``: probes on every checkpoint of the training dependency, one row per
     checkpoint and metric (bpb_full, bpb_stage0, acc_full, alpha, speedup, routed_fraction, ...),
@@ -650,19 +671,7 @@ def run_trajectory(ctx: JobContext) -> JobResult:
         stats = _eval_stats(ctx, model)
         spec, _, _ = _speculative(ctx, model, report_progress=False)
         route = _routing(ctx, model.cfg.depth_fraction(1), stats)
-        values = {
-            "bpb_full": bits_per_byte(stats.nll_prefix[-1]),
-            "bpb_stage0": bits_per_byte(stats.nll_stage[0]),
-            "acc_full": float(stats.correct_prefix[-1].double().mean()),
-            "acc_stage0": float(stats.correct_stage[0].double().mean()),
-            "alpha": spec["alpha"],
-            "speedup": spec["speedup_total"],
-            "cpu_speedup": spec["cpu_speedup_total"],
-            "projected_speedup": spec["projected_speedup"],
-            "identical_rate": spec["identical_rate"],
-            "routed_fraction": route.routed_fraction,
-            "routing_projected_speedup": route.projected_speedup,
-        }
+        values = trajectory_values(stats, spec, route)
         metrics.extend(MetricValue(name, value, step=step) for name, value in values.items())
         more, obs, more_texts = checkpoint_probes(ctx, builtin_target(model), step)
         metrics.extend(more)

@@ -48,8 +48,8 @@ import torch
 from torch import Tensor
 
 from ..context import JobContext, JobFn, JobResult, MetricValue
-from ..models.hf import HFModelError, hf_path, is_hf_ref, load_hf
-from ..models.hf_stages import HFStages, read_heads
+from ..models.hf import HFModelError, hf_path, is_hf_ref
+from ..models.hf_stages import HFStages
 from ..models.poe import BOS, PoELM, poe_log_probs, rms_norm
 from ..models.poe_analysis import (
     cumulative_poe,
@@ -64,7 +64,7 @@ from ..models.poe_analysis import (
     wand_ranges,
 )
 from ..models.poe_decode import bits_per_byte
-from .hf_poe import token_batches, token_ids
+from .hf_poe import load_stages, stage_spec, token_batches, token_ids
 from .poe import _checkpoint_path, _corpus_split, _load, list_checkpoints
 from .poe_card_params import card_problems, default_probes, hf_checkpoint_dirs
 
@@ -278,31 +278,9 @@ def _builtin_checkpoints(ctx: JobContext) -> list[Callable[[], Stages]]:
 
 
 def _hf_checkpoints(ctx: JobContext) -> list[Callable[[], Stages]]:
-    knobs, where = ctx.knobs, f"job {ctx.job!r}"
-    heads_ref = knobs.get("heads")
-    payload: dict[str, Any] = {}
-    heads_path: Path | None = None
-    if heads_ref is not None:
-        if heads_ref not in ctx.inputs:
-            raise HFModelError(
-                f"{where}: field 'heads' is {heads_ref!r}, not a dependency with a checkpoint "
-                f"(have {sorted(ctx.inputs)}); list the poe_train_heads job under after:"
-            )
-        heads_path = Path(ctx.inputs[heads_ref])
-        payload = read_heads(heads_path)
-    model = knobs.get("model")
-    if model is None and payload:
-        model = f"hf:{payload['model_path']}"
-    if not is_hf_ref(model):
-        raise HFModelError(f"{where}: field 'model' must be 'hf:PATH' (got {model!r})")
-    boundaries = knobs.get("boundaries")
-    if boundaries is None:
-        if not payload:
-            raise HFModelError(
-                f"{where}: field 'boundaries' is required with model 'hf:...' (e.g. [3, 5, 7])"
-            )
-        boundaries = payload["boundaries"]
-    dirs = hf_checkpoint_dirs(hf_path(str(model)))
+    where = f"job {ctx.job!r}"
+    model, _, heads_path = stage_spec(ctx)
+    dirs = hf_checkpoint_dirs(hf_path(model))
     if heads_path is not None and len(dirs) > 1:
         raise HFModelError(
             f"{where}: field 'heads' binds stage heads to one checkpoint; field 'model' names a "
@@ -310,14 +288,7 @@ def _hf_checkpoints(ctx: JobContext) -> list[Callable[[], Stages]]:
         )
 
     def loader(step: int, path: Path) -> Stages:
-        hf = load_hf(path, bool(knobs.get("trust_remote_code")), device=ctx.device)
-        knobs.fire("trust_remote_code")
-        knobs.fire("model")
-        stages = HFStages(hf, boundaries, where)
-        knobs.fire("boundaries")
-        if heads_path is not None:
-            stages.load_heads(heads_path)
-            knobs.fire("heads")
+        stages = load_stages(ctx, path)
         return Stages(
             step=step,
             n_stages=stages.n_stages,
