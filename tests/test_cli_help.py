@@ -48,6 +48,44 @@ def test_no_group_help_truncates_a_command_summary(width: int) -> None:
             assert not line.rstrip().endswith("..."), f"docket {' '.join(path)} --help: {line!r}"
 
 
+def test_the_lazy_registry_names_every_command_as_it_calls_itself() -> None:
+    """``COMMANDS`` (name -> module, attribute) and the commands' own click names agree, so
+    ``docket NAME`` runs the command the listing promises."""
+    from docketml.ledger.cli.main import COMMANDS
+
+    assert set(cli.commands) == set(COMMANDS)
+    for name, command in cli.commands.items():
+        assert command.name == name, (name, command.name)
+
+
+def test_root_help_loads_no_command_module() -> None:
+    """``docket --help`` lists every command from HELP without importing SQLAlchemy, SciPy,
+    torch or any command module (a subprocess: this test process has them all loaded)."""
+    code = (
+        "import json, sys\n"
+        "from docketml.ledger.cli.main import main\n"
+        "try:\n"
+        "    main(['--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "heavy = ('sqlalchemy', 'alembic', 'scipy', 'torch', 'docketml.ledger.cli.')\n"
+        "bad = sorted(m for m in sys.modules if m.startswith(heavy))\n"
+        "root = ('docketml.ledger.cli.main', 'docketml.ledger.cli.common',"
+        " 'docketml.ledger.cli.examples')\n"
+        "bad = [m for m in bad if m not in root]\n"
+        "print(json.dumps(bad), file=sys.stderr)\n"
+    )
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert json.loads(done.stderr.strip().splitlines()[-1]) == [], done.stderr
+    listed = done.stdout.split("\nCommands:\n", 1)[1]
+    for name in cli.commands:
+        assert f"  {name} " in listed, name
+
+
 def test_summaries_are_short_and_cover_every_command() -> None:
     paths = {" ".join(p) for p, _ in COMMANDS}
     assert paths <= set(HELP), f"commands without a summary/example: {sorted(paths - set(HELP))}"

@@ -17,7 +17,7 @@ from sqlalchemy import MetaData, create_engine, select, text
 from docketml.ledger.billing.hardware import HardwareConfigError, load_catalog
 from docketml.ledger.billing.money import MAX_MICROS, usd_to_micros
 from docketml.ledger.store.db import init_ledger
-from docketml.ledger.store.models import MAX_ID
+from docketml.ledger.store.limits import MAX_ID
 
 SYNTH = [{"name": "synth", "kind": "synthetic", "hardware": "a40"}]
 

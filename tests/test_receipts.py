@@ -295,6 +295,36 @@ def test_verify_receipt_imports_no_ledger_store(keyed, tmp_path: Path) -> None: 
     assert json.loads(done.stdout) == {"ok": True, "bad": []}
 
 
+def test_the_verify_command_imports_no_store_and_no_scipy(keyed, tmp_path: Path) -> None:  # noqa: ANN001
+    """``docket verify`` through the real CLI entry point: the reader's command loads neither
+    the store (SQLAlchemy, Alembic, a driver) nor the statistics (SciPy) nor torch."""
+    _receipt(keyed, tmp_path)
+    args = [
+        "verify",
+        str(tmp_path / "receipt.json"),
+        "--protocol",
+        str(tmp_path / "receipted.yaml"),
+        "--public-key",
+        str(_pub(tmp_path)),
+    ]
+    code = (
+        "import json, sys\n"
+        "from docketml.ledger.cli.main import main\n"
+        "try:\n"
+        f"    main({args!r})\n"
+        "except SystemExit as e:\n"
+        "    status = e.code\n"
+        "heavy = ('sqlalchemy', 'alembic', 'psycopg', 'scipy', 'torch',"
+        " 'docketml.ledger.store.db')\n"
+        "bad = sorted({m.split('.')[0] for m in sys.modules if m.startswith(heavy)})\n"
+        "print(json.dumps({'status': status, 'bad': bad}), file=sys.stderr)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    report = json.loads(done.stderr.strip().splitlines()[-1])
+    assert report == {"status": 0, "bad": []}, done.stdout + done.stderr
+    assert "VERIFIED" in done.stdout
+
+
 def test_tampered_receipts_are_rejected_with_the_reason(keyed, tmp_path: Path) -> None:  # noqa: ANN001
     receipt = _receipt(keyed, tmp_path)
     good = tmp_path / "receipted.yaml"

@@ -10,13 +10,12 @@ import stat
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-from sqlalchemy.exc import DBAPIError, OperationalError
 
 from docketml.protocols.errors import ProtocolErrors
 
@@ -28,17 +27,14 @@ from ..errors import (
     LedgerBusy,
     UserError,
 )
-from ..store.db import (
-    Ledger,
-    LedgerError,
-    describe_url,
-    environment_problem,
-    is_lock_timeout,
-    lock_timeout_error,
-    open_ledger,
-    resolve_url,
-)
-from ..store.models import MAX_ID
+from ..store.limits import MAX_ID
+
+if TYPE_CHECKING:
+    from ..store.db import Ledger
+
+# The store (SQLAlchemy, Alembic: about a second to import) is imported when a command opens a
+# ledger, not here: ``docket --help``, ``docket verify`` and ``docket protocol validate`` never
+# need it.
 
 
 def _fail(messages: Sequence[str], code: int) -> None:
@@ -55,7 +51,7 @@ class DocketGroup(click.Group):
             return super().invoke(ctx)
         except ProtocolErrors as exc:
             _fail([str(e) for e in exc.errors], 2)
-        except (UserError, LedgerError) as exc:
+        except UserError as exc:
             _fail([f"docket: {exc}"], 2)
         except CheckFailed as exc:
             _fail([f"docket: {exc}"] if str(exc) else [], 1)
@@ -65,7 +61,21 @@ class DocketGroup(click.Group):
             _fail([f"docket: {exc}"], LedgerBusy.exit_code)
         except EnvironmentRefused as exc:
             _fail([f"docket: {exc}"], EnvironmentRefused.exit_code)
-        except (OperationalError, DBAPIError) as exc:
+        except DocketError as exc:  # the store's LedgerError (bad URL, unreachable, revision)
+            if not _is_ledger_error(exc):
+                raise
+            _fail([f"docket: {exc}"], 2)
+        except Exception as exc:
+            if not _is_database_error(exc):
+                raise
+            from ..store.db import (
+                describe_url,
+                environment_problem,
+                is_lock_timeout,
+                lock_timeout_error,
+                resolve_url,
+            )
+
             env = ctx.find_object(Env)
             url = resolve_url(env.db_url if env else None)
             if is_lock_timeout(exc):
@@ -79,6 +89,20 @@ class DocketGroup(click.Group):
             _fail([f"docket: database error at {where}: {first}"], 2)
 
 
+def _is_ledger_error(exc: BaseException) -> bool:
+    """True for the store's :class:`~ledger.store.db.LedgerError` (exit 2). If the store was
+    never imported, nothing can have raised one."""
+    db = sys.modules.get("docketml.ledger.store.db")
+    return db is not None and isinstance(exc, db.LedgerError)
+
+
+def _is_database_error(exc: BaseException) -> bool:
+    """True for SQLAlchemy's ``OperationalError`` / ``DBAPIError`` (the driver's own failure,
+    mapped to exit 2, 4 or 75 below). Without SQLAlchemy imported there is none."""
+    sa_exc = sys.modules.get("sqlalchemy.exc")
+    return sa_exc is not None and isinstance(exc, (sa_exc.OperationalError, sa_exc.DBAPIError))
+
+
 class Env:
     """Per-invocation state: the ledger URL and a lazily opened ledger."""
 
@@ -88,6 +112,8 @@ class Env:
 
     def ledger(self) -> Ledger:
         if self._ledger is None:
+            from ..store.db import open_ledger
+
             self._ledger = open_ledger(self.db_url)
         return self._ledger
 
@@ -97,7 +123,7 @@ pass_env = click.make_pass_decorator(Env)
 
 class LedgerIdType(click.ParamType):
     """A row id, seq or version given on the command line: an integer in ``1..MAX_ID``
-    (:data:`ledger.store.models.MAX_ID`, what both backends can store). Anything else is a
+    (:data:`ledger.store.limits.MAX_ID`, what both backends can store). Anything else is a
     usage error (exit 2) naming the bound, before the database is asked."""
 
     name = "integer"

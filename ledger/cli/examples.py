@@ -237,9 +237,11 @@ def walk_commands(
             yield from walk_commands(command.commands[name], (*path, name))
 
 
-def apply_help(root: click.Command) -> None:
-    """Set every command's summary and append its example (module docstring)."""
-    for path, command in walk_commands(root):
+def apply_help(root: click.Command, path: tuple[str, ...] = (), *, recurse: bool = True) -> None:
+    """Set the summary of ``root`` (at ``path`` in the tree) and of every command under it
+    (only ``root`` itself with ``recurse=False``) and append its example (module docstring)."""
+    tree = walk_commands(root, path) if recurse else iter([(path, root)])
+    for path, command in tree:
         entry = HELP.get(" ".join(path))
         if entry is None:
             continue

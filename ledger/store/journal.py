@@ -54,7 +54,8 @@ from docketml.journal.schema import JournalEntry
 from ..errors import UserError
 from . import merkle_log, protocols
 from .chainlock import lock_chain
-from .models import MAX_ID, JournalEntryRow, ProtocolRow, RunRow, utcnow
+from .limits import MAX_ID
+from .models import JournalEntryRow, ProtocolRow, RunRow, utcnow
 
 __all__ = [
     "ImportResult",

@@ -62,11 +62,6 @@ class Base(DeclarativeBase):
 
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
-#: The largest id / seq / version a row can have on both backends: they are ``Integer``
-#: columns, 32-bit on PostgreSQL (SQLite's 64-bit integer is wider). The one bound every id a
-#: user gives is checked against (``ledger.cli.common.LEDGER_ID``).
-MAX_ID = 2**31 - 1
-
 
 class ProtocolRow(Base):
     """One version of a protocol. ``status`` is ``registered`` or ``frozen``; frozen rows are
