@@ -86,3 +86,51 @@ def test_verdict_reproduce_and_store_read_the_same_row(docket, tmp_path: Path) -
             assert load_payload(s, [run_id]).metrics["acc"][0] == 0.90
     finally:
         led.engine.dispose()
+
+
+def test_load_payload_merges_in_the_given_run_order_and_filters_signals(
+    docket, tmp_path: Path
+) -> None:
+    """The report's reader: runs merge in the order given (a later run overrides an earlier
+    one, whatever their ids), and ``signals`` reads only those signals."""
+    (tmp_path / "p.yaml").write_text(PROTOCOL, encoding="utf-8")
+    for args in (("protocol", "register", "p.yaml"), ("protocol", "freeze", "metric-rows")):
+        result = docket(*args)
+        assert result.exit_code == 0, result.output
+    led = open_ledger(docket.url)
+    try:
+        run_ids = []
+        with led.session() as s:
+            row = protocols.latest_frozen(s, "metric-rows")
+            for value in (0.1, 0.2):
+                run = create_run(
+                    s,
+                    protocol_pk=row.id,
+                    protocol_sha256=row.sha256,
+                    job="train",
+                    kind="sleep",
+                    config={},
+                )
+                start_run(s, run.id, worker="test")
+                observations = [
+                    {"group": "g", "item": "i1", "label": 1, "signal": sig, "value": value + off}
+                    for sig, off in (("a", 0.0), ("b", 10.0))
+                ]
+                if value == 0.1:
+                    observations.append(
+                        {"group": "g", "item": "i2", "label": 0, "signal": "a", "value": 5.0}
+                    )
+                complete_run(s, run.id, status="succeeded", observations=observations)
+                run_ids.append(run.id)
+        first, second = run_ids
+        with led.session() as s:
+            forward = load_payload(s, [first, second]).observations
+            backward = load_payload(s, [second, first]).observations
+            only_a = load_payload(s, [second, first], signals=["a"]).observations
+        assert forward[("g", "i1", "a")] == (1, 0.2) and forward[("g", "i1", "b")] == (1, 10.2)
+        assert backward[("g", "i1", "a")] == (1, 0.1) and backward[("g", "i1", "b")] == (1, 10.1)
+        assert forward[("g", "i2", "a")] == backward[("g", "i2", "a")] == (0, 5.0)
+        assert only_a == {k: v for k, v in backward.items() if k[2] == "a"}
+        assert len(only_a) == 2
+    finally:
+        led.engine.dispose()

@@ -339,11 +339,11 @@ def _when(value: Any) -> str:
 Samples = dict[str, tuple[list[str], dict[str, int | None], dict[str, dict[str, float]]]]
 
 
-def _group_samples(session: Session, run_ids: Sequence[int]) -> Samples:
-    """Per group: items, label per item, and per signal the finite value per item, merged over
-    ``run_ids`` by the store's one merge rule
-    (:func:`docketml.ledger.store.results.load_payload`)."""
-    payload = load_payload(session, list(run_ids))
+def _group_samples(session: Session, run_ids: Sequence[int], signals: Sequence[str]) -> Samples:
+    """Per group: items, label per item, and per signal of ``signals`` the finite value per item,
+    merged over ``run_ids`` by the store's one merge rule
+    (:func:`docketml.ledger.store.results.load_payload`; only those signals are read)."""
+    payload = load_payload(session, list(run_ids), signals)
     out: Samples = {}
     for (group, item, signal), (label, value) in payload.observations.items():
         items, labels, values = out.setdefault(group, ([], {}, {}))
@@ -410,7 +410,8 @@ def _roc_groups(
             continue
         hv = vh.get(hyp.id, {})
         run_ids = [int(r) for r in hv.get("runs", []) or []]
-        samples = _group_samples(session, run_ids) if run_ids else {}
+        wanted = [*rule.candidates, *protocol.baselines_for(rule)]
+        samples = _group_samples(session, run_ids, wanted) if run_ids else {}
         rows_by_group: dict[str, list[dict[str, Any]]] = {}
         for grow in hv.get("groups", []) or []:
             rows_by_group.setdefault(str(grow.get("group")), []).append(grow)

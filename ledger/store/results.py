@@ -31,12 +31,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import case, select
 from sqlalchemy.orm import Session
 
 from .models import MetricRow, ObservationRow
@@ -88,17 +88,21 @@ class SourcePayload:
     metrics: dict[str, tuple[float, float | None, float | None]]
 
 
-def load_payload(session: Session, run_ids: Sequence[int]) -> SourcePayload:
+def load_payload(
+    session: Session, run_ids: Sequence[int], signals: Collection[str] | None = None
+) -> SourcePayload:
     """Observations and effective metrics of ``run_ids`` merged in the given order (a later run
-    overrides an earlier one)."""
+    overrides an earlier one; within a run a later row overrides an earlier one). ``signals``
+    limits the observations read to those signals (the database filters them; the metrics are
+    all read). Rows are streamed in merge order (run position, then id), so memory is the merged
+    result, not the rows read."""
     order = {rid: i for i, rid in enumerate(run_ids)}
     obs: dict[tuple[str, str, str], tuple[int | None, float]] = {}
     mets: dict[str, tuple[float, float | None, float | None]] = {}
     if not run_ids:
         return SourcePayload([], obs, mets)
-    rows = session.execute(
+    query = (
         select(
-            ObservationRow.run_id,
             ObservationRow.group,
             ObservationRow.item,
             ObservationRow.signal,
@@ -106,9 +110,13 @@ def load_payload(session: Session, run_ids: Sequence[int]) -> SourcePayload:
             ObservationRow.value,
         )
         .where(ObservationRow.run_id.in_(list(run_ids)))
-        .order_by(ObservationRow.id)
-    ).all()
-    for _run, group, item, signal, label, value in sorted(rows, key=lambda r: order[r[0]]):
+        .order_by(case(order, value=ObservationRow.run_id), ObservationRow.id)
+    )
+    if signals is not None:
+        query = query.where(ObservationRow.signal.in_(sorted(set(signals))))
+    for group, item, signal, label, value in session.execute(
+        query.execution_options(yield_per=50_000)
+    ):
         obs[(group, item, signal)] = (label, float(value))
     mrows = session.execute(
         select(
