@@ -265,21 +265,27 @@ class InputsHasher:
         """One block: aligned sequences (numpy arrays or lists) of one group's effective
         observations; ``values`` float. Each row is written as ``json.dumps`` writes
         ``[group, item, signal, label, repr(value)]`` (``encode_basestring`` is the encoder's
-        own string function), assembled by slice assignment so no per-row Python code runs."""
+        own string function), assembled by slice assignment (per row: item, signal, label,
+        value, separator) so no per-row Python code runs."""
         n = len(values)
         if not n:
             return
-        listed = [x.tolist() if hasattr(x, "tolist") else list(x) for x in (items, signals, labels)]
-        vals = values.tolist() if hasattr(values, "tolist") else list(values)
-        keys = list(zip(listed[1], listed[2], strict=True))
-        mid = {k: f',{encode_basestring(k[0])},{_dumps(k[1])},"' for k in set(keys)}
+
+        def listed(x: Any) -> list[Any]:
+            return x.tolist() if hasattr(x, "tolist") else list(x)
+
+        sig_list, lab_list = listed(signals), listed(labels)
+        sig_piece = {sig: f",{encode_basestring(sig)}," for sig in set(sig_list)}
+        lab_piece = {lab: f'{_dumps(lab)},"' for lab in set(lab_list)}
+        head = f"[{encode_basestring(group)},"
+        sep = '"],' + head  # closes a row and opens the next
         pieces: list[str | None] = [None] * (5 * n)
-        pieces[0::5] = [f"[{encode_basestring(group)},"] * n
-        pieces[1::5] = map(encode_basestring, listed[0])
-        pieces[2::5] = map(mid.__getitem__, keys)
-        pieces[3::5] = map(repr, vals)
-        pieces[4::5] = ['"],'] * n
-        text = "".join(pieces)[:-1]  # type: ignore[arg-type]
+        pieces[0::5] = map(encode_basestring, listed(items))
+        pieces[1::5] = map(sig_piece.__getitem__, sig_list)
+        pieces[2::5] = map(lab_piece.__getitem__, lab_list)
+        pieces[3::5] = map(repr, listed(values))
+        pieces[4::5] = [sep] * n
+        text = head + "".join(pieces)[: 2 - len(sep)]  # type: ignore[arg-type]
         self._feed(text if not self._rows else "," + text)
         self._rows += n
 

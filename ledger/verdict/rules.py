@@ -307,10 +307,10 @@ class _Contest:
 
 
 def _contest(
-    protocol: Protocol, src: SourceData, group: str, signals: Sequence[str]
+    protocol: Protocol, src: SourceData, group: str, signals: Sequence[str], *, keys: bool = True
 ) -> _Contest | list[str]:
     """Positives/negatives of one contest group, oriented; or the sentences naming what is
-    missing."""
+    missing. ``keys=False``: the result's ``keys`` stay empty (no tuple per item)."""
     labels = protocol.labels
     assert labels is not None
     sign = np.array([_orient(protocol, s) for s in signals])[:, None]
@@ -332,8 +332,12 @@ def _contest(
             return problems
         pos = np.stack([gp.values[s] for s in signals]) * sign
         neg = np.stack([gr.values[s] for s in signals]) * sign
-        keys = tuple((group, i, 1) for i in gp.items) + tuple((ref, i, 0) for i in gr.items)
-        return _Contest(pos, neg, keys)
+        both_keys = (
+            tuple((group, i, 1) for i in gp.items) + tuple((ref, i, 0) for i in gr.items)
+            if keys
+            else ()
+        )
+        return _Contest(pos, neg, both_keys)
     gs = src.groups.get(group)
     if gs is None or not gs.items:
         return [f"group {group!r} has no observations ({src.name})"]
@@ -351,10 +355,13 @@ def _contest(
     if problems:
         return problems
     mat = np.stack([gs.values[s] for s in signals]) * sign
-    keys = tuple((group, gs.items[i], 1) for i in np.flatnonzero(pmask)) + tuple(
-        (group, gs.items[i], 0) for i in np.flatnonzero(nmask)
+    item_keys = (
+        tuple((group, gs.items[i], 1) for i in np.flatnonzero(pmask))
+        + tuple((group, gs.items[i], 0) for i in np.flatnonzero(nmask))
+        if keys
+        else ()
     )
-    return _Contest(mat[:, pmask], mat[:, nmask], keys)
+    return _Contest(mat[:, pmask], mat[:, nmask], item_keys)
 
 
 def _protocol_groups(
@@ -372,11 +379,14 @@ def _pooled(
     src: SourceData,
     signals: Sequence[str],
     selected: Sequence[str] | None = None,
+    *,
+    keys: bool = True,
 ) -> _Contest | list[str]:
     """Pooled (cross-group) positives/negatives of the protocol's groups (or the ``selected``
     ones); every group must be present (a missing group is named, never dropped). Under
     ``regime`` labels the reference group always supplies the negatives; ``selected`` chooses
-    which other groups supply positives."""
+    which other groups supply positives. ``keys=False``: the result's ``keys`` stay empty
+    (callers that never pair items skip one tuple per item)."""
     labels = protocol.labels
     if labels is None:
         return ["the protocol has no labels: section, so there are no classes to separate"]
@@ -391,7 +401,7 @@ def _pooled(
         for g in groups:
             if g == ref:
                 continue
-            got = _contest(protocol, src, g, signals)
+            got = _contest(protocol, src, g, signals, keys=keys)
             if isinstance(got, list):
                 problems += [p for p in got if p not in problems]
             else:
@@ -402,10 +412,13 @@ def _pooled(
             return ["no group other than the reference: nothing to compare"]
         pos = np.concatenate([p.pos for p in parts], axis=1)
         neg = parts[0].neg
-        keys = tuple(k for p in parts for k in p.keys if k[2] == 1) + tuple(
-            k for k in parts[0].keys if k[2] == 0
+        pooled_keys = (
+            tuple(k for p in parts for k in p.keys if k[2] == 1)
+            + tuple(k for k in parts[0].keys if k[2] == 0)
+            if keys
+            else ()
         )
-        return _Contest(pos, neg, keys)
+        return _Contest(pos, neg, pooled_keys)
     poss, negs, pkeys, nkeys = [], [], [], []
     sign = np.array([_orient(protocol, s) for s in signals])[:, None]
     for g in groups:
@@ -427,8 +440,9 @@ def _pooled(
         pm, nm = gs.labels == 1, gs.labels == 0
         poss.append(mat[:, pm])
         negs.append(mat[:, nm])
-        pkeys += [(g, gs.items[i], 1) for i in np.flatnonzero(pm)]
-        nkeys += [(g, gs.items[i], 0) for i in np.flatnonzero(nm)]
+        if keys:
+            pkeys += [(g, gs.items[i], 1) for i in np.flatnonzero(pm)]
+            nkeys += [(g, gs.items[i], 0) for i in np.flatnonzero(nm)]
     if problems:
         return problems
     pos, neg = np.concatenate(poss, axis=1), np.concatenate(negs, axis=1)
@@ -968,7 +982,7 @@ def _eval_regime(
     won: list[bool] = []
     n_cand = len(rule.candidates)
     for g in contests:
-        got = _contest(protocol, src, g, signals)
+        got = _contest(protocol, src, g, signals, keys=False)
         if not isinstance(got, list) and rule.ci.method == "delong":
             if min(got.pos.shape[1], got.neg.shape[1]) < 2:
                 got = [f"group {g!r} has fewer than 2 items in a class (DeLong needs 2)"]
@@ -1057,16 +1071,22 @@ def _pooled_report(
 ) -> list[dict[str, Any]]:
     """Cross-group pooled AUROC per signal with its 95% DeLong CI (informational):
     ``AUC -/+ z sqrt(S_rr)`` clipped to [0, 1], as ``ledger.stats.delong_ci``."""
-    got = _pooled(protocol, src, signals)
+    got = _pooled(protocol, src, signals, keys=False)
     if isinstance(got, list):
         return [{"signal": s, "auroc": None, "missing": "; ".join(got)} for s in signals]
     n_pos, n_neg = got.pos.shape[1], got.neg.shape[1]
-    aucs = _point_aurocs(got.pos, got.neg)
     sds: np.ndarray | None = None
     if min(n_pos, n_neg) >= 2:
+        # DeLong's AUCs are _point_aurocs' floats (both divide the same exact Mann-Whitney
+        # numerator once), so the pooled sample is sorted once per signal, not twice
         labels = np.r_[np.ones(n_pos, np.int8), np.zeros(n_neg, np.int8)]
-        _, cov = stats.delong_structural(np.concatenate([got.pos, got.neg], axis=1), labels)
+        both = np.concatenate([got.pos, got.neg], axis=1)
+        del got
+        aucs, cov = stats.delong_structural(both, labels)
+        del both
         sds = np.sqrt(np.clip(np.diag(cov), 0.0, None))
+    else:
+        aucs = _point_aurocs(got.pos, got.neg)
     z = scipy.stats.norm.ppf(0.975)
     rows = []
     for i, s in enumerate(signals):

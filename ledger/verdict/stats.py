@@ -967,7 +967,8 @@ def delong_structural(
         ValueError: on NaN scores, bad labels, or fewer than 2 examples in a class (the
             sample covariances are undefined).
 
-    Complexity: O(k N log N) time, O(k N) memory.
+    Complexity: O(k N log N) time (one sort per signal), O(k N) memory: the (k, m) and (k, n)
+    placement values plus one signal's sort at a time.
     """
     z = _score_matrix(scores_matrix, "scores_matrix")
     pos = _binary_labels(labels, z.shape[1])
@@ -977,17 +978,63 @@ def delong_structural(
         raise ValueError(
             f"DeLong variance needs at least 2 examples per class, got {m} positive, {n} negative"
         )
-    x = z[:, pos]
-    y = z[:, ~pos]
-    tx = scipy.stats.rankdata(x, method="average", axis=1)
-    ty = scipy.stats.rankdata(y, method="average", axis=1)
-    tz = scipy.stats.rankdata(np.concatenate([x, y], axis=1), method="average", axis=1)
-    aucs = _midrank_auc(tz[:, :m].sum(axis=1), m, n)
-    v10 = (tz[:, :m] - tx) / n
-    v01 = 1.0 - (tz[:, m:] - ty) / m
+    k = z.shape[0]
+    v10 = np.empty((k, m))
+    v01 = np.empty((k, n))
+    rank_sums = np.empty(k)
+    slot = np.cumsum(pos) - 1  # example -> its index among the positives
+    slot[~pos] = np.cumsum(~pos)[~pos] - 1  # ... or among the negatives
+    for r in range(k):
+        tz, tx, ty = _three_midranks(z[r], pos, slot, m)
+        rank_sums[r] = tz[:m].sum()
+        np.subtract(tz[:m], tx, out=v10[r])
+        v10[r] /= n
+        np.subtract(tz[m:], ty, out=v01[r])
+        v01[r] /= m
+        np.subtract(1.0, v01[r], out=v01[r])
+        del tz, tx, ty
+    aucs = _midrank_auc(rank_sums, m, n)
     s10 = np.atleast_2d(np.cov(v10, ddof=1))
     s01 = np.atleast_2d(np.cov(v01, ddof=1))
     return aucs, s10 / m + s01 / n
+
+
+def _sorted_midranks(ordered: np.ndarray) -> np.ndarray:
+    """Midranks (1-based, ties averaged) of an already sorted 1-D array: a tie run occupying
+    sorted positions ``a .. b - 1`` gets ``(a + 1 + b) / 2``, a multiple of 1/2 (exact in
+    float64), exactly the value of ``scipy.stats.rankdata(method="average")``."""
+    size = len(ordered)
+    new = np.empty(size, dtype=bool)
+    new[:1] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=new[1:])
+    starts = np.flatnonzero(new)
+    ends = np.empty_like(starts)
+    ends[:-1] = starts[1:]
+    ends[-1:] = size
+    mid = (starts + ends + 1) / 2.0
+    return mid[np.cumsum(new) - 1]
+
+
+def _three_midranks(
+    row: np.ndarray, pos: np.ndarray, slot: np.ndarray, m: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sun & Xu's midranks of one signal from ONE sort: ``tz`` in the pooled sample
+    (positives first, then negatives, each in input order), ``tx`` within the positives and
+    ``ty`` within the negatives (input order). A class's values, taken in the pooled sort
+    order, are themselves sorted, so their midranks need no second sort."""
+    order = np.argsort(row)
+    ordered = row[order]
+    is_pos = pos[order]
+    where = slot[order]
+    where[~is_pos] += m  # destination in the positives-then-negatives layout
+    tz = np.empty(len(row))
+    tz[where] = _sorted_midranks(ordered)
+    tx = np.empty(m)
+    tx[where[is_pos]] = _sorted_midranks(ordered[is_pos])
+    neg = ~is_pos
+    ty = np.empty(len(row) - m)
+    ty[where[neg] - m] = _sorted_midranks(ordered[neg])
+    return tz, tx, ty
 
 
 def delong_variance(scores: np.ndarray, labels: np.ndarray) -> float:
