@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import scipy.stats
 
 from docketml.ledger.verdict.simulate import simulate_protocol
@@ -81,3 +82,27 @@ def test_simulate_command_writes_a_png(docket_sqlite, tmp_path: Path) -> None:
     assert human.exit_code == 0
     assert "PROVEN rate under the null" in human.output and "15 items per class" in human.output
     assert np.isfinite(data["rules"][0]["null_proven_rate"])
+
+
+@pytest.mark.parametrize("engine", [1, 2])
+def test_threaded_points_match_serial_bit_for_bit(monkeypatch, engine):
+    """Points run on a thread pool (DOCKET_THREADS=2) give exactly the serial (=1) result."""
+    protocol = load_protocol_file(ROUTER).protocol
+    runs = {}
+    for threads in ("1", "2"):
+        monkeypatch.setenv("DOCKET_THREADS", threads)
+        runs[threads] = simulate_protocol(
+            protocol, n_sims=12, gaps=[0.0, 0.1, 0.2], resamples=200, engine=engine
+        )
+    assert runs["1"] == runs["2"]
+
+
+def test_docket_threads_must_be_positive(monkeypatch):
+    from docketml.ledger.verdict import stats
+
+    monkeypatch.setenv("DOCKET_THREADS", "0")
+    with pytest.raises(ValueError, match="DOCKET_THREADS"):
+        stats.worker_threads(4)
+    monkeypatch.setenv("DOCKET_THREADS", "3")
+    assert stats.worker_threads(2) == 2
+    assert stats.worker_threads(5) == 3

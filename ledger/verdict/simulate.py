@@ -406,31 +406,41 @@ def simulate_protocol(
             table = [None]  # type: ignore[list-item]
         tables[name] = (table, null_gap, label, names, pg, basis)
     total = sum(len(t[0]) for t in tables.values()) * len(size_list)
-    done = 0
+
+    def point(task: tuple[int, Any, int, int, int, float, int]) -> np.ndarray:
+        r_index, rule, b, s_index, n, g_index, gap = task
+        key = [seed, r_index, g_index] if s_index == 0 else [seed, r_index, g_index, n]
+        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(key)))
+        g = 0.0 if gap is None else gap
+        if isinstance(rule, RegimeWinsRule):
+            return _sim_regime(
+                protocol, rule, n_sims, n, g, b, rng, base_auroc, correlation, pilot, engine
+            )
+        if isinstance(rule, ThresholdRule):
+            return _sim_threshold(protocol, rule, n_sims, n, g, b, rng, correlation, pilot, engine)
+        return _sim_non_inferiority(
+            protocol, rule, n_sims, n, g, b, rng, base_auroc, correlation, engine
+        )
+
+    tasks = []
     for r_index, name, rule in plan:
+        b = rule.ci.resamples if resamples is None else min(rule.ci.resamples, resamples)
+        for s_index, n in enumerate(size_list):
+            for g_index, gap in enumerate(tables[name][0]):
+                tasks.append((r_index, rule, b, s_index, n, g_index, gap))
+    # Every point has its own generator (keyed by rule, gap, size), so running points on threads
+    # changes nothing in the result; results are consumed in task order.
+    results = stats.ordered_map(point, tasks)
+    done = 0
+    for _r_index, name, rule in plan:
         table, null_gap, label, names, pg, basis = tables[name]
         b = rule.ci.resamples if resamples is None else min(rule.ci.resamples, resamples)
         by_size = []
-        for s_index, n in enumerate(size_list):
+        for _s_index, n in enumerate(size_list):
             points = []
             null_rate: float | None = None
-            for g_index, gap in enumerate(table):
-                key = [seed, r_index, g_index] if s_index == 0 else [seed, r_index, g_index, n]
-                rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(key)))
-                g = 0.0 if gap is None else gap
-                if isinstance(rule, RegimeWinsRule):
-                    idx = _sim_regime(
-                        protocol, rule, n_sims, n, g, b, rng, base_auroc, correlation, pilot, engine
-                    )
-                elif isinstance(rule, ThresholdRule):
-                    idx = _sim_threshold(
-                        protocol, rule, n_sims, n, g, b, rng, correlation, pilot, engine
-                    )
-                else:
-                    idx = _sim_non_inferiority(
-                        protocol, rule, n_sims, n, g, b, rng, base_auroc, correlation, engine
-                    )
-                rates = _rates(idx, names)
+            for gap in table:
+                rates = _rates(next(results), names)
                 points.append({"gap": None if gap is None else float(gap), "rates": rates})
                 if gap is not None and gap == null_gap:
                     null_rate = rates["PROVEN"]
