@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -85,24 +86,40 @@ def test_simulate_command_writes_a_png(docket_sqlite, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("engine", [1, 2])
-def test_threaded_points_match_serial_bit_for_bit(monkeypatch, engine):
-    """Points run on a thread pool (DOCKET_THREADS=2) give exactly the serial (=1) result."""
+def test_points_on_worker_processes_match_serial_bit_for_bit(monkeypatch, engine):
+    """Points run on two forked workers (DOCKET_WORKERS=2) give exactly the serial (=1) result,
+    and the workers really ran them (the points' process ids differ from this process's)."""
+    from docketml.ledger.verdict import parallel
+
     protocol = load_protocol_file(ROUTER).protocol
     runs = {}
-    for threads in ("1", "2"):
-        monkeypatch.setenv("DOCKET_THREADS", threads)
-        runs[threads] = simulate_protocol(
+    for workers in ("1", "2"):
+        monkeypatch.setenv("DOCKET_WORKERS", workers)
+        runs[workers] = simulate_protocol(
             protocol, n_sims=12, gaps=[0.0, 0.1, 0.2], resamples=200, engine=engine
         )
     assert runs["1"] == runs["2"]
+    monkeypatch.setenv("DOCKET_WORKERS", "2")
+    pids = set(parallel.ordered_map(lambda _: os.getpid(), range(8)))
+    assert os.getpid() not in pids and len(pids) >= 1
+    assert list(parallel.ordered_map(lambda x: x * x, list(range(20)))) == [
+        x * x for x in range(20)
+    ]
 
 
-def test_docket_threads_must_be_positive(monkeypatch):
-    from docketml.ledger.verdict import stats
+@pytest.mark.parametrize("raw", ["0", "-1", "two", "1.5"])
+def test_a_malformed_docket_workers_is_a_user_error_naming_it(monkeypatch, raw):
+    from docketml.ledger.errors import UserError
+    from docketml.ledger.verdict import parallel
 
-    monkeypatch.setenv("DOCKET_THREADS", "0")
-    with pytest.raises(ValueError, match="DOCKET_THREADS"):
-        stats.worker_threads(4)
-    monkeypatch.setenv("DOCKET_THREADS", "3")
-    assert stats.worker_threads(2) == 2
-    assert stats.worker_threads(5) == 3
+    monkeypatch.setenv("DOCKET_WORKERS", raw)
+    with pytest.raises(UserError, match="DOCKET_WORKERS"):
+        parallel.worker_count(4)
+
+
+def test_worker_count_is_bounded_by_the_tasks(monkeypatch):
+    from docketml.ledger.verdict import parallel
+
+    monkeypatch.setenv("DOCKET_WORKERS", "3")
+    assert parallel.worker_count(2) == 2
+    assert parallel.worker_count(5) == 3

@@ -73,6 +73,7 @@ from docketml.protocols.schema import (
 )
 
 from . import rules, stats
+from .parallel import ordered_map
 
 DEFAULT_GAPS = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2)
 THRESHOLD_GAPS = (-0.1, -0.05, 0.0, 0.05, 0.1, 0.15)
@@ -428,9 +429,9 @@ def simulate_protocol(
         for s_index, n in enumerate(size_list):
             for g_index, gap in enumerate(tables[name][0]):
                 tasks.append((r_index, rule, b, s_index, n, g_index, gap))
-    # Every point has its own generator (keyed by rule, gap, size), so running points on threads
-    # changes nothing in the result; results are consumed in task order.
-    results = stats.ordered_map(point, tasks)
+    # Every point has its own generator (keyed by rule, gap, size), so running points on worker
+    # processes (ledger.verdict.parallel) changes nothing in the result; consumed in task order.
+    results = ordered_map(point, tasks)
     done = 0
     for _r_index, name, rule in plan:
         table, null_gap, label, names, pg, basis = tables[name]

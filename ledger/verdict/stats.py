@@ -38,11 +38,9 @@ one it ran with (``docs/protocol.md``, "Engine versions"):
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import Literal
 
 import numpy as np
 import scipy.stats
@@ -57,8 +55,6 @@ __all__ = [
     "best_baseline_deltas",
     "check_engine",
     "index_dtype",
-    "ordered_map",
-    "worker_threads",
     "bootstrap_mean_ci",
     "delong_ci",
     "delong_paired_test",
@@ -116,32 +112,6 @@ def index_dtype(n: int, engine: int = 1) -> type[np.signedinteger]:
     if n - 1 <= np.iinfo(np.int32).max:
         return np.int32
     return np.int64
-
-
-_T = TypeVar("_T")
-_R = TypeVar("_R")
-
-
-def worker_threads(tasks: int) -> int:
-    """Threads for ``tasks`` independent bootstrap tasks: ``min(DOCKET_THREADS or
-    os.cpu_count(), tasks)``, at least 1. ``DOCKET_THREADS=1`` is the serial path. Threads
-    never change a result: each task owns its generator; gemm and draws release the GIL."""
-    raw = os.environ.get("DOCKET_THREADS", "").strip()
-    want = int(raw) if raw else (os.cpu_count() or 1)
-    if want < 1:
-        raise ValueError(f"DOCKET_THREADS must be at least 1, got {raw!r}")
-    return max(1, min(want, tasks))
-
-
-def ordered_map(fn: Callable[[_T], _R], items: Sequence[_T]) -> Iterator[_R]:
-    """``map(fn, items)`` in order, on ``worker_threads(len(items))`` threads (serial if 1).
-    ``fn`` must not share mutable state (a Generator) between items."""
-    threads = worker_threads(len(items))
-    if threads == 1:
-        yield from map(fn, items)
-        return
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        yield from pool.map(fn, items)
 
 
 # --------------------------------------------------------------------------------------------
