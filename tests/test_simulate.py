@@ -108,12 +108,11 @@ def test_points_on_worker_processes_match_serial_bit_for_bit(monkeypatch, engine
 
 
 @pytest.mark.parametrize("raw", ["0", "-1", "two", "1.5"])
-def test_a_malformed_docket_workers_is_a_user_error_naming_it(monkeypatch, raw):
-    from docketml.ledger.errors import UserError
+def test_a_malformed_docket_workers_is_refused_naming_it(monkeypatch, raw):
     from docketml.ledger.verdict import parallel
 
     monkeypatch.setenv("DOCKET_WORKERS", raw)
-    with pytest.raises(UserError, match="DOCKET_WORKERS"):
+    with pytest.raises(ValueError, match="DOCKET_WORKERS"):
         parallel.worker_count(4)
 
 
@@ -123,3 +122,13 @@ def test_worker_count_is_bounded_by_the_tasks(monkeypatch):
     monkeypatch.setenv("DOCKET_WORKERS", "3")
     assert parallel.worker_count(2) == 2
     assert parallel.worker_count(5) == 3
+
+
+def test_simulate_command_refuses_a_malformed_docket_workers(docket_sqlite, monkeypatch) -> None:
+    """Exit 2 naming DOCKET_WORKERS and what was expected, before any simulation."""
+    assert docket_sqlite("protocol", "register", str(ROUTER)).exit_code == 0
+    monkeypatch.setenv("DOCKET_WORKERS", "lots")
+    r = docket_sqlite("protocol", "simulate", "router-entropy-metacog", "--runs", "5")
+    assert r.exit_code == 2, r.output
+    assert "DOCKET_WORKERS='lots'" in r.output and "integer >= 1" in r.output
+    assert "Traceback" not in r.output

@@ -203,9 +203,14 @@ def simulate_cmd(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ..errors import UserError
+    from ..verdict.parallel import worker_count
     from ..verdict.simulate import PilotError, plot_simulation, simulate_protocol
     from ..verdicts import engine_version, load_pilot
 
+    try:
+        worker_count(1)  # a malformed DOCKET_WORKERS is exit 2 before any work
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     if plot is not None:
         require_extra("plots")  # before minutes of simulation, not after
     if n_sims < 1:

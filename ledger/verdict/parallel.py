@@ -23,8 +23,6 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, TypeVar
 
-from ..errors import UserError
-
 _T = TypeVar("_T")
 _R = TypeVar("_R")
 
@@ -34,11 +32,12 @@ _JOB: tuple[Callable[[Any], Any], Sequence[Any]] | None = None
 
 def worker_count(tasks: int) -> int:
     """``min(DOCKET_WORKERS or the usable CPU count, tasks)``, at least 1. A malformed
-    ``DOCKET_WORKERS`` is a :class:`UserError` naming the variable and what was expected."""
+    ``DOCKET_WORKERS`` is a ValueError naming the variable and what was expected (the CLI checks
+    it before any work and exits 2 with that message)."""
     raw = os.environ.get("DOCKET_WORKERS", "").strip()
     if raw:
         if not raw.isdigit() or int(raw) < 1:
-            raise UserError(f"DOCKET_WORKERS={raw!r}: expected an integer >= 1 (1 = no workers)")
+            raise ValueError(f"DOCKET_WORKERS={raw!r}: expected an integer >= 1 (1 = no workers)")
         want = int(raw)
     else:
         want = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
