@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -50,34 +51,37 @@ def test_effective_metric_row(rows: list[SimpleNamespace], expected: float) -> N
     assert effective_metrics(rows)["acc"].value == expected
 
 
-def test_verdict_reproduce_and_store_read_the_same_row(docket, tmp_path: Path) -> None:
+def _frozen(docket, tmp_path: Path) -> None:  # noqa: ANN001
     (tmp_path / "p.yaml").write_text(PROTOCOL, encoding="utf-8")
     for args in (("protocol", "register", "p.yaml"), ("protocol", "freeze", "metric-rows")):
         result = docket(*args)
         assert result.exit_code == 0, result.output
+
+
+def _succeeded_run(s, **results: Any) -> int:  # noqa: ANN001
+    """A succeeded run of the frozen protocol's ``train`` job with ``results`` (complete_run's
+    observations / metrics); returns its id."""
+    row = protocols.latest_frozen(s, "metric-rows")
+    run = create_run(
+        s, protocol_pk=row.id, protocol_sha256=row.sha256, job="train", kind="sleep", config={}
+    )
+    start_run(s, run.id, worker="test")
+    complete_run(s, run.id, status="succeeded", **results)
+    return run.id
+
+
+def test_verdict_reproduce_and_store_read_the_same_row(docket, tmp_path: Path) -> None:
+    _frozen(docket, tmp_path)
     led = open_ledger(docket.url)
     try:
         with led.session() as s:
-            row = protocols.latest_frozen(s, "metric-rows")
-            run = create_run(
+            run_id = _succeeded_run(
                 s,
-                protocol_pk=row.id,
-                protocol_sha256=row.sha256,
-                job="train",
-                kind="sleep",
-                config={},
-            )
-            start_run(s, run.id, worker="test")
-            complete_run(
-                s,
-                run.id,
-                status="succeeded",
                 metrics=[
                     {"name": "acc", "value": 0.70, "step": 100},
                     {"name": "acc", "value": 0.90},
                 ],
             )
-            run_id = run.id
         with led.session() as s:
             verdict = compute_verdict(s, "metric-rows", record=False)
             assert verdict["hypotheses"][0]["value"] == 0.90
@@ -93,25 +97,12 @@ def test_load_payload_merges_in_the_given_run_order_and_filters_signals(
 ) -> None:
     """The report's reader: runs merge in the order given (a later run overrides an earlier
     one, whatever their ids), and ``signals`` reads only those signals."""
-    (tmp_path / "p.yaml").write_text(PROTOCOL, encoding="utf-8")
-    for args in (("protocol", "register", "p.yaml"), ("protocol", "freeze", "metric-rows")):
-        result = docket(*args)
-        assert result.exit_code == 0, result.output
+    _frozen(docket, tmp_path)
     led = open_ledger(docket.url)
     try:
         run_ids = []
         with led.session() as s:
-            row = protocols.latest_frozen(s, "metric-rows")
             for value in (0.1, 0.2):
-                run = create_run(
-                    s,
-                    protocol_pk=row.id,
-                    protocol_sha256=row.sha256,
-                    job="train",
-                    kind="sleep",
-                    config={},
-                )
-                start_run(s, run.id, worker="test")
                 observations = [
                     {"group": "g", "item": "i1", "label": 1, "signal": sig, "value": value + off}
                     for sig, off in (("a", 0.0), ("b", 10.0))
@@ -120,8 +111,7 @@ def test_load_payload_merges_in_the_given_run_order_and_filters_signals(
                     observations.append(
                         {"group": "g", "item": "i2", "label": 0, "signal": "a", "value": 5.0}
                     )
-                complete_run(s, run.id, status="succeeded", observations=observations)
-                run_ids.append(run.id)
+                run_ids.append(_succeeded_run(s, observations=observations))
         first, second = run_ids
         with led.session() as s:
             forward = load_payload(s, [first, second]).observations

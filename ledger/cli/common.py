@@ -66,7 +66,7 @@ class DocketGroup(click.Group):
                 raise
             _fail([f"docket: {exc}"], 2)
         except Exception as exc:
-            if not _is_database_error(exc):
+            if not is_database_error(exc):
                 raise
             from ..store.db import (
                 describe_url,
@@ -96,7 +96,7 @@ def _is_ledger_error(exc: BaseException) -> bool:
     return db is not None and isinstance(exc, db.LedgerError)
 
 
-def _is_database_error(exc: BaseException) -> bool:
+def is_database_error(exc: BaseException) -> bool:
     """True for SQLAlchemy's ``OperationalError`` / ``DBAPIError`` (the driver's own failure,
     mapped to exit 2, 4 or 75 below). Without SQLAlchemy imported there is none."""
     sa_exc = sys.modules.get("sqlalchemy.exc")

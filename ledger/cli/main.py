@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from ..errors import LedgerBusy
-from .common import DocketGroup, Env
+from .common import DocketGroup, Env, is_database_error
 from .examples import HELP, apply_help
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -124,8 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="docket")
     except Exception as exc:  # pragma: no cover - safety net; commands map this themselves
-        sa_exc = sys.modules.get("sqlalchemy.exc")
-        if sa_exc is None or not isinstance(exc, sa_exc.OperationalError):
+        if not is_database_error(exc):
             raise
         from ..store.db import is_lock_timeout, lock_timeout_error, resolve_url
 

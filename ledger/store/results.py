@@ -118,17 +118,7 @@ def load_payload(
         query.execution_options(yield_per=50_000)
     ):
         obs[(group, item, signal)] = (label, float(value))
-    mrows = session.execute(
-        select(
-            MetricRow.run_id,
-            MetricRow.id,
-            MetricRow.name,
-            MetricRow.step,
-            MetricRow.value,
-            MetricRow.ci_low,
-            MetricRow.ci_high,
-        ).where(MetricRow.run_id.in_(list(run_ids)))
-    ).all()
+    mrows = _metric_rows(session, run_ids)
     by_run: dict[int, list[Any]] = {}
     for r in mrows:
         by_run.setdefault(r.run_id, []).append(r)
@@ -174,10 +164,10 @@ def part_metrics(
     return out
 
 
-def _metrics_only(
-    session: Session, run_ids: Sequence[int]
-) -> dict[str, tuple[float, float | None, float | None]]:
-    rows = session.execute(
+def _metric_rows(session: Session, run_ids: Sequence[int]) -> Sequence[Any]:
+    """Every metric row of ``run_ids`` (run_id, id, name, step, value, ci_low, ci_high), for
+    :func:`effective_metrics`."""
+    return session.execute(
         select(
             MetricRow.run_id,
             MetricRow.id,
@@ -188,6 +178,12 @@ def _metrics_only(
             MetricRow.ci_high,
         ).where(MetricRow.run_id.in_(list(run_ids)))
     ).all()
+
+
+def _metrics_only(
+    session: Session, run_ids: Sequence[int]
+) -> dict[str, tuple[float, float | None, float | None]]:
+    rows = _metric_rows(session, run_ids)
     return {
         name: (float(r.value), r.ci_low, r.ci_high) for name, r in effective_metrics(rows).items()
     }
