@@ -79,6 +79,7 @@ RULES: tuple[Rule, ...] = (
             "numpy",
             "scipy",
             "matplotlib",  # only simulate.py, by the plotting rule below
+            "threadpoolctl",  # parallel.py: BLAS threads per simulate worker
             "docketml.protocols",
             "docketml.ledger.results",
             "docketml.ledger.verdict",

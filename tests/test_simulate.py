@@ -116,6 +116,29 @@ def test_a_malformed_docket_workers_is_refused_naming_it(monkeypatch, raw):
         parallel.worker_count(4)
 
 
+def _blas_threads(_: object) -> list[int]:
+    from threadpoolctl import threadpool_info
+
+    return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_workers_share_the_cpus_between_their_blas_threads(monkeypatch, workers):
+    """Each forked worker runs at most cpus // workers BLAS threads (never cpus each: two
+    workers with two gemm threads apiece oversubscribed two cores); the serial path (one worker,
+    this process) keeps the process's own setting."""
+    from docketml.ledger.verdict import parallel
+
+    monkeypatch.setenv("DOCKET_WORKERS", str(workers))
+    seen = list(parallel.ordered_map(_blas_threads, range(4)))
+    cpus = parallel._usable_cpus()
+    if workers == 1:
+        assert seen == [_blas_threads(None)] * 4
+    else:
+        want = max(1, cpus // workers)
+        assert seen and all(threads and set(threads) == {want} for threads in seen), seen
+
+
 def test_worker_count_is_bounded_by_the_tasks(monkeypatch):
     from docketml.ledger.verdict import parallel
 
