@@ -1,8 +1,10 @@
-"""Verdict-engine cases whose engine-1 numbers are pinned in ``tests/fixtures/engine_v1.json``.
+"""Verdict-engine cases whose numbers are pinned per engine version in ``tests/fixtures/``.
 
-The fixture was computed by ``python tests/engine_cases.py`` on main at commit 4c5515f, before
-engine versions existed; ``tests/test_engine_versions.py`` checks that engine 1 still gives
-exactly (bit for bit) those numbers and that engine 2 agrees with them within Monte Carlo error.
+``engine_v1.json`` was computed by ``python tests/engine_cases.py 4c5515f`` on main at commit
+4c5515f, before engine versions existed; ``engine_v2.json`` by ``python tests/engine_cases.py
+b281693 2`` at commit b281693, before engine 3 and the changes that came with it.
+``tests/test_engine_versions.py`` checks that every pinned engine still gives exactly (bit for
+bit) its numbers and that each later engine agrees with them within Monte Carlo error.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import numpy as np
 from docketml.ledger.verdict.rules import Dataset, SourceData, evaluate
 from docketml.protocols.schema import Protocol
 
-FIXTURE = Path(__file__).parent / "fixtures" / "engine_v1.json"
+FIXTURES = {v: Path(__file__).parent / "fixtures" / f"engine_v{v}.json" for v in (1, 2)}
+FIXTURE = FIXTURES[1]
 GROUPS = ["g1", "g2", "g3"]
 SIGN = {"c1": 1.0, "c2": -1.0, "b1": -1.0, "b2": 1.0}
 EFFECT = {"c1": 1.4, "c2": 0.9, "b1": 0.5, "b2": 0.6}
@@ -144,9 +147,10 @@ def run(case: tuple[str, int, int, int], **kwargs: Any) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    engine = int(sys.argv[2]) if len(sys.argv) > 2 else 1
     fixture = {
         "computed_on": sys.argv[1] if len(sys.argv) > 1 else "unknown",
-        "cases": {c[0]: run(c) for c in CASES},
+        "cases": {c[0]: run(c, engine=engine) for c in CASES},
     }
-    FIXTURE.write_text(json.dumps(fixture, indent=1, sort_keys=True) + "\n")
-    print(f"wrote {FIXTURE}")
+    FIXTURES[engine].write_text(json.dumps(fixture, indent=1, sort_keys=True) + "\n")
+    print(f"wrote {FIXTURES[engine]}")
