@@ -54,7 +54,7 @@ def test_engine_2_reproduces_the_numbers_pinned_before_engine_3(case) -> None:
 
 
 def test_unknown_engine_versions_are_refused() -> None:
-    for bad in (0, 3, True, "2"):
+    for bad in (0, 4, True, "2"):
         with pytest.raises(ValueError, match="engine must be one of"):
             stats.check_engine(bad)  # type: ignore[arg-type]
     assert stats.LATEST_ENGINE in stats.ENGINE_VERSIONS and 1 in stats.ENGINE_VERSIONS
@@ -68,6 +68,47 @@ def test_engine_2_index_types_are_the_narrowest_that_hold_the_items() -> None:
     pidx, nidx = stats.stratified_resample_indices(40_000, 7, 3, np.random.default_rng(1), 2)
     assert pidx.dtype == np.int32 and nidx.dtype == np.int16
     assert pidx.max() < 40_000 and nidx.max() < 7
+    assert stats.index_dtype(30 * 30, 3) is np.int16  # engine 3's pair codes
+    assert stats.index_dtype(200 * 200, 3) is np.int32
+
+
+@pytest.mark.parametrize(("n_pos", "n_neg", "b"), [(30, 30, 1500), (17, 41, 700), (41, 17, 9)])
+def test_engine_3_draws_each_resample_as_index_pairs(n_pos: int, n_neg: int, b: int) -> None:
+    """The documented draw, rebuilt here from numpy calls: per block one pair code per position
+    below min(n_pos, n_neg), divmod by n_neg, then the larger class's remaining positions."""
+    got = stats.stratified_resample_indices(n_pos, n_neg, b, np.random.default_rng(5), 3)
+    rng, m, big = np.random.default_rng(5), min(n_pos, n_neg), max(n_pos, n_neg)
+    rows = max(1, min(1024, 2**20 // big))
+    pos_parts, neg_parts = [], []
+    for start in range(0, b, rows):
+        r = min(rows, b - start)
+        codes = rng.integers(0, n_pos * n_neg, size=(r, m), dtype=np.int16)
+        p, q = np.divmod(codes, n_neg)
+        if big > m:
+            rest = rng.integers(0, big, size=(r, big - m), dtype=np.int16)
+            p, q = (np.hstack([p, rest]), q) if n_pos > n_neg else (p, np.hstack([q, rest]))
+        pos_parts.append(p)
+        neg_parts.append(q)
+    assert np.array_equal(got[0], np.vstack(pos_parts)) and np.array_equal(
+        got[1], np.vstack(neg_parts)
+    )
+    assert got[0].shape == (b, n_pos) and got[1].shape == (b, n_neg)
+
+
+def test_engine_3_pairs_are_uniform_and_independent() -> None:
+    """Chi-square on the joint frequencies of (positive, negative) index at one position and of
+    two positives at two positions: uniform on the product set (independent, uniform margins),
+    and the bootstrap's class counts are exactly n per resample."""
+    n_pos, n_neg, b = 4, 6, 60_000
+    pidx, nidx = stats.stratified_resample_indices(n_pos, n_neg, b, np.random.default_rng(8), 3)
+    for a, c, k in (
+        (pidx[:, 0], nidx[:, 0], n_neg),
+        (pidx[:, 1], nidx[:, 5], n_neg),
+        (pidx[:, 0], pidx[:, 3], n_pos),
+    ):
+        table = np.bincount(a * k + c, minlength=n_pos * k)
+        assert scipy.stats.chisquare(table).pvalue > 1e-4
+    assert pidx.shape == (b, n_pos) and nidx.shape == (b, n_neg)
 
 
 # --------------------------------------------------------------------------------------------
@@ -83,18 +124,21 @@ def _group(seed: int, n_pos: int, n_neg: int, signals: int = 4) -> tuple[np.ndar
     return np.round(rng.standard_normal((signals, n_pos + n_neg)) + shift, 1), labels
 
 
+@pytest.mark.parametrize("engine", [2, 3])
 @pytest.mark.parametrize(("n_pos", "n_neg"), [(30, 30), (17, 41), (400, 400)])
-def test_engine_2_resamples_recomputed_with_sklearn(n_pos: int, n_neg: int) -> None:
-    """Engine 2's bootstrap AUROCs are exactly the AUROCs of the resamples that
-    ``stratified_resample_indices(..., engine=2)`` draws from the same seed (pairwise and rank
+def test_engine_2_resamples_recomputed_with_sklearn(n_pos: int, n_neg: int, engine: int) -> None:
+    """Engine 2's and engine 3's bootstrap AUROCs are exactly the AUROCs of the resamples that
+    ``stratified_resample_indices(..., engine)`` draws from the same seed (pairwise and rank
     kernels), recomputed one by one with scikit-learn."""
     scores, labels = _group(3, n_pos, n_neg)
     b = 1500 if n_pos < 100 else 40
     boots = stats.stratified_paired_bootstrap(
-        dict(enumerate(scores)), labels, b, np.random.default_rng(7), engine=2
+        dict(enumerate(scores)), labels, b, np.random.default_rng(7), engine=engine
     )
-    pidx, nidx = stats.stratified_resample_indices(n_pos, n_neg, b, np.random.default_rng(7), 2)
-    assert pidx.dtype == np.int16
+    pidx, nidx = stats.stratified_resample_indices(
+        n_pos, n_neg, b, np.random.default_rng(7), engine
+    )
+    assert pidx.dtype == (np.int16 if engine == 2 or n_pos * n_neg < 2**15 else np.int32)
     pos_rows, neg_rows = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
     for r in list(range(0, b, max(1, b // 25))):
         sel = np.r_[pos_rows[pidx[r]], neg_rows[nidx[r]]]
@@ -102,16 +146,17 @@ def test_engine_2_resamples_recomputed_with_sklearn(n_pos: int, n_neg: int) -> N
             assert boots[s][r] == pytest.approx(
                 roc_auc_score(labels[sel], scores[s][sel]), abs=1e-12
             )
-    # and engine 2 is not engine 1 under another name
-    one = stats.stratified_paired_bootstrap(
-        dict(enumerate(scores)), labels, b, np.random.default_rng(7), engine=1
-    )
-    assert not np.array_equal(one[0], boots[0])
+    # and no engine is an earlier one under another name
+    for earlier in range(1, engine):
+        one = stats.stratified_paired_bootstrap(
+            dict(enumerate(scores)), labels, b, np.random.default_rng(7), engine=earlier
+        )
+        assert not np.array_equal(one[0], boots[0])
 
 
 def test_engine_2_joint_counts_equal_per_class_bincounts() -> None:
     rng = np.random.default_rng(2)
-    for n_pos, n_neg, b in ((30, 30, 1024), (5, 90, 333), (1, 2, 7)):
+    for n_pos, n_neg, b in ((30, 30, 1024), (5, 90, 333), (1, 2, 7), (40, 1700, 600)):
         p = rng.integers(0, n_pos, (b, n_pos), dtype=np.int16)
         q = rng.integers(0, n_neg, (b, n_neg), dtype=np.int16)
         counter = stats._JointCounter(n_pos, n_neg, np.float32)
@@ -122,17 +167,18 @@ def test_engine_2_joint_counts_equal_per_class_bincounts() -> None:
             assert wp.dtype == np.float32 and wp.flags.c_contiguous and wq.flags.c_contiguous
 
 
-def test_engine_2_row_blocks_drawn_once_match_the_per_block_path_bit_for_bit() -> None:
+@pytest.mark.parametrize("engine", [2, 3])
+def test_engine_2_row_blocks_drawn_once_match_the_per_block_path_bit_for_bit(engine) -> None:
     rng = np.random.default_rng(3)
     k, n_pos, n_neg, b = 3 * rules._ROW_BLOCK + 7, 23, 31, 2100
     pos = np.round(rng.standard_normal((k, n_pos)), 1)
     neg = np.round(rng.standard_normal((k, n_neg)), 1)
     fast_rng, slow_rng = np.random.default_rng(9), np.random.default_rng(9)
-    fast = rules._bootstrap_aurocs(pos, neg, b, fast_rng, 2)
+    fast = rules._bootstrap_aurocs(pos, neg, b, fast_rng, engine)
     saved = stats.ROWS_CACHE_BYTES
     stats.ROWS_CACHE_BYTES = 0  # type: ignore[misc]  # force the per-block path
     try:
-        slow = rules._bootstrap_aurocs(pos, neg, b, slow_rng, 2)
+        slow = rules._bootstrap_aurocs(pos, neg, b, slow_rng, engine)
     finally:
         stats.ROWS_CACHE_BYTES = saved
     assert np.array_equal(fast, slow)
@@ -188,24 +234,31 @@ def test_engine_2_ci_matches_engine_1_and_scipy_bootstrap_within_monte_carlo_err
     """Per engine, the 2.5% / 97.5% endpoints of a paired AUROC difference over 8 seeds of
     10,000 resamples; the Monte Carlo standard deviation of one endpoint, sd, is measured from
     those seeds. The mean over seeds of each engine must be within 4 sd / sqrt(8) * sqrt(2) of
-    the other's and within 4 sd of scipy's single 10,000-resample interval (plus sd / sqrt(8))."""
-    scores, labels = _group(11, 30, 30)
-    seeds = range(8)
-    v1 = np.array([_engine_delta_ci(scores, labels, 1, s) for s in seeds])
-    v2 = np.array([_engine_delta_ci(scores, labels, 2, s) for s in seeds])
-    ref = _scipy_delta_ci(scores, labels, 123)
-    sd = np.maximum(v1.std(axis=0, ddof=1), v2.std(axis=0, ddof=1))
-    assert np.all(sd > 0) and np.all(sd < 0.02)  # Monte Carlo error, not a different statistic
-    k = np.sqrt(len(seeds))
-    assert np.all(np.abs(v1.mean(0) - v2.mean(0)) <= 4 * sd * np.sqrt(2) / k)
-    for est in (v1, v2):
-        assert np.all(np.abs(est.mean(0) - ref) <= 4 * sd * np.sqrt(1 + 1 / k**2))
+    every other's and within 4 sd of scipy's single 10,000-resample interval (plus sd /
+    sqrt(8)). Run for balanced and unbalanced classes (engine 3 pairs positions up to the
+    smaller class and draws the rest singly)."""
+    k = np.sqrt(8)
+    for n_pos, n_neg in ((30, 30), (18, 42)):
+        scores, labels = _group(11, n_pos, n_neg)
+        est = {
+            e: np.array([_engine_delta_ci(scores, labels, e, s) for s in range(8)])
+            for e in (1, 2, 3)
+        }
+        ref = _scipy_delta_ci(scores, labels, 123)
+        sd = np.max([v.std(axis=0, ddof=1) for v in est.values()], axis=0)
+        assert np.all(sd > 0) and np.all(sd < 0.02)  # Monte Carlo error, not another statistic
+        for a in (1, 2):
+            for b in range(a + 1, 4):
+                assert np.all(np.abs(est[a].mean(0) - est[b].mean(0)) <= 4 * sd * np.sqrt(2) / k)
+        for v in est.values():
+            assert np.all(np.abs(v.mean(0) - ref) <= 4 * sd * np.sqrt(1 + 1 / k**2))
 
 
-def test_engine_2_bootstrap_of_a_mean_matches_scipy() -> None:
+@pytest.mark.parametrize("engine", [2, 3])
+def test_engine_2_bootstrap_of_a_mean_matches_scipy(engine: int) -> None:
     values = np.random.default_rng(4).gamma(2.0, 1.0, 90)
     ci = rules.CISpec(resamples=10_000, seed=0)
-    _, lo, hi = rules._mean_stat(values[None], ci, np.random.default_rng(1), 10_000, 2)
+    _, lo, hi = rules._mean_stat(values[None], ci, np.random.default_rng(1), 10_000, engine)
     ref = scipy.stats.bootstrap(
         (values,), np.mean, n_resamples=10_000, method="percentile", rng=np.random.default_rng(2)
     ).confidence_interval
@@ -214,11 +267,12 @@ def test_engine_2_bootstrap_of_a_mean_matches_scipy() -> None:
     assert abs(lo[0] - ref.low) < 0.2 * se and abs(hi[0] - ref.high) < 0.2 * se
 
 
+@pytest.mark.parametrize("engine", [2, 3])
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_engine_2_gives_the_same_decisions_on_the_pinned_cases(case) -> None:
+def test_engine_2_gives_the_same_decisions_on_the_pinned_cases(case, engine) -> None:
     """Same verdicts, same points (no resampling), CI endpoints within a few Monte Carlo errors
     (0.05 is about 6 standard errors at 200 resamples of a 400 x 400 group, more at 10,000)."""
-    got, pinned = run(case, engine=2), PINNED[case[0]]
+    got, pinned = run(case, engine=engine), PINNED[case[0]]
     for hid, want in pinned.items():
         assert got[hid]["verdict"] == want["verdict"], hid
         for key in ("value", "difference"):
@@ -301,15 +355,15 @@ def test_verdict_runs_with_the_engine_its_protocol_froze_with(docket, tmp_path: 
         r = docket("protocol", "freeze", "engines", "--json")
         assert r.exit_code == 0, r.output
         report = json.loads(r.output)["sign_check"]
-        assert report["engine"] == stats.LATEST_ENGINE == 2
+        assert report["engine"] == stats.LATEST_ENGINE == 3
         null = report["null_proven"]
-        assert null["studies"] == 100 and null["n_per_class"] == 30 and null["engine"] == 2
+        assert null["studies"] == 100 and null["n_per_class"] == 30 and null["engine"] == 3
         assert [x["rule"] for x in null["rules"]] == ["r"] and 0.0 <= null["rules"][0]["rate"] <= 1
         shown = json.loads(docket("protocol", "show", "engines", "--json").output)
-        assert shown["sign_check"]["engine"] == 2 and shown["sign_check"]["null_proven"] == null
+        assert shown["sign_check"]["engine"] == 3 and shown["sign_check"]["null_proven"] == null
         human = docket("protocol", "show", "engines").output
-        assert "bootstrap engine 2" in human and "PROVEN rate under the null at 30" in human
-        want = 2
+        assert "bootstrap engine 3" in human and "PROVEN rate under the null at 30" in human
+        want = 3
     else:
         _pre_versions_freeze(docket.url)
         shown = json.loads(docket("protocol", "show", "engines", "--json").output)
@@ -322,7 +376,7 @@ def test_verdict_runs_with_the_engine_its_protocol_froze_with(docket, tmp_path: 
     out = _verdict(docket)
     assert out["engine"] == want
     h = out["hypotheses"][0]
-    mine, other = _recompute(docket.url, want), _recompute(docket.url, 3 - want)
+    mine, other = _recompute(docket.url, want), _recompute(docket.url, 2)
     assert (h["ci_low"], h["ci_high"]) == (mine["ci_low"], mine["ci_high"])  # bit for bit
     assert (h["ci_low"], h["ci_high"]) != (other["ci_low"], other["ci_high"])
     assert h["value"] == mine["value"] == other["value"]
@@ -396,7 +450,7 @@ def test_sign_check_rows_store_the_engine(docket, tmp_path: Path) -> None:
             report = json.loads(session.scalars(select(SignCheckRow)).one().report_json)
     finally:
         led.engine.dispose()
-    assert report["engine"] == 2 and report["null_proven"]["resamples_cap"] == 1000
+    assert report["engine"] == 3 and report["null_proven"]["resamples_cap"] == 1000
 
 
 @pytest.mark.parametrize(("k", "n_pos", "n_neg"), [(130, 30, 30), (64, 7, 50), (300, 12, 9)])
@@ -419,3 +473,26 @@ def test_kronecker_kernel_equals_the_pairwise_kernel_bit_for_bit(k, n_pos, n_neg
     r, s = 3, k - 1
     c2 = 2.0 * (pos[s][:, None] > neg[s][None, :]) + (pos[s][:, None] == neg[s][None, :])
     assert want[s, r] == wp[r] @ c2 @ wq[r]
+
+
+@pytest.mark.parametrize("engine", [1, 2, 3])
+@pytest.mark.parametrize(
+    ("t", "n_pos", "n_neg"), [(1, 30, 30), (7, 17, 41), (10, 12, 12), (60, 12, 12)]
+)
+def test_a_fixed_best_baseline_contest_resamples_only_the_rows_it_reads(t, n_pos, n_neg, engine):
+    """With ``best_baseline: fixed`` only the candidates and each study's best baseline are
+    bootstrapped; the CIs are bit for bit those of bootstrapping every signal (one shared
+    resample set, exact per-row arithmetic), on the one-call, Kronecker and per-block paths."""
+    rng = np.random.default_rng(t + n_pos)
+    shift = np.array([0.9, 0.3, 0.5, 0.6, 0.1])[None, :, None]
+    pos = np.round(rng.standard_normal((t, 5, n_pos)) + shift, 1)
+    neg = np.round(rng.standard_normal((t, 5, n_neg)), 1)
+    ci = rules.CISpec(resamples=900, seed=0)
+    got = rules.contest_stats(pos, neg, 2, ci, "fixed", np.random.default_rng(4), 900, engine)
+    every = rules._bootstrap_aurocs(
+        pos.reshape(-1, n_pos), neg.reshape(-1, n_neg), 900, np.random.default_rng(4), engine
+    ).reshape(t, 5, 900)
+    ref = every[np.arange(t), 2 + got.best][:, None, :]
+    lo, hi = rules._percentiles(every[:, :2] - ref, 0.95)
+    assert np.array_equal(got.lo, lo) and np.array_equal(got.hi, hi)
+    assert len(set(got.best.tolist())) > 1 or t == 1  # studies pick different baselines

@@ -85,7 +85,7 @@ def test_simulate_command_writes_a_png(docket_sqlite, tmp_path: Path) -> None:
     assert np.isfinite(data["rules"][0]["null_proven_rate"])
 
 
-@pytest.mark.parametrize("engine", [1, 2])
+@pytest.mark.parametrize("engine", [1, 2, 3])
 def test_points_on_worker_processes_match_serial_bit_for_bit(monkeypatch, engine):
     """Points run on two forked workers (DOCKET_WORKERS=2) give exactly the serial (=1) result,
     and the workers really ran them (the points' process ids differ from this process's)."""

@@ -668,6 +668,20 @@ def _point_aurocs(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
     return (ranks[:, :n_pos].sum(axis=1) - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
 
 
+def _bootstrapped_rows(t: int, s: int, n_cand: int, best: np.ndarray | None) -> np.ndarray:
+    """Rows of the (T S)-row score matrices a contest resamples, study by study: every signal,
+    or with a fixed best baseline (``best`` (T,), an index into the baselines) only the
+    candidates and that baseline. Leaving rows out changes no number: the rows share one
+    resample set drawn the same way whatever the rows are, and each row's resampled AUROC is
+    exact integer arithmetic of its own scores (``stats._PairwiseComparisons``)."""
+    studies = np.arange(t)[:, None] * s
+    if best is None:
+        return (studies + np.arange(s)).ravel()
+    return np.concatenate(
+        [studies + np.arange(n_cand), studies + n_cand + best[:, None]], 1
+    ).ravel()
+
+
 @dataclass
 class ContestStats:
     """Per study t and candidate c: AUROCs, the best baseline, the delta and its CI."""
@@ -708,13 +722,11 @@ def contest_stats(
     delta = cand - best_auc[:, None]
     if ci.method == "paired_bootstrap":
         assert rng is not None
-        boots = _bootstrap_aurocs(pflat, nflat, resamples, rng, engine)
-        boots = boots.reshape(t, s, resamples)
+        rows = _bootstrapped_rows(t, s, n_cand, best if best_baseline == "fixed" else None)
+        boots = _bootstrap_aurocs(pflat[rows], nflat[rows], resamples, rng, engine)
+        boots = boots.reshape(t, -1, resamples)
         cb, bb = boots[:, :n_cand], boots[:, n_cand:]
-        if best_baseline == "fixed":
-            ref = bb[np.arange(t), best][:, None, :]
-        else:
-            ref = bb.max(axis=1, keepdims=True)
+        ref = bb if best_baseline == "fixed" else bb.max(axis=1, keepdims=True)
         lo, hi = _percentiles(cb - ref, ci.level)
         return ContestStats(auc, best, delta, lo, hi)
     # DeLong

@@ -34,6 +34,18 @@ one it ran with (``docs/protocol.md``, "Engine versions"):
   pairwise path both classes' multiplicities counted by ONE bincount and converted to float32
   once. Same statistic, same exactness (integer counts, exact float32 sums), different Monte
   Carlo draw: intervals agree with engine 1's within Monte Carlo error, not bit for bit.
+* ``3``: the same blocks, but each resample's positive and negative indices are drawn as PAIRS:
+  one ``integers(0, n_pos n_neg)`` code ``v`` per position ``c < m = min(n_pos, n_neg)`` gives
+  positive ``v // n_neg`` and negative ``v % n_neg`` (``v`` uniform on the product set, so the
+  two are independent and uniform: the same stratified resampling), and the larger class's
+  remaining ``max(n_pos, n_neg) - m`` positions are drawn as engine 2 draws them. Half as many
+  bounded integers per resample (the generator's bits were the largest cost of a verdict), with
+  the codes in the narrowest type that holds ``n_pos n_neg - 1``; counting and the statistic are
+  engine 2's. Intervals agree with engines 1 and 2 within Monte Carlo error, not bit for bit.
+
+Counting and reducing are not part of any engine's contract beyond their values: they are exact
+integer arithmetic (module ``_PairwiseComparisons``), so how the counts are blocked or stored
+never changes a number, and each engine reproduces its recorded verdicts bit for bit.
 """
 
 from __future__ import annotations
@@ -90,8 +102,11 @@ _DRAW_BLOCK_ELEMENTS = 1 << 20
 _F32_EXACT_INT = 1 << 24
 # Engine versions (module docstring). A new verdict uses the version its protocol was frozen
 # with (the sign-check records LATEST_ENGINE); a verdict recorded without one ran with 1.
-ENGINE_VERSIONS: tuple[int, ...] = (1, 2)
-LATEST_ENGINE = 2
+ENGINE_VERSIONS: tuple[int, ...] = (1, 2, 3)
+LATEST_ENGINE = 3
+
+
+_INT16_MAX, _INT32_MAX = int(np.iinfo(np.int16).max), int(np.iinfo(np.int32).max)
 
 
 def check_engine(engine: int) -> int:
@@ -102,14 +117,15 @@ def check_engine(engine: int) -> int:
 
 
 def index_dtype(n: int, engine: int = 1) -> type[np.signedinteger]:
-    """Integer type of resample indices into ``n`` items: int64 under engine 1; under engine 2
-    the narrowest of int16 / int32 / int64 holding ``n - 1``. Part of the draw contract: numpy's
-    ``integers`` draws differ by type."""
+    """Integer type of draws from ``range(n)``: int64 under engine 1; under engines 2 and 3 the
+    narrowest of int16 / int32 / int64 holding ``n - 1`` (engine 3 also draws its pair codes,
+    ``n = n_pos n_neg``, in this type). Part of the draw contract: numpy's ``integers`` draws
+    differ by type."""
     if check_engine(engine) == 1:
         return np.int64
-    if n - 1 <= np.iinfo(np.int16).max:
+    if n - 1 <= _INT16_MAX:
         return np.int16
-    if n - 1 <= np.iinfo(np.int32).max:
+    if n - 1 <= _INT32_MAX:
         return np.int32
     return np.int64
 
@@ -558,43 +574,109 @@ def _draw_block_rows(n_pos: int, n_neg: int) -> int:
 def _stratified_blocks(
     n_pos: int, n_neg: int, resamples: int, rng: np.random.Generator, engine: int = 1
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """Yield ``(start, pos_idx_block, neg_idx_block)``; the draw order of the contract (indices
-    of type ``index_dtype(n, engine)``)."""
+    """Yield ``(start, pos_idx_block, neg_idx_block)``; the draw order of the contract (engines 1
+    and 2: indices of type ``index_dtype(n, engine)``, positives then negatives; engine 3:
+    :func:`_paired_block`)."""
     rows = _draw_block_rows(n_pos, n_neg)
     dt_pos, dt_neg = index_dtype(n_pos, engine), index_dtype(n_neg, engine)
     for start in range(0, resamples, rows):
         b = min(rows, resamples - start)
+        if engine >= 3:
+            yield start, *_paired_block(n_pos, n_neg, b, rng)
+            continue
         pos_block = rng.integers(0, n_pos, size=(b, n_pos), dtype=dt_pos)
         neg_block = rng.integers(0, n_neg, size=(b, n_neg), dtype=dt_neg)
         yield start, pos_block, neg_block
 
 
+def _paired_block(
+    n_pos: int, n_neg: int, b: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Engine 3's draw of ``b`` resamples: ``(pos_idx (b, n_pos), neg_idx (b, n_neg))``.
+
+    With ``m = min(n_pos, n_neg)``: ``v = rng.integers(0, n_pos n_neg, size=(b, m),
+    dtype=index_dtype(n_pos n_neg, 3))``, ``pos_idx[:, :m] = v // n_neg``, ``neg_idx[:, :m] = v %
+    n_neg``; then, if the classes differ in size, ``rng.integers(0, N, size=(b, N - m),
+    dtype=index_dtype(N, 3))`` for the larger one (``N``) fills its remaining columns.
+    ``divmod`` maps the uniform code one-to-one onto the product of the two index ranges, so
+    every index is uniform and independent of every other: the distribution of engines 1-2."""
+    m, big = min(n_pos, n_neg), max(n_pos, n_neg)
+    codes = rng.integers(0, n_pos * n_neg, size=(b, m), dtype=index_dtype(n_pos * n_neg, 3))
+    divisor = codes.dtype.type(n_neg)
+    pos_idx = codes // divisor
+    neg_idx = codes - pos_idx * divisor
+    if big > m:
+        rest = rng.integers(0, big, size=(b, big - m), dtype=index_dtype(big, 3))
+        if n_pos > n_neg:
+            pos_idx = np.concatenate([pos_idx, rest], axis=1)
+        else:
+            neg_idx = np.concatenate([neg_idx, rest], axis=1)
+    return pos_idx, neg_idx
+
+
+@dataclass
+class _CountLayout:
+    """:class:`_JointCounter`'s buffers for blocks of one row count (``buf16`` and the uint16
+    offsets only when every flat position fits in uint16)."""
+
+    flat: np.ndarray  # (b (n_pos + n_neg),) intp
+    counts: np.ndarray  # same size, the kernel's compute type
+    off_pos: np.ndarray  # (b, 1) intp row starts of the positives
+    off_neg: np.ndarray  # (b, 1) intp row starts of the negatives
+    buf16: np.ndarray | None = None
+    off16_pos: np.ndarray | None = None  # (b, n_pos) uint16
+    off16_neg: np.ndarray | None = None  # (b, n_neg) uint16
+
+
 class _JointCounter:
-    """Engine 2's multiplicities of a block: ``(w_pos (b, n_pos), w_neg (b, n_neg))`` in the
-    pairwise kernel's compute type from ONE bincount over both classes. Flat layout: positive i
-    of row r -> ``r n_pos + i``; negative j of row r -> ``b n_pos + r n_neg + j``, so both count
+    """Engines 2 and 3's multiplicities of a block: ``(w_pos (b, n_pos), w_neg (b, n_neg))`` in
+    the pairwise kernel's compute type from ONE bincount over both classes. Flat layout: positive
+    i of row r -> ``r n_pos + i``; negative j of row r -> ``b n_pos + r n_neg + j``, so both count
     matrices are contiguous slices of the result. The values are those of ``_resample_counts``
-    on each class (integers, exact in float32 below 2**24). The index buffer and offsets are
-    kept between blocks (fresh large allocations cost page faults)."""
+    on each class (integers, exact in float32 below 2**24). When the flat positions fit in
+    uint16 and the indices are int16, the offsets are added in uint16 (one SIMD pass) and the sum
+    widened once for bincount; otherwise they are added in intp. The buffers, the offsets and the
+    returned count arrays are kept between blocks, for the full and the last, shorter block size
+    (fresh large allocations cost page faults): a call's counts are valid until the next call."""
 
     def __init__(self, n_pos: int, n_neg: int, dtype: type[np.floating]) -> None:
         self.n_pos, self.n_neg, self.dtype = n_pos, n_neg, dtype
-        self.rows = 0
-        self._flat = np.empty(0, dtype=np.intp)
-        self._off_pos = self._off_neg = np.empty((0, 1), dtype=np.intp)
+        self._layouts: dict[int, _CountLayout] = {}
+
+    def _layout(self, b: int) -> _CountLayout:
+        found = self._layouts.get(b)
+        if found is not None:
+            return found
+        n_pos, n_neg, total = self.n_pos, self.n_neg, b * (self.n_pos + self.n_neg)
+        starts = np.arange(b, dtype=np.intp)
+        off_pos, off_neg = (starts * n_pos)[:, None], (b * n_pos + starts * n_neg)[:, None]
+        lay = _CountLayout(
+            np.empty(total, dtype=np.intp), np.empty(total, dtype=self.dtype), off_pos, off_neg
+        )
+        if total <= 1 << 16:
+            lay.buf16 = np.empty(total, dtype=np.uint16)
+            lay.off16_pos = np.repeat(off_pos.astype(np.uint16), n_pos, axis=1)
+            lay.off16_neg = np.repeat(off_neg.astype(np.uint16), n_neg, axis=1)
+        if len(self._layouts) >= 2:
+            self._layouts.clear()
+        self._layouts[b] = lay
+        return lay
 
     def __call__(self, pos_block: np.ndarray, neg_block: np.ndarray) -> tuple[np.ndarray, ...]:
         b = pos_block.shape[0]
         n_pos, n_neg = self.n_pos, self.n_neg
-        if b != self.rows:
-            self.rows = b
-            self._flat = np.empty(b * (n_pos + n_neg), dtype=np.intp)
-            self._off_pos = (np.arange(b, dtype=np.intp) * n_pos)[:, None]
-            self._off_neg = (b * n_pos + np.arange(b, dtype=np.intp) * n_neg)[:, None]
+        lay = self._layout(b)
         split = b * n_pos
-        np.add(pos_block, self._off_pos, out=self._flat[:split].reshape(b, n_pos))
-        np.add(neg_block, self._off_neg, out=self._flat[split:].reshape(b, n_neg))
-        w = np.bincount(self._flat, minlength=self._flat.size).astype(self.dtype)
+        if lay.buf16 is not None and pos_block.dtype == np.int16 == neg_block.dtype:
+            buf = lay.buf16
+            np.add(pos_block.view(np.uint16), lay.off16_pos, out=buf[:split].reshape(b, n_pos))
+            np.add(neg_block.view(np.uint16), lay.off16_neg, out=buf[split:].reshape(b, n_neg))
+            np.copyto(lay.flat, buf)
+        else:
+            np.add(pos_block, lay.off_pos, out=lay.flat[:split].reshape(b, n_pos))
+            np.add(neg_block, lay.off_neg, out=lay.flat[split:].reshape(b, n_neg))
+        w = lay.counts
+        np.copyto(w, np.bincount(lay.flat, minlength=lay.flat.size), casting="unsafe")
         return w[:split].reshape(b, n_pos), w[split:].reshape(b, n_neg)
 
 
@@ -602,7 +684,7 @@ def _block_counter(
     comps: _PairwiseComparisons | _KronComparisons, engine: int
 ) -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, ...]]:
     """How the pairwise path counts a block's multiplicities: engine 1 one bincount per class
-    (int64, indices consumed in place), engine 2 :class:`_JointCounter`. Same values."""
+    (int64, indices consumed in place), engines 2 and 3 :class:`_JointCounter`. Same values."""
     if engine == 1:
         return lambda p, q: (
             _resample_counts(p, comps.n_pos, consume=True),
@@ -621,9 +703,10 @@ def stratified_resample_indices(
 
     Draw order (part of the reproducibility contract): resamples are drawn in consecutive
     blocks of ``R = max(1, min(1024, 2**20 // max(n_pos, n_neg)))`` rows (the last block may
-    be shorter); for each block, ``rng.integers(0, n_pos, size=(b, n_pos))`` then
-    ``rng.integers(0, n_neg, size=(b, n_neg))`` (int64 under engine 1; ``index_dtype(n,
-    engine)`` under engine 2, passed as ``dtype=``). ``stratified_paired_bootstrap`` with the same
+    be shorter); for each block, under engines 1 and 2, ``rng.integers(0, n_pos, size=(b,
+    n_pos))`` then ``rng.integers(0, n_neg, size=(b, n_neg))`` (int64 under engine 1;
+    ``index_dtype(n, engine)`` under engine 2, passed as ``dtype=``); under engine 3 the paired
+    draw of ``_paired_block``. ``stratified_paired_bootstrap`` with the same
     ``engine`` consumes ``rng`` in exactly this way, so calling this function on an identically
     seeded generator reproduces the bootstrap's resamples.
     """
