@@ -50,6 +50,7 @@ never changes a number, and each engine reproduces its recorded verdicts bit for
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -254,6 +255,22 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(_midrank_auc(ranks[pos].sum(), n_pos, n_neg))
 
 
+# Per-thread working buffers kept between calls (``_scratch``).
+_SCRATCH = threading.local()
+
+
+def _scratch(key: str, size: int, dtype: type[np.generic]) -> np.ndarray:
+    """A 1-D ``dtype`` array of ``size`` elements kept per thread between calls, for working
+    buffers that every use overwrites before reading and no longer needs once it returns (one
+    live user per ``key``). Fresh large arrays cost page faults on every first touch: a paper-size
+    verdict allocated its counting buffers per group and took 4,300 page faults a call."""
+    pool = _SCRATCH.__dict__
+    arr = pool.get(key)
+    if arr is None or arr.size < size or arr.dtype != dtype:
+        arr = pool[key] = np.empty(size, dtype=dtype)
+    return arr[:size]
+
+
 def _resample_counts(idx: np.ndarray, n: int, consume: bool = False) -> np.ndarray:
     """Multiplicity matrix w (B, n): ``w[b, i] = #{c : idx[b, c] == i}`` (one bincount).
 
@@ -312,14 +329,11 @@ class _PairwiseComparisons:
             self.blocks.append((s0, s1, stacked, gemm_rows))
         max_width = min(per_block, self.n_sig) * self.n_neg
         self.chunk_rows = max(1, _CHUNK_ELEMENTS // (max_width + self.n_pos + self.n_neg))
-        self._scratch = np.empty(0, dtype=self.dtype)
 
     def _partial(self, rows: int, width: int) -> np.ndarray:
-        """A (rows, width) scratch array, reused across calls (fresh large allocations cost
-        page faults; every element is overwritten before it is read)."""
-        if self._scratch.size < rows * width:
-            self._scratch = np.empty(rows * width, dtype=self.dtype)
-        return self._scratch[: rows * width].reshape(rows, width)
+        """A (rows, width) scratch array (``_scratch``; every element is overwritten before it
+        is read)."""
+        return _scratch("pairwise.partial", rows * width, self.dtype).reshape(rows, width)
 
     def accumulate(self, w_pos: np.ndarray, w_neg: np.ndarray, out: np.ndarray) -> None:
         """Write ``w_pos[b] @ C2_s @ w_neg[b]`` into ``out[s, b]`` for integer counts."""
@@ -384,7 +398,6 @@ class _KronComparisons:
             c2 = 2 * (p > q).astype(np.int8) + (p == q).astype(np.int8)
             self.flat[:, s0:s1] = c2.reshape(s1 - s0, pairs).T
         self.chunk_rows = max(1, _KRON_ELEMENTS // pairs)
-        self._outer = np.empty(0, dtype=self.dtype)
 
     def accumulate(self, w_pos: np.ndarray, w_neg: np.ndarray, out: np.ndarray) -> None:
         """Write ``w_pos[b] @ C2_s @ w_neg[b]`` into ``out[s, b]`` for integer counts."""
@@ -395,9 +408,7 @@ class _KronComparisons:
             wp = w_pos[start:stop].astype(self.dtype, copy=False)
             wn = w_neg[start:stop].astype(self.dtype, copy=False)
             size = rows * self.n_pos * self.n_neg
-            if self._outer.size < size:
-                self._outer = np.empty(size, dtype=self.dtype)
-            outer = self._outer[:size].reshape(rows, self.n_pos, self.n_neg)
+            outer = _scratch("kron.outer", size, self.dtype).reshape(rows, self.n_pos, self.n_neg)
             np.multiply(wp[:, :, None], wn[:, None, :], out=outer)
             out[:, start:stop] = (outer.reshape(rows, -1) @ self.flat).T
 
@@ -614,18 +625,26 @@ def _paired_block(
     return pos_idx, neg_idx
 
 
-@dataclass
-class _CountLayout:
-    """:class:`_JointCounter`'s buffers for blocks of one row count (``buf16`` and the uint16
-    offsets only when every flat position fits in uint16)."""
-
-    flat: np.ndarray  # (b (n_pos + n_neg),) intp
-    counts: np.ndarray  # same size, the kernel's compute type
-    off_pos: np.ndarray  # (b, 1) intp row starts of the positives
-    off_neg: np.ndarray  # (b, 1) intp row starts of the negatives
-    buf16: np.ndarray | None = None
-    off16_pos: np.ndarray | None = None  # (b, n_pos) uint16
-    off16_neg: np.ndarray | None = None  # (b, n_neg) uint16
+def _count_offsets(b: int, n_pos: int, n_neg: int) -> tuple[np.ndarray, ...]:
+    """Row starts of :class:`_JointCounter`'s flat layout for ``b``-row blocks: ``(off_pos (b,
+    1), off_neg (b, 1))`` in intp and, when every position fits in uint16, the same expanded to
+    ``(b, n_pos)`` / ``(b, n_neg)`` uint16 arrays. Read-only; cached per thread by shape."""
+    cache = _SCRATCH.__dict__.setdefault("count.offsets", {})
+    key = (b, n_pos, n_neg)
+    found = cache.get(key)
+    if found is None:
+        starts = np.arange(b, dtype=np.intp)
+        off_pos, off_neg = (starts * n_pos)[:, None], (b * n_pos + starts * n_neg)[:, None]
+        found = (off_pos, off_neg)
+        if b * (n_pos + n_neg) <= 1 << 16:
+            found += (
+                np.repeat(off_pos.astype(np.uint16), n_pos, axis=1),
+                np.repeat(off_neg.astype(np.uint16), n_neg, axis=1),
+            )
+        if len(cache) >= 8:
+            cache.clear()
+        cache[key] = found
+    return found
 
 
 class _JointCounter:
@@ -635,48 +654,29 @@ class _JointCounter:
     matrices are contiguous slices of the result. The values are those of ``_resample_counts``
     on each class (integers, exact in float32 below 2**24). When the flat positions fit in
     uint16 and the indices are int16, the offsets are added in uint16 (one SIMD pass) and the sum
-    widened once for bincount; otherwise they are added in intp. The buffers, the offsets and the
-    returned count arrays are kept between blocks, for the full and the last, shorter block size
-    (fresh large allocations cost page faults): a call's counts are valid until the next call."""
+    widened once for bincount; otherwise they are added in intp. The buffers are ``_scratch``
+    arrays and the offsets ``_count_offsets``: a call's counts are valid until the next call of
+    any counter on the same thread."""
 
     def __init__(self, n_pos: int, n_neg: int, dtype: type[np.floating]) -> None:
         self.n_pos, self.n_neg, self.dtype = n_pos, n_neg, dtype
-        self._layouts: dict[int, _CountLayout] = {}
-
-    def _layout(self, b: int) -> _CountLayout:
-        found = self._layouts.get(b)
-        if found is not None:
-            return found
-        n_pos, n_neg, total = self.n_pos, self.n_neg, b * (self.n_pos + self.n_neg)
-        starts = np.arange(b, dtype=np.intp)
-        off_pos, off_neg = (starts * n_pos)[:, None], (b * n_pos + starts * n_neg)[:, None]
-        lay = _CountLayout(
-            np.empty(total, dtype=np.intp), np.empty(total, dtype=self.dtype), off_pos, off_neg
-        )
-        if total <= 1 << 16:
-            lay.buf16 = np.empty(total, dtype=np.uint16)
-            lay.off16_pos = np.repeat(off_pos.astype(np.uint16), n_pos, axis=1)
-            lay.off16_neg = np.repeat(off_neg.astype(np.uint16), n_neg, axis=1)
-        if len(self._layouts) >= 2:
-            self._layouts.clear()
-        self._layouts[b] = lay
-        return lay
 
     def __call__(self, pos_block: np.ndarray, neg_block: np.ndarray) -> tuple[np.ndarray, ...]:
         b = pos_block.shape[0]
         n_pos, n_neg = self.n_pos, self.n_neg
-        lay = self._layout(b)
-        split = b * n_pos
-        if lay.buf16 is not None and pos_block.dtype == np.int16 == neg_block.dtype:
-            buf = lay.buf16
-            np.add(pos_block.view(np.uint16), lay.off16_pos, out=buf[:split].reshape(b, n_pos))
-            np.add(neg_block.view(np.uint16), lay.off16_neg, out=buf[split:].reshape(b, n_neg))
-            np.copyto(lay.flat, buf)
+        total, split = b * (n_pos + n_neg), b * n_pos
+        offsets = _count_offsets(b, n_pos, n_neg)
+        flat = _scratch("count.flat", total, np.intp)
+        if len(offsets) == 4 and pos_block.dtype == np.int16 == neg_block.dtype:
+            buf = _scratch("count.buf16", total, np.uint16)
+            np.add(pos_block.view(np.uint16), offsets[2], out=buf[:split].reshape(b, n_pos))
+            np.add(neg_block.view(np.uint16), offsets[3], out=buf[split:].reshape(b, n_neg))
+            np.copyto(flat, buf)
         else:
-            np.add(pos_block, lay.off_pos, out=lay.flat[:split].reshape(b, n_pos))
-            np.add(neg_block, lay.off_neg, out=lay.flat[split:].reshape(b, n_neg))
-        w = lay.counts
-        np.copyto(w, np.bincount(lay.flat, minlength=lay.flat.size), casting="unsafe")
+            np.add(pos_block, offsets[0], out=flat[:split].reshape(b, n_pos))
+            np.add(neg_block, offsets[1], out=flat[split:].reshape(b, n_neg))
+        w = _scratch("count.w", total, self.dtype)
+        np.copyto(w, np.bincount(flat, minlength=total), casting="unsafe")
         return w[:split].reshape(b, n_pos), w[split:].reshape(b, n_neg)
 
 
