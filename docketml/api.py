@@ -510,11 +510,9 @@ def attach(run: Run) -> Iterator[Run]:
 def verdict(protocol: str, *, ledger: Any = None) -> dict[str, Any]:
     """Compute and record the verdict of ``protocol``'s latest frozen version: the same dict
     ``docket verdict PROTOCOL --json`` prints."""
-    from docketml.ledger.verdicts import compute_verdict
+    from docketml.ledger.verdicts import verdict_outside_lock
 
-    led = _ledger(ledger)
-    with led.session() as session:
-        return compute_verdict(session, protocol)
+    return verdict_outside_lock(_ledger(ledger), protocol)
 
 
 def load_protocol(source: str | os.PathLike[str], *, ledger: Any = None) -> Protocol:

@@ -36,6 +36,12 @@ Contract of :func:`compute_verdict`:
   :func:`docketml.ledger.store.results.inputs_sha256`). No Python object per observation is
   kept: memory is the engine's arrays (one float per item and signal, one ``str`` per item)
   plus the largest group's rows.
+* Locking (:func:`verdict_outside_lock`, what ``docket verdict`` and ``docketml.api.verdict``
+  call): the verdict is read and computed in a read-only snapshot, which holds no write lock
+  (SQLite's ``BEGIN IMMEDIATE`` would make every other writer wait for the whole verdict), and
+  recorded in a short write transaction. If :func:`verdict_stamp` (the version rows and every
+  run bound to them, with status and finish time) moved in between, it is computed again inside
+  the write transaction, so the result is always that of the ledger it was recorded in.
 * ``log_head`` (:func:`docketml.ledger.integrity.heads.head_record`): the Merkle log head the
   verdict was computed at (tree size, root hash, and the signed tree head when a signing key is
   available), stored in ``details_json``. It is not part of the look rule (a repeated look at
@@ -51,7 +57,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import select
@@ -81,6 +87,9 @@ from .verdict.rules import (
     rule_sources,
 )
 from .verdict.stats import ENGINE_VERSIONS, LATEST_ENGINE
+
+if TYPE_CHECKING:
+    from .store.db import Ledger
 
 ALL_RUNS = "*"  # the key of the merged source in details / canonical inputs
 
@@ -571,12 +580,66 @@ def recorded_engine(details: Any, what: str = "details_json") -> int:
     return int(value)
 
 
+@dataclass(frozen=True)
+class ComputedVerdict:
+    """A verdict computed in one transaction, recordable in another (:func:`record_verdict`):
+    the protocol version's key and sha256, the result ``out``, its ``inputs_sha256`` and the
+    run ids it used."""
+
+    protocol_pk: int
+    protocol_sha256: str
+    out: dict[str, Any]
+    digest: str
+    used: list[int]
+
+
 def compute_verdict(session: Session, protocol_id: str, *, record: bool = True) -> dict[str, Any]:
-    """Compute (and by default record) the verdict of ``protocol_id``; see the module docstring.
+    """Compute (and by default record) the verdict of ``protocol_id`` in ``session``'s
+    transaction; see the module docstring.
 
     Raises :class:`ledger.errors.CheckFailed` if the protocol was never frozen and
     :class:`ledger.errors.UserError` for an unknown protocol.
     """
+    computed = prepare_verdict(session, protocol_id)
+    return record_verdict(session, computed) if record else computed.out
+
+
+def verdict_stamp(session: Session, protocol_id: str) -> tuple[Any, ...]:
+    """Everything a verdict of ``protocol_id`` reads that can change, as one comparable value:
+    each version row ``(id, status)`` and each run bound to any version ``(id, status,
+    finished_at)``. A finished run's observations, metrics and texts never change after it
+    finished (its Merkle leaf holds their sha256), so equal stamps mean equal inputs."""
+    versions = session.execute(
+        select(ProtocolRow.id, ProtocolRow.status, ProtocolRow.sha256)
+        .where(ProtocolRow.protocol_id == protocol_id)
+        .order_by(ProtocolRow.id)
+    ).all()
+    runs = session.execute(
+        select(RunRow.id, RunRow.status, RunRow.finished_at)
+        .where(RunRow.protocol_sha256.in_([v.sha256 for v in versions]))
+        .order_by(RunRow.id)
+    ).all()
+    return (tuple(tuple(v[:2]) for v in versions), tuple(tuple(r) for r in runs))
+
+
+def verdict_outside_lock(ledger: Ledger, protocol_id: str) -> dict[str, Any]:
+    """Compute the verdict of ``protocol_id`` in a read-only snapshot, then record it in a short
+    write transaction: the reading and the engine (seconds to minutes on a large ledger) hold no
+    write lock, so other writers (runs finishing, heartbeats, costs) go on; on SQLite they would
+    otherwise wait for the whole verdict. If :func:`verdict_stamp` differs between the two (a run
+    finished, a version was frozen meanwhile), the verdict is computed again inside the write
+    transaction. Same result and record as :func:`compute_verdict` in one transaction."""
+    with ledger.read_session() as session:
+        computed = prepare_verdict(session, protocol_id)
+        stamp = verdict_stamp(session, protocol_id)
+    with ledger.session() as session:
+        if verdict_stamp(session, protocol_id) != stamp:
+            return compute_verdict(session, protocol_id)
+        return record_verdict(session, computed)
+
+
+def prepare_verdict(session: Session, protocol_id: str) -> ComputedVerdict:
+    """Compute the verdict of ``protocol_id`` (reads only)."""
     row = store.latest_frozen(session, protocol_id)
     protocol = store.parse_row(row)
     loaded = load_dataset(session, row, protocol)
@@ -609,38 +672,43 @@ def compute_verdict(session: Session, protocol_id: str, *, record: bool = True) 
         "hypotheses": result["hypotheses"],
         "log_head": head_record(session),
     }
-    if record:
-        previous = looks.latest_verdict(session, row.id)
-        if (
-            previous is not None
-            and previous.inputs_sha256 == digest
-            and previous.verdict == result["verdict"]
-        ):
-            look = looks.record_look(session, previous)
-            out["verdict_id"] = previous.id
-            out["computed_at"] = previous.computed_at.isoformat()
-            out["recorded"] = "look"
-            out["verdict_log_head"] = _stored_log_head(previous)
-            out["look"] = {"id": look.id, "at": look.at.isoformat(), "who": look.who}
-            return out
-        now = utcnow()
-        verdict_row = VerdictRow(
-            protocol_pk=row.id,
-            protocol_sha256=row.sha256,
-            computed_at=now,
-            verdict=result["verdict"],
-            details_json=json.dumps(out, sort_keys=True, allow_nan=False),
-            inputs_sha256=digest,
-            run_ids_json=json.dumps(used),
-        )
-        session.add(verdict_row)
-        session.flush()
-        merkle_log.queue_leaf(
-            session, "verdict", verdict_row.id, merkle_log.verdict_leaf(verdict_row)
-        )
-        out["verdict_id"] = verdict_row.id
-        out["computed_at"] = now.isoformat()
-        out["recorded"] = "verdict"
+    return ComputedVerdict(row.id, row.sha256, out, digest, used)
+
+
+def record_verdict(session: Session, computed: ComputedVerdict) -> dict[str, Any]:
+    """Record ``computed`` (module docstring): a look when the latest verdict of its version has
+    the same inputs and result, else a new verdict row and its Merkle leaf. Returns ``out`` with
+    ``verdict_id``, ``computed_at`` and ``recorded``."""
+    out, digest = dict(computed.out), computed.digest
+    previous = looks.latest_verdict(session, computed.protocol_pk)
+    if (
+        previous is not None
+        and previous.inputs_sha256 == digest
+        and previous.verdict == out["verdict"]
+    ):
+        look = looks.record_look(session, previous)
+        out["verdict_id"] = previous.id
+        out["computed_at"] = previous.computed_at.isoformat()
+        out["recorded"] = "look"
+        out["verdict_log_head"] = _stored_log_head(previous)
+        out["look"] = {"id": look.id, "at": look.at.isoformat(), "who": look.who}
+        return out
+    now = utcnow()
+    verdict_row = VerdictRow(
+        protocol_pk=computed.protocol_pk,
+        protocol_sha256=computed.protocol_sha256,
+        computed_at=now,
+        verdict=out["verdict"],
+        details_json=json.dumps(out, sort_keys=True, allow_nan=False),
+        inputs_sha256=digest,
+        run_ids_json=json.dumps(computed.used),
+    )
+    session.add(verdict_row)
+    session.flush()
+    merkle_log.queue_leaf(session, "verdict", verdict_row.id, merkle_log.verdict_leaf(verdict_row))
+    out["verdict_id"] = verdict_row.id
+    out["computed_at"] = now.isoformat()
+    out["recorded"] = "verdict"
     return out
 
 

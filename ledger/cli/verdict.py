@@ -193,10 +193,9 @@ def verdict_cmd(env: Env, protocol_id: str, history: bool, as_json: bool) -> Non
             events = verdict_history(session, protocol_id)
         emit(events, as_json, lambda c: print_history(events, c))
         return
-    from ..verdicts import compute_verdict
+    from ..verdicts import verdict_outside_lock
 
-    with env.ledger().session() as session:
-        data = compute_verdict(session, protocol_id)
+    data = verdict_outside_lock(env.ledger(), protocol_id)
     emit(data, as_json, lambda c: print_verdict(data, c))
 
 
