@@ -16,6 +16,10 @@ For each backend and each size N (``--sizes``, default 10^4, 10^5, 10^6, 10^7), 
   streams the observations one group at a time (``ledger.store.stream``), so its memory is the
   engine's arrays (one float per item and signal, one ``str`` per item), not Python objects per
   observation;
+* a writer beside the verdict (from ``--beside-from``, default 10^6): a ``docket cost add``
+  started ``--beside-delay-s`` (default 4 s) into a running verdict, timed, against the same
+  command alone right after (the baseline). The verdict reads in a read-only snapshot, so the
+  ratio should be about 1; before that change the writer waited for the whole verdict;
 * growth: time(N) / time(previous N) next to the size ratio (10x); linear growth means the
   per-observation time (``us/obs``) stays flat once start-up is amortised. The first size is
   dominated by interpreter start-up (about 1.5 s here), stated in the output.
@@ -182,6 +186,36 @@ def time_verdict(url: str) -> tuple[float, float, dict[str, Any]]:
     return elapsed, int(peak[-1].split()[1]) / 1024, json.loads(proc.stdout)
 
 
+COST_ADD = ["cost", "add", "--hardware", "cpu", "--usd", "0.01", "--label", "beside"]
+
+
+def _cost_add_s(env: dict[str, str]) -> float:
+    code = f"from docketml.ledger.cli.main import main; main({COST_ADD!r})"
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, check=True)
+    return time.perf_counter() - started
+
+
+def writer_beside(url: str, delay_s: float) -> tuple[float, float]:
+    """Seconds a ``docket cost add`` takes when started ``delay_s`` into a running ``docket
+    verdict`` (the verdict reads in a read-only snapshot, so a writer should not wait for it),
+    and the same command alone, measured right after (the baseline)."""
+    env = dict(os.environ, DOCKET_DB=url)
+    verdict = subprocess.Popen(
+        [sys.executable, "-c", CHILD], env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    time.sleep(delay_s)
+    beside = _cost_add_s(env)
+    still_running = verdict.poll() is None
+    verdict.wait()
+    if not still_running:
+        raise SystemExit(
+            f"the verdict ended before the writer did: raise --beside-delay-s ({delay_s})"
+        )
+    return beside, _cost_add_s(env)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10000,100000,1000000,10000000")
@@ -190,6 +224,13 @@ def main() -> None:
     parser.add_argument("--ci", choices=["delong", "paired_bootstrap"], default="delong")
     parser.add_argument("--resamples", type=int, default=10_000)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument(
+        "--beside-from",
+        type=float,
+        default=1e6,
+        help="from this size on, also time a writer beside the verdict",
+    )
+    parser.add_argument("--beside-delay-s", type=float, default=4.0)
     args = parser.parse_args()
     sizes = [int(float(x)) for x in args.sizes.split(",")]
     group_counts = [int(x) for x in args.groups.split(",")]
@@ -208,6 +249,9 @@ def main() -> None:
                 for _ in range(args.repeats):
                     elapsed, peak, result = time_verdict(url)
                     best, rss = min(best, elapsed), max(rss, peak)
+                beside = (
+                    writer_beside(url, args.beside_delay_s) if n_obs >= args.beside_from else None
+                )
             h1 = result["hypotheses"][0]
             verdict = f"{result['verdict']} ({h1['wins']}/{len(h1['contests'])} groups won)"
             growth = "" if previous is None else f", x{best / previous:.2f} vs previous size"
@@ -216,6 +260,12 @@ def main() -> None:
                 f"({best / n_obs * 1e6:6.2f} us/obs), peak RSS {rss:7.0f} MiB{growth}; "
                 f"set-up {setup_s:.1f} s; {verdict}"
             )
+            if beside is not None:
+                print(
+                    f"{name}: {n_obs:>10,} observations: `docket cost add` started "
+                    f"{args.beside_delay_s:g} s into the verdict took {beside[0]:.2f} s, alone "
+                    f"{beside[1]:.2f} s (x{beside[0] / beside[1]:.2f})"
+                )
             previous = best
 
 

@@ -216,7 +216,7 @@ def simulate_cmd(
     if n_sims < 1:
         raise click.BadParameter("must be at least 1", param_hint="--runs")
     sizes = _sizes(sizes_text)
-    with env.ledger().session() as session:
+    with env.ledger().read_session() as session:  # a query: nothing here writes
         row = store.latest(session, protocol_id)
         protocol = store.parse_row(row)
         engine = engine_version(session, row)  # the engine a verdict of this version runs with
