@@ -179,7 +179,8 @@ def verdict_cmd(env: Env, protocol_id: str, history: bool, as_json: bool) -> Non
     runs (runs bound to other versions are ignored, and said so).
 
     A new verdict row is recorded only when the inputs or the result changed; a repeated look
-    is logged as a look. --history lists both.
+    is logged as a look. --history lists both. The verdict reads in a read-only snapshot, so
+    runs, costs and journal entries keep being written while it computes.
 
     \b
     Example:
