@@ -55,3 +55,25 @@ def test_auc_matches_point_auroc() -> None:
     aucs, _ = stats.delong_structural(z, labels)
     for r in range(2):
         assert aucs[r] == stats.auroc(z[r], labels)
+
+
+def test_delong_aucs_are_the_exact_pairwise_aurocs_bit_for_bit() -> None:
+    """``rules.contest_stats`` takes a DeLong contest's AUCs from ``delong_structural`` instead
+    of sorting again: they must be the floats of the pairwise count ``(2 [x > y] + [x = y]) /
+    (2 m n)``, counted here directly, with and without ties, on both sides of the size at
+    which ``_point_aurocs`` switches from pairs to ranks."""
+    from docketml.ledger.verdict.rules import _point_aurocs
+
+    rng = np.random.default_rng(7)
+    for trial in range(300):
+        s, m, n = int(rng.integers(1, 4)), int(rng.integers(2, 260)), int(rng.integers(2, 260))
+        pos, neg = rng.normal(size=(s, m)) + 0.4, rng.normal(size=(s, n))
+        if trial % 2:
+            pos, neg = np.round(pos, 1), np.round(neg, 1)
+        gt = (pos[:, :, None] > neg[:, None, :]).sum(axis=(1, 2))
+        eq = (pos[:, :, None] == neg[:, None, :]).sum(axis=(1, 2))
+        exact = (2 * gt + eq) / (2.0 * m * n)
+        labels = np.r_[np.ones(m, np.int8), np.zeros(n, np.int8)]
+        aucs, _ = stats.delong_structural(np.concatenate([pos, neg], axis=1), labels)
+        assert np.array_equal(aucs, exact), (trial, s, m, n)
+        assert np.array_equal(_point_aurocs(pos, neg), exact), (trial, s, m, n)

@@ -715,7 +715,19 @@ def contest_stats(
     t, s, n_pos = pos.shape
     n_neg = neg.shape[2]
     pflat, nflat = pos.reshape(t * s, n_pos), neg.reshape(t * s, n_neg)
-    auc = _point_aurocs(pflat, nflat).reshape(t, s)
+    labels = np.r_[np.ones(n_pos, dtype=np.int8), np.zeros(n_neg, dtype=np.int8)]
+    covs: list[np.ndarray] | None = None
+    if ci.method == "delong" and min(n_pos, n_neg) >= 2:
+        # DeLong's AUCs are _point_aurocs' floats (the same exact Mann-Whitney numerator divided
+        # once), so each study's signals are sorted once, not twice
+        both = [
+            stats.delong_structural(np.concatenate([pos[k], neg[k]], axis=1), labels)
+            for k in range(t)
+        ]
+        auc = np.array([a for a, _ in both]).reshape(t, s)
+        covs = [c for _, c in both]
+    else:
+        auc = _point_aurocs(pflat, nflat).reshape(t, s)
     cand, base = auc[:, :n_cand], auc[:, n_cand:]
     best = np.argmax(base, axis=1)  # first on ties = the pre-registered order
     best_auc = base[np.arange(t), best]
@@ -730,14 +742,15 @@ def contest_stats(
         lo, hi = _percentiles(cb - ref, ci.level)
         return ContestStats(auc, best, delta, lo, hi)
     # DeLong
-    labels = np.r_[np.ones(n_pos, dtype=np.int8), np.zeros(n_neg, dtype=np.int8)]
     z = scipy.stats.norm.ppf(1.0 - _alpha(ci.level))
     lo = np.empty((t, n_cand))
     hi = np.empty((t, n_cand))
     used = np.empty((t, n_cand), dtype=int)
     n_base = s - n_cand
     for k in range(t):
-        _, cov = stats.delong_structural(np.concatenate([pos[k], neg[k]], axis=1), labels)
+        if covs is None:  # fewer than 2 in a class: delong_structural says so (ValueError)
+            stats.delong_structural(np.concatenate([pos[k], neg[k]], axis=1), labels)
+        cov = covs[k]  # type: ignore[index]
         for c in range(n_cand):
             bases = [best[k]] if best_baseline == "fixed" else list(range(n_base))
             los, his = [], []
