@@ -62,11 +62,14 @@ def test_delong_aucs_are_the_exact_pairwise_aurocs_bit_for_bit() -> None:
     of sorting again: they must be the floats of the pairwise count ``(2 [x > y] + [x = y]) /
     (2 m n)``, counted here directly, with and without ties, on both sides of the size at
     which ``_point_aurocs`` switches from pairs to ranks."""
-    from docketml.ledger.verdict.rules import _point_aurocs
+    from docketml.ledger.verdict.rules import _PAIRS_DIRECT, _point_aurocs
 
     rng = np.random.default_rng(7)
     for trial in range(300):
         s, m, n = int(rng.integers(1, 4)), int(rng.integers(2, 260)), int(rng.integers(2, 260))
+        if trial % 10 == 0:  # past _PAIRS_DIRECT: _point_aurocs ranks instead of counting
+            m, n = int(rng.integers(800, 1500)), int(rng.integers(800, 1500))
+            assert s * m * n > _PAIRS_DIRECT
         pos, neg = rng.normal(size=(s, m)) + 0.4, rng.normal(size=(s, n))
         if trial % 2:
             pos, neg = np.round(pos, 1), np.round(neg, 1)
