@@ -68,7 +68,7 @@ def test_delong_aucs_are_the_exact_pairwise_aurocs_bit_for_bit() -> None:
     for trial in range(300):
         s, m, n = int(rng.integers(1, 4)), int(rng.integers(2, 260)), int(rng.integers(2, 260))
         if trial % 10 == 0:  # past _PAIRS_DIRECT: _point_aurocs ranks instead of counting
-            m, n = int(rng.integers(800, 1500)), int(rng.integers(800, 1500))
+            m, n = int(rng.integers(1100, 1500)), int(rng.integers(1100, 1500))
             assert s * m * n > _PAIRS_DIRECT
         pos, neg = rng.normal(size=(s, m)) + 0.4, rng.normal(size=(s, n))
         if trial % 2:
