@@ -715,17 +715,16 @@ def contest_stats(
     t, s, n_pos = pos.shape
     n_neg = neg.shape[2]
     pflat, nflat = pos.reshape(t * s, n_pos), neg.reshape(t * s, n_neg)
-    labels = np.r_[np.ones(n_pos, dtype=np.int8), np.zeros(n_neg, dtype=np.int8)]
-    covs: list[np.ndarray] | None = None
-    if ci.method == "delong" and min(n_pos, n_neg) >= 2:
+    covs: list[np.ndarray] = []
+    if ci.method == "delong":
         # DeLong's AUCs are _point_aurocs' floats (the same exact Mann-Whitney numerator divided
-        # once), so each study's signals are sorted once, not twice
-        both = [
-            stats.delong_structural(np.concatenate([pos[k], neg[k]], axis=1), labels)
-            for k in range(t)
-        ]
-        auc = np.array([a for a, _ in both]).reshape(t, s)
-        covs = [c for _, c in both]
+        # once), so each study's signals are sorted once, not twice; fewer than 2 items in a
+        # class raise ValueError here, as delong_structural says
+        labels = np.r_[np.ones(n_pos, dtype=np.int8), np.zeros(n_neg, dtype=np.int8)]
+        auc = np.empty((t, s))
+        for k in range(t):
+            auc[k], cov = stats.delong_structural(np.concatenate([pos[k], neg[k]], axis=1), labels)
+            covs.append(cov)
     else:
         auc = _point_aurocs(pflat, nflat).reshape(t, s)
     cand, base = auc[:, :n_cand], auc[:, n_cand:]
@@ -748,9 +747,7 @@ def contest_stats(
     used = np.empty((t, n_cand), dtype=int)
     n_base = s - n_cand
     for k in range(t):
-        if covs is None:  # fewer than 2 in a class: delong_structural says so (ValueError)
-            stats.delong_structural(np.concatenate([pos[k], neg[k]], axis=1), labels)
-        cov = covs[k]  # type: ignore[index]
+        cov = covs[k]
         for c in range(n_cand):
             bases = [best[k]] if best_baseline == "fixed" else list(range(n_base))
             los, his = [], []
