@@ -24,7 +24,8 @@ Contract of :func:`compute_verdict`:
   runs), each rule reading that source is INCONCLUSIVE, naming the run and the knobs that never
   took effect. A later silent_noop rerun does not taint a verdict that never reads it.
 * The verdict is recorded in ``verdicts`` with ``inputs_sha256`` =
-  :func:`docketml.ledger.store.results.inputs_sha256` of its sources. ``details_json`` keeps the
+  :func:`docketml.ledger.store.inputs_digest.inputs_sha256` of its sources, in the format
+  :func:`inputs_format` picks (``details_json["inputs_format"]``). ``details_json`` keeps the
   full result and the run ids of every source (and, in ``inputs.parts``, which of them were
   pooled), so
   :func:`recompute_inputs_sha256` can re-derive the hash from the current observation rows (the
@@ -32,8 +33,8 @@ Contract of :func:`compute_verdict`:
 * Reading streams (:func:`read_sources`): each source's effective observations arrive one group
   at a time from one ordered query (:func:`docketml.ledger.store.stream.iter_groups`) and go
   straight into the engine's per-group arrays and into the incremental ``inputs_sha256``
-  (:class:`docketml.ledger.store.results.InputsHasher`, the same bytes as
-  :func:`docketml.ledger.store.results.inputs_sha256`). No Python object per observation is
+  (:func:`docketml.ledger.store.inputs_digest.inputs_hasher`, the same digest as
+  :func:`docketml.ledger.store.inputs_digest.inputs_sha256`). No Python object per observation is
   kept: memory is the engine's arrays (one float per item and signal, one ``str`` per item)
   plus the largest group's rows.
 * Locking (:func:`verdict_outside_lock`, what ``docket verdict`` and ``docketml.api.verdict``
@@ -69,13 +70,9 @@ from .integrity.heads import head_record
 from .results import MetricValue
 from .store import looks, merkle_log
 from .store import protocols as store
+from .store.inputs_digest import INPUTS_FORMATS, LATEST_INPUTS_FORMAT, inputs_hasher
 from .store.models import ProtocolRow, RunRow, VerdictRow, utcnow
-from .store.results import (
-    InputsHasher,
-    SourcePayload,
-    load_parts,
-    part_metrics,
-)
+from .store.results import SourcePayload, load_parts, part_metrics
 from .store.stream import GroupBlock, flat_runs, iter_groups, streamable
 from .verdict.rules import (
     Dataset,
@@ -167,18 +164,19 @@ class SourceSpec:
 
 
 def read_sources(
-    session: Session, specs: dict[str, SourceSpec]
+    session: Session, specs: dict[str, SourceSpec], inputs_format: int = LATEST_INPUTS_FORMAT
 ) -> tuple[str, dict[str, SourceData]]:
     """Stream every source of ``specs`` once, in sorted key order: returns the verdict's
-    ``inputs_sha256`` (identical to :func:`docketml.ledger.store.results.inputs_sha256` of
-    their :func:`load_parts` payloads) and the :class:`SourceData` of the keys marked
-    ``build``."""
-    hasher = InputsHasher()
+    ``inputs_sha256`` in ``inputs_format`` (identical to
+    :func:`docketml.ledger.store.inputs_digest.inputs_sha256` of their :func:`load_parts`
+    payloads) and the :class:`SourceData` of the keys marked ``build``."""
+    hasher = inputs_hasher(inputs_format)
     built: dict[str, SourceData] = {}
     for key in sorted(specs):
         spec = specs[key]
         metrics = part_metrics(session, spec.parts)
-        hasher.begin(key, metrics)
+        run_ids = flat_runs(spec.parts)
+        hasher.begin(key, metrics, run_ids)
         if streamable(spec.parts):
             blocks: Iterable[GroupBlock] = iter_groups(session, spec.parts)
             payload = None
@@ -197,8 +195,7 @@ def read_sources(
                     groups.clear()
                 else:
                     groups[block.group] = samples
-        run_ids = flat_runs(spec.parts)
-        hasher.end(run_ids)
+        hasher.end()
         if not spec.build:
             continue
         if exact:
@@ -376,6 +373,7 @@ def load_dataset(
     *,
     pinned: dict[str, list[list[int]]] | None = None,
     as_of: datetime | None = None,
+    inputs_format: int = LATEST_INPUTS_FORMAT,
 ) -> LoadedData:
     """The engine's input for ``row`` (a frozen version): one source per job a rule reads, each
     job's runs chosen by :func:`select_runs`; the merged source (rules without ``job:``) merges
@@ -384,7 +382,8 @@ def load_dataset(
     To re-derive a recorded verdict, ``pinned`` (source key -> its recorded parts, see
     :func:`rederive_verdict`) fixes the runs of each source instead, and ``as_of`` (its
     ``computed_at``) limits the runs that count (selection, ``silent_noop`` taints) to those
-    finished by then."""
+    finished by then. ``inputs_format``: the format of ``inputs_sha256``
+    (:mod:`docketml.ledger.store.inputs_digest`)."""
     finished = list(
         session.scalars(
             select(RunRow)
@@ -495,7 +494,7 @@ def load_dataset(
             dataset.unavailable[job] = "; ".join(problems)
         else:
             spec.build, spec.problems = True, problems
-    digest, built = read_sources(session, specs)
+    digest, built = read_sources(session, specs, inputs_format)
     keyed = {_source_key(job): job for job in needed}
     for key, src in built.items():
         dataset.sources[keyed[key]] = src
@@ -580,6 +579,30 @@ def recorded_engine(details: Any, what: str = "details_json") -> int:
     return int(value)
 
 
+def inputs_format(session: Session, row: ProtocolRow) -> int:
+    """THE rule of which format (:mod:`docketml.ledger.store.inputs_digest`) a new verdict of
+    protocol version ``row`` hashes its inputs in: the format of the version's latest recorded
+    verdict (so a repeated look compares like with like and a version's verdicts stay
+    comparable), :data:`LATEST_INPUTS_FORMAT` when none is recorded."""
+    previous = looks.latest_verdict(session, row.id)
+    if previous is None:
+        return LATEST_INPUTS_FORMAT
+    try:
+        details = json.loads(previous.details_json)
+    except json.JSONDecodeError:
+        return LATEST_INPUTS_FORMAT  # the audit reports the row; a new verdict is not bound to it
+    return recorded_inputs_format(details)
+
+
+def recorded_inputs_format(details: Any) -> int:
+    """The ``inputs_format`` a verdict's details record: 1 when absent (verdicts recorded before
+    format 2); ``ValueError`` when it is not a known format."""
+    value = details.get("inputs_format", 1) if isinstance(details, dict) else 1
+    if isinstance(value, bool) or value not in INPUTS_FORMATS:
+        raise ValueError(f"details_json records inputs format {value!r}; known: {INPUTS_FORMATS}")
+    return int(value)
+
+
 @dataclass(frozen=True)
 class ComputedVerdict:
     """A verdict computed in one transaction, recordable in another (:func:`record_verdict`):
@@ -642,7 +665,8 @@ def prepare_verdict(session: Session, protocol_id: str) -> ComputedVerdict:
     """Compute the verdict of ``protocol_id`` (reads only)."""
     row = store.latest_frozen(session, protocol_id)
     protocol = store.parse_row(row)
-    loaded = load_dataset(session, row, protocol)
+    fmt = inputs_format(session, row)
+    loaded = load_dataset(session, row, protocol, inputs_format=fmt)
     engine = engine_version(session, row)
     result = evaluate(protocol, loaded.dataset, engine=engine)
     digest = loaded.inputs_sha256
@@ -655,6 +679,7 @@ def prepare_verdict(session: Session, protocol_id: str) -> ComputedVerdict:
         "verdict": result["verdict"],
         "primary": result["primary"],
         "engine": engine,
+        "inputs_format": fmt,
         "inputs_sha256": digest,
         "amendments": _amendments(session, row),
         "ignored_runs": _ignored_runs(session, row),
@@ -724,7 +749,8 @@ def _stored_log_head(row: VerdictRow) -> dict[str, Any] | None:
 
 def recompute_inputs_sha256(session: Session, verdict_row: VerdictRow) -> str:
     """Re-derive a recorded verdict's ``inputs_sha256`` from the current observation and metric
-    rows of the runs it used (from ``details_json["inputs"]["sources"]``); a difference from
+    rows of the runs it used (from ``details_json["inputs"]["sources"]``), in the format it
+    recorded (``details_json["inputs_format"]``, absent = 1); a difference from
     ``verdict_row.inputs_sha256`` means the inputs changed after the verdict."""
     details = json.loads(verdict_row.details_json)
     sources = details.get("inputs", {}).get("sources", {})
@@ -733,17 +759,18 @@ def recompute_inputs_sha256(session: Session, verdict_row: VerdictRow) -> str:
         key: SourceSpec([list(p) for p in parts[key]] if key in parts else [[int(i)] for i in ids])
         for key, ids in sources.items()
     }
-    return read_sources(session, specs)[0]
+    return read_sources(session, specs, recorded_inputs_format(details))[0]
 
 
 def rederive_verdict(session: Session, verdict_row: VerdictRow) -> dict[str, Any]:
     """Re-evaluate a recorded verdict with the verdict engine from what it recorded: its protocol
     row, the runs it pinned per source (``details_json["inputs"]["sources"]``), the engine
-    version it recorded (``details_json["engine"]``, absent = 1) and the ledger as of its
+    version it recorded (``details_json["engine"]``, absent = 1), its inputs format
+    (``details_json["inputs_format"]``, absent = 1) and the ledger as of its
     ``computed_at`` (see :func:`load_dataset`). Returns ``{"verdict", "primary", "engine",
-    "frozen_engine" (:func:`engine_version` of its protocol row), "hypotheses": {id: verdict},
-    "hypotheses_full" (the engine's per-hypothesis results), "inputs_sha256", "run_ids"}``;
-    reads only. The audit compares
+    "inputs_format", "frozen_engine" (:func:`engine_version` of its protocol row),
+    "hypotheses": {id: verdict}, "hypotheses_full" (the engine's per-hypothesis results),
+    "inputs_sha256", "run_ids"}``; reads only. The audit compares
     this with the stored row: a forged or edited verdict differs.
 
     Raises ``ValueError`` when the row's ``details_json`` names no inputs (not JSON, no sources)
@@ -764,13 +791,21 @@ def rederive_verdict(session: Session, verdict_row: VerdictRow) -> dict[str, Any
         str(k): [[int(i) for i in p] for p in parts[k]] if k in parts else [[int(i)] for i in v]
         for k, v in sources.items()
     }
-    loaded = load_dataset(session, row, protocol, pinned=pinned, as_of=verdict_row.computed_at)
+    loaded = load_dataset(
+        session,
+        row,
+        protocol,
+        pinned=pinned,
+        as_of=verdict_row.computed_at,
+        inputs_format=recorded_inputs_format(details),
+    )
     engine = recorded_engine(details)
     result = evaluate(protocol, loaded.dataset, engine=engine)
     return {
         "verdict": result["verdict"],
         "primary": result["primary"],
         "engine": engine,
+        "inputs_format": recorded_inputs_format(details),
         "frozen_engine": engine_version(session, row),
         "hypotheses_full": result["hypotheses"],
         "hypotheses": {h["id"]: h["verdict"] for h in result["hypotheses"]},

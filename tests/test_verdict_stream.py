@@ -19,7 +19,8 @@ import pytest
 
 from docketml.ledger.store import protocols as store
 from docketml.ledger.store import stream
-from docketml.ledger.store.results import inputs_sha256, load_parts
+from docketml.ledger.store.inputs_digest import INPUTS_FORMATS, inputs_sha256
+from docketml.ledger.store.results import load_parts
 from docketml.ledger.store.runs import complete_run, create_run
 from docketml.ledger.verdict.rules import SourceData, evaluate
 from docketml.ledger.verdicts import (
@@ -151,19 +152,21 @@ def _parts_cases(ids: dict[str, int]) -> list[dict[str, list[list[int]]]]:
     ]
 
 
-def test_stream_equals_reference(runs) -> None:
+@pytest.mark.parametrize("inputs_format", INPUTS_FORMATS)
+def test_stream_equals_reference(runs, inputs_format) -> None:
     ledger, ids = runs
     with ledger.read_session() as s:
         for case in _parts_cases(ids):
             specs = {k: SourceSpec(v, build=True, name=k) for k, v in case.items()}
-            digest, built = read_sources(s, specs)
+            digest, built = read_sources(s, specs, inputs_format)
             payloads = {k: load_parts(s, v) for k, v in case.items()}
-            assert digest == inputs_sha256(payloads), case
+            assert digest == inputs_sha256(payloads, inputs_format), case
             for k in case:
                 _same_source(built[k], _to_source(payloads[k], k, []))
 
 
-def test_stream_small_chunks(runs, monkeypatch) -> None:
+@pytest.mark.parametrize("inputs_format", INPUTS_FORMATS)
+def test_stream_small_chunks(runs, monkeypatch, inputs_format) -> None:
     """Groups split across fetches (and fetches ending on a group boundary) change nothing."""
     ledger, ids = runs
     with ledger.read_session() as s:
@@ -172,8 +175,8 @@ def test_stream_small_chunks(runs, monkeypatch) -> None:
         for size in (1, 2, 3, 24, 48, 49):
             monkeypatch.setattr(stream, "FETCH_ROWS", size)
             specs = {k: SourceSpec(v, build=True, name=k) for k, v in case.items()}
-            digest, built = read_sources(s, specs)
-            assert digest == inputs_sha256(payloads), size
+            digest, built = read_sources(s, specs, inputs_format)
+            assert digest == inputs_sha256(payloads, inputs_format), size
             for k in case:
                 _same_source(built[k], _to_source(payloads[k], k, []))
 
@@ -188,7 +191,8 @@ def test_verdict_and_audit_hash_match_reference(runs) -> None:
         protocol = store.parse_row(row)
         loaded = load_dataset(s, row, protocol)
         payloads = {k: load_parts(s, v) for k, v in loaded.parts.items()}
-        assert out["inputs_sha256"] == inputs_sha256(payloads)
+        assert out["inputs_format"] == 2
+        assert out["inputs_sha256"] == inputs_sha256(payloads, 2)
         for key, job in (("*", None), ("job:probe", "probe")):
             _same_source(loaded.dataset.sources[job], _to_source(payloads[key], "x", []))
         assert evaluate(protocol, loaded.dataset)["verdict"] == out["verdict"]
@@ -215,10 +219,40 @@ def test_postgres_order_ignores_column_collation(pg_runs) -> None:
             )
         assert s.execute(text("SELECT 'a' < 'B' COLLATE \"und-x-icu\"")).scalar() is True
     with ledger.read_session() as s:
-        for case in _parts_cases(ids)[:5]:
+        for case, fmt in zip(_parts_cases(ids)[:5], (1, 2, 1, 2, 1), strict=True):
             specs = {k: SourceSpec(v, build=True, name=k) for k, v in case.items()}
-            digest, built = read_sources(s, specs)
+            digest, built = read_sources(s, specs, fmt)
             payloads = {k: load_parts(s, v) for k, v in case.items()}
-            assert digest == inputs_sha256(payloads), case
+            assert digest == inputs_sha256(payloads, fmt), case
             for k in case:
                 _same_source(built[k], _to_source(payloads[k], k, []))
+
+
+def test_a_version_keeps_the_inputs_format_of_its_first_verdict(runs, monkeypatch) -> None:
+    """A version whose verdicts were hashed in format 1 (recorded before format 2) keeps format
+    1: a repeated verdict is a look, the audit's re-derivation matches, and the digest is format
+    1's of the same payloads. Format 1 recorded here by making it the latest, as it was."""
+    from docketml.ledger import verdicts
+    from docketml.ledger.integrity.audit import audit
+    from docketml.ledger.store.models import VerdictRow
+
+    ledger, _ = runs
+    monkeypatch.setattr(verdicts, "LATEST_INPUTS_FORMAT", 1)
+    with ledger.session() as s:
+        first = compute_verdict(s, "stream-study")
+    monkeypatch.undo()
+    assert first["inputs_format"] == 1 and first["recorded"] == "verdict"
+    with ledger.session() as s:
+        again = compute_verdict(s, "stream-study")
+        row = store.latest_frozen(s, "stream-study")
+        loaded = load_dataset(s, row, store.parse_row(row))  # format 2 by default
+        payloads = {k: load_parts(s, v) for k, v in loaded.parts.items()}
+        vrow = s.get(VerdictRow, first["verdict_id"])
+        rederived = verdicts.rederive_verdict(s, vrow)
+    assert again["recorded"] == "look" and again["inputs_format"] == 1
+    assert again["inputs_sha256"] == first["inputs_sha256"] == inputs_sha256(payloads, 1)
+    assert loaded.inputs_sha256 == inputs_sha256(payloads, 2) != first["inputs_sha256"]
+    assert rederived["inputs_format"] == 1
+    assert rederived["inputs_sha256"] == first["inputs_sha256"]
+    report = audit(ledger)
+    assert not [f for f in report.findings if f.table == "verdicts"], report.findings

@@ -17,23 +17,16 @@ These two rules live here and nowhere else; the verdict, the report, ``docket re
   replicates' effective values, with no CI (a pooled metric has none). :func:`load_parts` reads a
   source stored as parts (each part a list of run ids pooled this way, a one-run part is that
   run) merged in order like :func:`load_payload`.
-* **The canonical inputs** of a verdict (:func:`canonical_inputs`): per source key (sorted) its
-  run ids, its effective observations ``[group, item, signal, label, repr(value)]`` sorted, and
-  its effective metrics ``[name, repr(value), repr(ci_low), repr(ci_high)]`` sorted, as compact
-  JSON with sorted keys; ``inputs_sha256`` is the sha256 of its UTF-8 bytes.
-  :class:`InputsHasher` computes the same sha256 incrementally from the sources' effective
-  observations streamed in canonical order (:mod:`docketml.ledger.store.stream`), so a verdict
-  over millions of observations never holds them as Python objects.
+* **The canonical inputs** of a verdict and their ``inputs_sha256`` (two recorded formats) are
+  defined in :mod:`docketml.ledger.store.inputs_digest`, over the effective data these rules
+  give.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
-from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
 from sqlalchemy import case, select
@@ -42,11 +35,8 @@ from sqlalchemy.orm import Session
 from .models import MetricRow, ObservationRow
 
 __all__ = [
-    "InputsHasher",
     "SourcePayload",
-    "canonical_inputs",
     "effective_metrics",
-    "inputs_sha256",
     "load_parts",
     "load_payload",
     "pool_payloads",
@@ -204,91 +194,3 @@ def load_parts(session: Session, parts: Sequence[Sequence[int]]) -> SourcePayloa
         merged.observations.update(p.observations)
         merged.metrics.update(p.metrics)
     return merged
-
-
-def _r(x: float | None) -> str | None:
-    return None if x is None else repr(float(x))
-
-
-def canonical_inputs(payloads: dict[str, SourcePayload]) -> str:
-    """The canonical JSON of a verdict's inputs (see the module docstring)."""
-    doc = {
-        key: {
-            "runs": list(p.run_ids),
-            "observations": sorted(
-                [g, i, s, lab, repr(v)] for (g, i, s), (lab, v) in p.observations.items()
-            ),
-            "metrics": sorted([n, repr(v), _r(lo), _r(hi)] for n, (v, lo, hi) in p.metrics.items()),
-        }
-        for key, p in sorted(payloads.items())
-    }
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def inputs_sha256(payloads: dict[str, SourcePayload]) -> str:
-    """sha256 hex of :func:`canonical_inputs`."""
-    return hashlib.sha256(canonical_inputs(payloads).encode("utf-8")).hexdigest()
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-class InputsHasher:
-    """:func:`inputs_sha256`, computed incrementally: the same bytes are fed to sha256 in the
-    same order. Per source key, in sorted key order: :meth:`begin` (its metrics), then
-    :meth:`rows` for every block of its effective observations in canonical ``(group, item,
-    signal)`` order, then :meth:`end` (its run ids); finally :meth:`hexdigest`."""
-
-    def __init__(self) -> None:
-        self._sha = hashlib.sha256(b"{")
-        self._last_key: str | None = None
-        self._rows = 0
-
-    def _feed(self, text: str) -> None:
-        self._sha.update(text.encode("utf-8"))
-
-    def begin(self, key: str, metrics: dict[str, tuple[float, float | None, float | None]]) -> None:
-        if self._last_key is not None and key <= self._last_key:
-            raise ValueError(f"source {key!r} fed after {self._last_key!r}: keys must be sorted")
-        lead = "" if self._last_key is None else ","
-        self._last_key = key
-        self._rows = 0
-        mets = sorted([n, repr(v), _r(lo), _r(hi)] for n, (v, lo, hi) in metrics.items())
-        self._feed(f'{lead}{_dumps(key)}:{{"metrics":{_dumps(mets)},"observations":[')
-
-    def rows(self, group: str, items: Any, signals: Any, labels: Any, values: Any) -> None:
-        """One block: aligned sequences (numpy arrays or lists) of one group's effective
-        observations; ``values`` float. Each row is written as ``json.dumps`` writes
-        ``[group, item, signal, label, repr(value)]`` (``encode_basestring`` is the encoder's
-        own string function), assembled by slice assignment (per row: item, signal, label,
-        value, separator) so no per-row Python code runs."""
-        n = len(values)
-        if not n:
-            return
-
-        def listed(x: Any) -> list[Any]:
-            return x.tolist() if hasattr(x, "tolist") else list(x)
-
-        sig_list, lab_list = listed(signals), listed(labels)
-        sig_piece = {sig: f",{encode_basestring(sig)}," for sig in set(sig_list)}
-        lab_piece = {lab: f'{_dumps(lab)},"' for lab in set(lab_list)}
-        head = f"[{encode_basestring(group)},"
-        sep = '"],' + head  # closes a row and opens the next
-        pieces: list[str | None] = [None] * (5 * n)
-        pieces[0::5] = map(encode_basestring, listed(items))
-        pieces[1::5] = map(sig_piece.__getitem__, sig_list)
-        pieces[2::5] = map(lab_piece.__getitem__, lab_list)
-        pieces[3::5] = map(repr, listed(values))
-        pieces[4::5] = [sep] * n
-        text = head + "".join(pieces)[: 2 - len(sep)]  # type: ignore[arg-type]
-        self._feed(text if not self._rows else "," + text)
-        self._rows += n
-
-    def end(self, run_ids: Sequence[int]) -> None:
-        self._feed(f'],"runs":{_dumps([int(r) for r in run_ids])}}}')
-
-    def hexdigest(self) -> str:
-        sha = self._sha.copy()
-        sha.update(b"}")
-        return sha.hexdigest()
