@@ -73,7 +73,7 @@ from .store import protocols as store
 from .store.inputs_digest import INPUTS_FORMATS, LATEST_INPUTS_FORMAT, inputs_hasher
 from .store.models import ProtocolRow, RunRow, VerdictRow, utcnow
 from .store.results import SourcePayload, load_parts, part_metrics
-from .store.stream import GroupBlock, flat_runs, iter_groups, streamable
+from .store.stream import GroupBlock, flat_runs, iter_groups, payload_blocks, streamable
 from .verdict.rules import (
     Dataset,
     GroupSamples,
@@ -131,27 +131,6 @@ def _group_samples(block: GroupBlock, nonfinite: dict[tuple[str, str], int]) -> 
     return GroupSamples(items, item_labels.astype(np.int8), values)
 
 
-def _payload_blocks(payload: SourcePayload) -> list[GroupBlock]:
-    """A dict-held payload as canonical-order blocks (the path for parts that repeat a run)."""
-    keys = sorted(payload.observations)
-    out: list[GroupBlock] = []
-    start = 0
-    for k in range(1, len(keys) + 1):
-        if k == len(keys) or keys[k][0] != keys[start][0]:
-            chunk = keys[start:k]
-            out.append(
-                GroupBlock(
-                    chunk[0][0],
-                    np.array([i for _, i, _ in chunk], dtype=object),
-                    np.array([s for _, _, s in chunk], dtype=object),
-                    np.array([payload.observations[c][0] for c in chunk], dtype=object),
-                    np.array([payload.observations[c][1] for c in chunk], dtype=np.float64),
-                )
-            )
-            start = k
-    return out
-
-
 @dataclass
 class SourceSpec:
     """What to read for one source key: its parts and, when the engine needs it, the name and
@@ -182,7 +161,7 @@ def read_sources(
             payload = None
         else:
             payload = load_parts(session, spec.parts)
-            blocks = _payload_blocks(payload)
+            blocks = payload_blocks(payload)
         groups: dict[str, GroupSamples] = {}
         nonfinite: dict[tuple[str, str], int] = {}
         exact = spec.build
@@ -791,13 +770,9 @@ def rederive_verdict(session: Session, verdict_row: VerdictRow) -> dict[str, Any
         str(k): [[int(i) for i in p] for p in parts[k]] if k in parts else [[int(i)] for i in v]
         for k, v in sources.items()
     }
+    fmt = recorded_inputs_format(details)
     loaded = load_dataset(
-        session,
-        row,
-        protocol,
-        pinned=pinned,
-        as_of=verdict_row.computed_at,
-        inputs_format=recorded_inputs_format(details),
+        session, row, protocol, pinned=pinned, as_of=verdict_row.computed_at, inputs_format=fmt
     )
     engine = recorded_engine(details)
     result = evaluate(protocol, loaded.dataset, engine=engine)
@@ -805,7 +780,7 @@ def rederive_verdict(session: Session, verdict_row: VerdictRow) -> dict[str, Any
         "verdict": result["verdict"],
         "primary": result["primary"],
         "engine": engine,
-        "inputs_format": recorded_inputs_format(details),
+        "inputs_format": fmt,
         "frozen_engine": engine_version(session, row),
         "hypotheses_full": result["hypotheses"],
         "hypotheses": {h["id"]: h["verdict"] for h in result["hypotheses"]},

@@ -26,9 +26,13 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import count
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sqlalchemy.orm import Session
+
+if TYPE_CHECKING:
+    from .results import SourcePayload
 
 FETCH_ROWS = 50_000
 _cursor_names = count()
@@ -49,6 +53,29 @@ class GroupBlock:
 
     def __len__(self) -> int:
         return len(self.values)
+
+
+def payload_blocks(payload: SourcePayload) -> list[GroupBlock]:
+    """A dict-held payload (:class:`docketml.ledger.store.results.SourcePayload`) as the blocks
+    :func:`iter_groups` yields: one per group, group order, rows in canonical ``(item, signal)``
+    order (for parts that repeat a run, and for hashing dict payloads)."""
+    keys = sorted(payload.observations)
+    out: list[GroupBlock] = []
+    start = 0
+    for k in range(1, len(keys) + 1):
+        if k == len(keys) or keys[k][0] != keys[start][0]:
+            chunk = keys[start:k]
+            out.append(
+                GroupBlock(
+                    chunk[0][0],
+                    np.array([i for _, i, _ in chunk], dtype=object),
+                    np.array([s for _, _, s in chunk], dtype=object),
+                    np.array([payload.observations[c][0] for c in chunk], dtype=object),
+                    np.array([payload.observations[c][1] for c in chunk], dtype=np.float64),
+                )
+            )
+            start = k
+    return out
 
 
 def flat_runs(parts: Sequence[Sequence[int]]) -> list[int]:
