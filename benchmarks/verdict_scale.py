@@ -16,6 +16,11 @@ For each backend and each size N (``--sizes``, default 10^4, 10^5, 10^6, 10^7), 
   streams the observations one group at a time (``ledger.store.stream``), so its memory is the
   engine's arrays (one float per item and signal, one ``str`` per item), not Python objects per
   observation;
+* the same verdict with its read from the observation rows instead of the run's stored columns
+  (``ledger.store.stream``'s fallback for runs without columns; the child process disables the
+  columns), interleaved with the measured one, and whether both gave the same
+  ``inputs_sha256`` and hypotheses; ``--no-rows-baseline`` skips it. The set-up stores the run's
+  columns as ``complete_run`` does (``ledger.store.run_columns``) and reports that time;
 * a writer beside the verdict (from ``--beside-from``, default 10^6): a ``docket cost add``
   started ``--beside-delay-s`` (default 4 s) into a running verdict, timed, against the same
   command alone right after (the baseline). The verdict reads in a read-only snapshot, so the
@@ -54,6 +59,7 @@ from sqlalchemy import create_engine, text
 
 from docketml.ledger.store import protocols as store
 from docketml.ledger.store.db import init_ledger
+from docketml.ledger.store.run_columns import write_run_columns
 from docketml.ledger.store.runs import complete_run, create_run
 from docketml.protocols.loader import load_protocol_text
 
@@ -136,7 +142,11 @@ def backend(name: str) -> Iterator[str | None]:
         admin.dispose()
 
 
-def populate(url: str, n_obs: int, groups: list[str], ci: str, resamples: int) -> float:
+def populate(
+    url: str, n_obs: int, groups: list[str], ci: str, resamples: int
+) -> tuple[float, float]:
+    """Set up the ledger; returns its seconds and, of those, the seconds spent storing the
+    run's columns (``ledger.store.run_columns``, part of completing a run)."""
     started = time.perf_counter()
     ledger = init_ledger(url)
     loaded = load_protocol_text(protocol_text(groups, ci, resamples), "bench-scale.yaml")
@@ -152,12 +162,19 @@ def populate(url: str, n_obs: int, groups: list[str], ci: str, resamples: int) -
         )  # fmt: skip
         session.execute(text(fill_sql(ledger.dialect, run.id, n_obs // 2, groups)))
         complete_run(session, run.id, status="succeeded", wall_s=1.0)
+        filled = time.perf_counter()
+        # what complete_run does after writing the rows it is given: store the run's columns
+        write_run_columns(session, run.id)
+        columns_s = time.perf_counter() - filled
     ledger.engine.dispose()
-    return time.perf_counter() - started
+    return time.perf_counter() - started, columns_s
 
 
 CHILD = """
-import resource, sys
+import os, resource, sys
+if os.environ.get("DOCKET_BENCH_FROM_ROWS"):  # the baseline: the observation rows, not columns
+    from docketml.ledger.store import stream
+    stream.columns_cover = lambda session, flat: False
 from docketml.ledger.cli.main import main
 try:
     main(["verdict", "bench-scale", "--json"])
@@ -171,10 +188,13 @@ sys.exit(code)
 """
 
 
-def time_verdict(url: str) -> tuple[float, float, dict[str, Any]]:
+def time_verdict(url: str, from_rows: bool = False) -> tuple[float, float, dict[str, Any]]:
     """Wall seconds and peak RSS (MiB) of one process running ``docket verdict bench-scale
-    --json`` (the CLI's own ``main``, as the console script calls it)."""
+    --json`` (the CLI's own ``main``, as the console script calls it); ``from_rows``: with the
+    read from the observation rows instead of the run's stored columns (the baseline)."""
     env = dict(os.environ, DOCKET_DB=url)
+    if from_rows:
+        env["DOCKET_BENCH_FROM_ROWS"] = "1"
     started = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, check=False
@@ -228,6 +248,12 @@ def main() -> None:
         help="from this size on, also time a writer beside the verdict",
     )
     parser.add_argument("--beside-delay-s", type=float, default=4.0)
+    parser.add_argument(
+        "--no-rows-baseline",
+        dest="rows_baseline",
+        action="store_false",
+        help="do not also time the verdict read from the observation rows",
+    )
     args = parser.parse_args()
     sizes = [int(float(x)) for x in args.sizes.split(",")]
     group_counts = [int(x) for x in args.groups.split(",")]
@@ -241,11 +267,15 @@ def main() -> None:
             with backend(name) as url:
                 if url is None:
                     break
-                setup_s = populate(url, n_obs, groups, args.ci, args.resamples)
+                setup_s, columns_s = populate(url, n_obs, groups, args.ci, args.resamples)
                 best, rss, result = float("inf"), 0.0, {}
-                for _ in range(args.repeats):
+                rows_best, rows_result = float("inf"), {}
+                for _ in range(args.repeats):  # interleaved: both see the same machine noise
                     elapsed, peak, result = time_verdict(url)
                     best, rss = min(best, elapsed), max(rss, peak)
+                    if args.rows_baseline:
+                        elapsed, _peak, rows_result = time_verdict(url, from_rows=True)
+                        rows_best = min(rows_best, elapsed)
                 beside = (
                     writer_beside(url, args.beside_delay_s) if n_obs >= args.beside_from else None
                 )
@@ -255,8 +285,17 @@ def main() -> None:
             print(
                 f"{name}: {n_obs:>10,} observations, {n_groups:>3} groups: verdict {best:7.2f} s "
                 f"({best / n_obs * 1e6:6.2f} us/obs), peak RSS {rss:7.0f} MiB{growth}; "
-                f"set-up {setup_s:.1f} s; {verdict}"
+                f"set-up {setup_s:.1f} s (storing the run's columns {columns_s:.1f} s); {verdict}"
             )
+            if rows_result:
+                same = rows_result["inputs_sha256"] == result["inputs_sha256"] and (
+                    rows_result["hypotheses"] == result["hypotheses"]
+                )
+                print(
+                    f"{name}: {n_obs:>10,} observations: the same verdict read from the rows "
+                    f"{rows_best:7.2f} s (x{rows_best / best:.2f} the columns' time); "
+                    f"inputs_sha256 and hypotheses {'identical' if same else 'DIFFERENT'}"
+                )
             if n_obs >= args.beside_from and beside is None:
                 print(f"{name}: the verdict was over before the writer started (--beside-delay-s)")
             if beside is not None:

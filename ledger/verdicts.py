@@ -143,12 +143,18 @@ class SourceSpec:
 
 
 def read_sources(
-    session: Session, specs: dict[str, SourceSpec], inputs_format: int = LATEST_INPUTS_FORMAT
+    session: Session,
+    specs: dict[str, SourceSpec],
+    inputs_format: int = LATEST_INPUTS_FORMAT,
+    *,
+    from_rows: bool = False,
 ) -> tuple[str, dict[str, SourceData]]:
     """Stream every source of ``specs`` once, in sorted key order: returns the verdict's
     ``inputs_sha256`` in ``inputs_format`` (identical to
     :func:`docketml.ledger.store.inputs_digest.inputs_sha256` of their :func:`load_parts`
-    payloads) and the :class:`SourceData` of the keys marked ``build``."""
+    payloads) and the :class:`SourceData` of the keys marked ``build``. A verdict reads the
+    runs' stored columns where they exist (:mod:`docketml.ledger.store.stream`); the audit
+    passes ``from_rows`` to recompute from the observation rows themselves."""
     hasher = inputs_hasher(inputs_format)
     built: dict[str, SourceData] = {}
     for key in sorted(specs):
@@ -157,7 +163,7 @@ def read_sources(
         run_ids = flat_runs(spec.parts)
         hasher.begin(key, metrics, run_ids)
         if streamable(spec.parts):
-            blocks: Iterable[GroupBlock] = iter_groups(session, spec.parts)
+            blocks: Iterable[GroupBlock] = iter_groups(session, spec.parts, from_rows=from_rows)
             payload = None
         else:
             payload = load_parts(session, spec.parts)
@@ -353,6 +359,7 @@ def load_dataset(
     pinned: dict[str, list[list[int]]] | None = None,
     as_of: datetime | None = None,
     inputs_format: int = LATEST_INPUTS_FORMAT,
+    from_rows: bool = False,
 ) -> LoadedData:
     """The engine's input for ``row`` (a frozen version): one source per job a rule reads, each
     job's runs chosen by :func:`select_runs`; the merged source (rules without ``job:``) merges
@@ -362,7 +369,8 @@ def load_dataset(
     :func:`rederive_verdict`) fixes the runs of each source instead, and ``as_of`` (its
     ``computed_at``) limits the runs that count (selection, ``silent_noop`` taints) to those
     finished by then. ``inputs_format``: the format of ``inputs_sha256``
-    (:mod:`docketml.ledger.store.inputs_digest`)."""
+    (:mod:`docketml.ledger.store.inputs_digest`); ``from_rows``: read the observation rows, not
+    the runs' stored columns (:func:`read_sources`)."""
     finished = list(
         session.scalars(
             select(RunRow)
@@ -473,7 +481,7 @@ def load_dataset(
             dataset.unavailable[job] = "; ".join(problems)
         else:
             spec.build, spec.problems = True, problems
-    digest, built = read_sources(session, specs, inputs_format)
+    digest, built = read_sources(session, specs, inputs_format, from_rows=from_rows)
     keyed = {_source_key(job): job for job in needed}
     for key, src in built.items():
         dataset.sources[keyed[key]] = src
@@ -738,7 +746,7 @@ def recompute_inputs_sha256(session: Session, verdict_row: VerdictRow) -> str:
         key: SourceSpec([list(p) for p in parts[key]] if key in parts else [[int(i)] for i in ids])
         for key, ids in sources.items()
     }
-    return read_sources(session, specs, recorded_inputs_format(details))[0]
+    return read_sources(session, specs, recorded_inputs_format(details), from_rows=True)[0]
 
 
 def rederive_verdict(session: Session, verdict_row: VerdictRow) -> dict[str, Any]:
@@ -772,7 +780,13 @@ def rederive_verdict(session: Session, verdict_row: VerdictRow) -> dict[str, Any
     }
     fmt = recorded_inputs_format(details)
     loaded = load_dataset(
-        session, row, protocol, pinned=pinned, as_of=verdict_row.computed_at, inputs_format=fmt
+        session,
+        row,
+        protocol,
+        pinned=pinned,
+        as_of=verdict_row.computed_at,
+        inputs_format=fmt,
+        from_rows=True,
     )
     engine = recorded_engine(details)
     result = evaluate(protocol, loaded.dataset, engine=engine)

@@ -3,8 +3,8 @@
 - ``protocols``: UPDATE or DELETE of a row whose status is ``frozen`` is rejected (a registered row
   may still be frozen, i.e. updated once).
 - ``sign_checks``, ``verdicts``, ``verdict_looks``, ``costs``, ``journal_entries``,
-  ``reproductions``, and the Merkle log's ``log_leaves`` and ``log_nodes`` (revision 0005): any
-  UPDATE or DELETE is rejected (and TRUNCATE on PostgreSQL).
+  ``reproductions``, the Merkle log's ``log_leaves`` and ``log_nodes`` (revision 0005) and
+  ``run_columns`` (revision 0006): any UPDATE or DELETE is rejected (and TRUNCATE on PostgreSQL).
 - SQLite only: ``INSERT OR REPLACE`` / ``UPDATE OR REPLACE`` delete the conflicting row without
   firing DELETE triggers unless ``PRAGMA recursive_triggers`` is on (docket turns it on for its own
   connections, see ``ledger/db.py``). A ``docket_<table>_no_replace`` trigger also rejects an
@@ -45,6 +45,7 @@ APPEND_ONLY = (
     "reproductions",
     "log_leaves",
     "log_nodes",
+    "run_columns",
 )
 FROZEN_GUARDED = ("protocols",)
 
@@ -60,6 +61,7 @@ UNIQUE_KEYS: dict[str, tuple[tuple[str, ...], ...]] = {
     "reproductions": (("id",),),
     "log_leaves": (("position",), ("kind", "record_id")),
     "log_nodes": (("level", "idx"),),
+    "run_columns": (("run_id", "grp", "chunk"),),
 }
 
 

@@ -91,6 +91,7 @@ def test_clean_ledger(studied) -> None:
         "costs": 7,  # the run's metered cost + six receipts
         "verdicts": 1,
         "runs": 1,  # its cost_micros matches its costs rows
+        "run_columns": 1,  # the run's stored columns equal its observation rows
         "ingest_files": 0,
         "log_leaves": 14,  # freeze, sign-check, run, verdict, 7 costs, 3 journal entries
         "triggers_missing": 0,

@@ -12,6 +12,7 @@ dict-order rule, handled by falling back) and a pinned record that repeats a run
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -152,13 +153,17 @@ def _parts_cases(ids: dict[str, int]) -> list[dict[str, list[list[int]]]]:
     ]
 
 
+@pytest.mark.parametrize("from_rows", [False, True], ids=["stored-columns", "rows"])
 @pytest.mark.parametrize("inputs_format", INPUTS_FORMATS)
-def test_stream_equals_reference(runs, inputs_format) -> None:
+def test_stream_equals_reference(runs, inputs_format, from_rows) -> None:
+    """Both read paths (the runs' stored columns, which every run here has, and the ordered row
+    query) against the dict reference."""
     ledger, ids = runs
     with ledger.read_session() as s:
+        assert stream.columns_cover(s, list(ids.values()))
         for case in _parts_cases(ids):
             specs = {k: SourceSpec(v, build=True, name=k) for k, v in case.items()}
-            digest, built = read_sources(s, specs, inputs_format)
+            digest, built = read_sources(s, specs, inputs_format, from_rows=from_rows)
             payloads = {k: load_parts(s, v) for k, v in case.items()}
             assert digest == inputs_sha256(payloads, inputs_format), case
             for k in case:
@@ -167,7 +172,8 @@ def test_stream_equals_reference(runs, inputs_format) -> None:
 
 @pytest.mark.parametrize("inputs_format", INPUTS_FORMATS)
 def test_stream_small_chunks(runs, monkeypatch, inputs_format) -> None:
-    """Groups split across fetches (and fetches ending on a group boundary) change nothing."""
+    """Groups split across fetches (and fetches ending on a group boundary) change nothing
+    (the row path, which fetches rows in chunks)."""
     ledger, ids = runs
     with ledger.read_session() as s:
         case = _parts_cases(ids)[3]
@@ -175,7 +181,7 @@ def test_stream_small_chunks(runs, monkeypatch, inputs_format) -> None:
         for size in (1, 2, 3, 24, 48, 49):
             monkeypatch.setattr(stream, "FETCH_ROWS", size)
             specs = {k: SourceSpec(v, build=True, name=k) for k, v in case.items()}
-            digest, built = read_sources(s, specs, inputs_format)
+            digest, built = read_sources(s, specs, inputs_format, from_rows=True)
             assert digest == inputs_sha256(payloads, inputs_format), size
             for k in case:
                 _same_source(built[k], _to_source(payloads[k], k, []))
@@ -204,7 +210,8 @@ def test_verdict_and_audit_hash_match_reference(runs) -> None:
 
 def test_postgres_order_ignores_column_collation(pg_runs) -> None:
     """With the text columns under an ICU (locale) collation, where 'a' < 'B' and 'é' < 'f',
-    the stream still reads in code-point order (its ORDER BY says COLLATE "C")."""
+    the stream still reads in code-point order (its ORDER BY says COLLATE "C"), from the rows and
+    from the stored columns."""
     ledger, ids = pg_runs
     assert ledger.dialect == "postgresql"
     from sqlalchemy import text
@@ -217,11 +224,15 @@ def test_postgres_order_ignores_column_collation(pg_runs) -> None:
                     f'TYPE varchar({size}) COLLATE "und-x-icu"'
                 )
             )
+        s.execute(
+            text('ALTER TABLE run_columns ALTER COLUMN grp TYPE varchar(100) COLLATE "und-x-icu"')
+        )
         assert s.execute(text("SELECT 'a' < 'B' COLLATE \"und-x-icu\"")).scalar() is True
     with ledger.read_session() as s:
-        for case, fmt in zip(_parts_cases(ids)[:5], (1, 2, 1, 2, 1), strict=True):
+        cases = zip(_parts_cases(ids)[:5], (1, 2, 1, 2, 1), strict=True)
+        for (case, fmt), from_rows in itertools.product(cases, (False, True)):
             specs = {k: SourceSpec(v, build=True, name=k) for k, v in case.items()}
-            digest, built = read_sources(s, specs, fmt)
+            digest, built = read_sources(s, specs, fmt, from_rows=from_rows)
             payloads = {k: load_parts(s, v) for k, v in case.items()}
             assert digest == inputs_sha256(payloads, fmt), case
             for k in case:

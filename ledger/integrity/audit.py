@@ -41,7 +41,12 @@ What is checked (each problem is one :class:`Finding` naming the table, the row 
    migrations created (SQLite: the stored ``CREATE TRIGGER`` text; PostgreSQL: timing, events,
    function and the function's body).
 
-9. Kept heads (``against``, ``docket audit --against STH.json``): each signed tree head kept
+10. Stored columns (:func:`ledger.store.run_columns.column_problems`): each run's
+   ``run_columns`` (what verdicts read) must be exactly what its observation rows give: an
+   edited, truncated, missing or extra chunk is a finding. The verdict checks of item 4 read the
+   rows themselves, so an edit of either the rows or the columns is found.
+
+11. Kept heads (``against``, ``docket audit --against STH.json``): each signed tree head kept
    outside the ledger is checked by :func:`.consistency.check_heads` (signed by the trusted
    key, not truncated, not rewritten); a failing head is a ``log`` finding naming the file and
    the leaf range the first bad leaf is in. ``AuditReport.against`` lists every head's outcome.
@@ -78,7 +83,16 @@ from ..billing.costs import verify_cost_chain
 from ..billing.money import format_usd
 from ..store.db import Ledger
 from ..store.journal import entry_of, verify_journal_chain
-from ..store.models import CostRow, JournalEntryRow, ProtocolRow, RunRow, SignCheckRow, VerdictRow
+from ..store.models import (
+    CostRow,
+    JournalEntryRow,
+    ProtocolRow,
+    RunColumnsRow,
+    RunRow,
+    SignCheckRow,
+    VerdictRow,
+)
+from ..store.run_columns import column_problems
 from ..store.runs import lease_expired
 from .leaf_audit import leaf_findings
 
@@ -110,7 +124,7 @@ class AuditReport:
     heads: dict[str, str | None] = field(default_factory=dict)
     expired_leases: list[int] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # what could not be checked (not findings)
-    against: list[dict[str, Any]] = field(default_factory=list)  # kept heads checked (item 9)
+    against: list[dict[str, Any]] = field(default_factory=list)  # kept heads checked (item 11)
 
     @property
     def clean(self) -> bool:
@@ -445,6 +459,21 @@ def _audit_frozen(session: Session, findings: list[Finding]) -> None:
         findings.append(Finding("protocols", name, problem))
 
 
+def _audit_columns(session: Session, findings: list[Finding]) -> int:
+    """Check 10: every run's stored columns against its rows; returns the runs checked."""
+    ids = session.scalars(select(RunColumnsRow.run_id).distinct().order_by(RunColumnsRow.run_id))
+    checked = 0
+    for run_id in ids.all():
+        checked += 1
+        for problem in column_problems(session, run_id):
+            findings.append(
+                Finding(
+                    "run_columns", run_id, f"{problem}: verdicts read these columns, not the rows"
+                )
+            )
+    return checked
+
+
 def _audit_money(session: Session, findings: list[Finding]) -> int:
     """No negative amounts; ``runs.cost_micros`` = the sum of the run's ``costs`` rows."""
     for seq, micros in session.execute(
@@ -567,7 +596,7 @@ def audit_session(
     public_key: Ed25519PublicKey | None = None,
 ) -> AuditReport:
     """Run every check (module docstring) in ``session``; nothing is written. ``against``:
-    ``(source, sth)`` kept heads, checked with the trusted ``public_key`` (item 9)."""
+    ``(source, sth)`` kept heads, checked with the trusted ``public_key`` (item 11)."""
     report = AuditReport()
     findings = report.findings
     report.checked["protocols"] = _audit_protocols(session, findings)
@@ -579,6 +608,7 @@ def audit_session(
     _audit_rederived(session, findings)
     _audit_frozen(session, findings)
     report.checked["runs"] = _audit_money(session, findings)
+    report.checked["run_columns"] = _audit_columns(session, findings)
     report.checked["ingest_files"] = _audit_ingest_files(session, findings, report.notes)
     log = leaf_findings(session)
     findings.extend(Finding(table, row, problem) for table, row, problem in log.problems)

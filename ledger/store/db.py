@@ -30,7 +30,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
 from sqlalchemy import Engine, create_engine, event, inspect
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -318,7 +318,9 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     Refused with :class:`LedgerError` (nothing changed): a ``revision`` that is neither
     ``head`` nor a known revision; a ledger at a revision unknown to this docket; a target
     older than the ledger's revision (migrations never run downwards); a database with tables
-    but no ``alembic_version`` table. Upgrading to the current revision is a no-op."""
+    but no ``alembic_version`` table. Upgrading to the current revision is a no-op. An upgrade
+    across revision 0006 also stores the columns of the runs already finished
+    (:func:`_backfill_columns`), in the same transaction."""
     known = all_revisions()
     if revision != "head" and revision not in known:
         raise LedgerError(
@@ -345,12 +347,32 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         with engine.begin() as conn:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, revision)
+            if current is not None and _crosses(current, target, COLUMNS_REVISION):
+                _backfill_columns(conn)
     except OperationalError as exc:
         if is_lock_timeout(exc):
             raise lock_timeout_error(str(engine.url)) from None
         raise LedgerError(f"cannot upgrade the ledger at {where}: {_first_line(exc)}") from None
     except CommandError as exc:
         raise LedgerError(f"cannot upgrade the ledger at {where}: {_first_line(exc)}") from None
+
+
+COLUMNS_REVISION = "0006"  # run_columns: finished runs' observations stored as columns
+
+
+def _crosses(current: str, target: str, revision: str) -> bool:
+    known = all_revisions()
+    return known.index(current) < known.index(revision) <= known.index(target)
+
+
+def _backfill_columns(conn: Connection) -> None:
+    """Runs finished before :data:`COLUMNS_REVISION` get their stored columns, in the upgrade's
+    transaction (live code, so not in the migration: ``ledger.store.run_columns.backfill``)."""
+    from .run_columns import backfill
+
+    with Session(bind=conn) as session:
+        backfill(session)
+        session.flush()
 
 
 def check_revision(engine: Engine) -> None:

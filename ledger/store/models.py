@@ -2,7 +2,8 @@
 
 The schema is created only by Alembic migrations (``migrations/``); these classes describe it.
 Append-only tables (frozen protocols, sign_checks, verdicts, costs, journal_entries,
-reproductions, log_leaves, log_nodes) are enforced by database triggers (``ledger/triggers.py``).
+reproductions, log_leaves, log_nodes, run_columns) are enforced by database triggers
+(``migrations/triggers.py``).
 Money is stored as integer micro-dollars (``*_micros``), never as floats.
 """
 
@@ -18,6 +19,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     SmallInteger,
     String,
     Text,
@@ -151,6 +153,22 @@ class ObservationRow(Base):
     label: Mapped[int | None] = mapped_column(SmallInteger, nullable=True)
     signal: Mapped[str] = mapped_column(String(100))
     value: Mapped[float] = mapped_column(Float)
+
+
+class RunColumnsRow(Base):
+    """A finished run's effective observations of one group as columns (append-only, revision
+    0006): a derived copy of its ``observations`` rows, written once when the run completes and
+    read by verdicts instead of the rows (``ledger.store.columns``: the byte format, and the
+    audit's check that it equals the rows). A group of more than ``columns.CHUNK_ROWS`` rows
+    takes several chunks (``chunk`` 0..)."""
+
+    __tablename__ = "run_columns"
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), primary_key=True)
+    group: Mapped[str] = mapped_column("grp", String(100), primary_key=True)
+    chunk: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    rows: Mapped[int] = mapped_column(Integer)
+    body: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class RunTextRow(Base):

@@ -27,6 +27,7 @@ from ..billing.hardware import HardwareCatalog
 from . import merkle_log
 from .db import env_seconds
 from .models import MetricRow, ObservationRow, RunRow, RunTextRow, utcnow
+from .run_columns import write_run_columns
 
 FINAL_STATUSES = ("succeeded", "failed", "abandoned", "silent_noop", "skipped")
 DEFAULT_LEASE_S = 30.0
@@ -246,6 +247,8 @@ def complete_run(
             [{"run_id": run_id, "item": item, "text": text} for item, text in texts.items()],
         )
     _queue_run_leaf(session, run_id, status, observations, metrics, texts)
+    if observations:
+        write_run_columns(session, run_id)
     return True
 
 

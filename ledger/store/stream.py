@@ -1,7 +1,15 @@
 """Streaming a source's effective observations from the ledger, one group at a time.
 
 :func:`iter_groups` reads the observations of a source stored as ``parts`` (the contract of
-:func:`docketml.ledger.store.results.load_parts`) with **one** SQL query ordered by
+:func:`docketml.ledger.store.results.load_parts`) from one of two places, with the same result:
+
+* **the runs' stored columns** (``run_columns``, :mod:`.columns`, written when each run
+  completed by :mod:`.run_columns`), when every run of the source has them or has no
+  observations: one query ordered by ``(group, run priority, chunk)``, one body fetched at a time
+  and decoded; groups that several runs record are merged by the rules below. A finished run's
+  columns are its rows' effective observations (the audit checks that they still are);
+* **the observation rows** otherwise (runs finished before revision 0006 and not backfilled, and
+  the writer of the columns and the audit, which ask for the rows): **one** SQL query ordered by
 ``(group, item, signal)`` -- then the run's priority and the row id -- so each group's rows arrive
 together and in canonical order. The rows are fetched in chunks of :data:`FETCH_ROWS` (a
 server-side cursor on PostgreSQL) into numpy object/float arrays; no Python object per
@@ -24,58 +32,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from itertools import count
-from typing import TYPE_CHECKING
 
 import numpy as np
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-if TYPE_CHECKING:
-    from .results import SourcePayload
+from . import columns
+from .blocks import GroupBlock, payload_blocks
+
+__all__ = ["FETCH_ROWS", "GroupBlock", "flat_runs", "iter_groups", "payload_blocks", "streamable"]
 
 FETCH_ROWS = 50_000
 _cursor_names = count()
-
-
-@dataclass
-class GroupBlock:
-    """The effective observations of one group, in canonical ``(item, signal)`` order.
-
-    ``items``, ``signals``: object arrays of ``str``; ``labels``: object array of ``int`` or
-    ``None`` (the stored values); ``values``: float64 (the stored value, ``float()``)."""
-
-    group: str
-    items: np.ndarray
-    signals: np.ndarray
-    labels: np.ndarray
-    values: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.values)
-
-
-def payload_blocks(payload: SourcePayload) -> list[GroupBlock]:
-    """A dict-held payload (:class:`docketml.ledger.store.results.SourcePayload`) as the blocks
-    :func:`iter_groups` yields: one per group, group order, rows in canonical ``(item, signal)``
-    order (for parts that repeat a run, and for hashing dict payloads)."""
-    keys = sorted(payload.observations)
-    out: list[GroupBlock] = []
-    start = 0
-    for k in range(1, len(keys) + 1):
-        if k == len(keys) or keys[k][0] != keys[start][0]:
-            chunk = keys[start:k]
-            out.append(
-                GroupBlock(
-                    chunk[0][0],
-                    np.array([i for _, i, _ in chunk], dtype=object),
-                    np.array([s for _, _, s in chunk], dtype=object),
-                    np.array([payload.observations[c][0] for c in chunk], dtype=object),
-                    np.array([payload.observations[c][1] for c in chunk], dtype=np.float64),
-                )
-            )
-            start = k
-    return out
 
 
 def flat_runs(parts: Sequence[Sequence[int]]) -> list[int]:
@@ -102,7 +71,7 @@ def _query(dialect: str, flat: list[int], with_run: bool) -> str:
     return f"SELECT {cols} FROM observations WHERE run_id IN ({ids}) ORDER BY {order}"
 
 
-def _chunks(session: Session, sql: str) -> Iterator[list[tuple]]:
+def _chunks(session: Session, sql: str, size: int = FETCH_ROWS) -> Iterator[list[tuple]]:
     conn = session.connection()
     dbapi = conn.connection.dbapi_connection
     assert dbapi is not None
@@ -112,7 +81,7 @@ def _chunks(session: Session, sql: str) -> Iterator[list[tuple]]:
         cursor = dbapi.cursor()
     try:
         cursor.execute(sql)
-        while rows := cursor.fetchmany(FETCH_ROWS):
+        while rows := cursor.fetchmany(size):
             yield rows
     finally:
         cursor.close()
@@ -193,14 +162,87 @@ def _pooled(rows: np.ndarray, part_of: dict[int, int]) -> np.ndarray:
     return out[:, :5]
 
 
-def iter_groups(session: Session, parts: Sequence[Sequence[int]]) -> Iterator[GroupBlock]:
+def _ids(flat: Sequence[int]) -> str:
+    return ", ".join(str(int(r)) for r in flat)
+
+
+def columns_cover(session: Session, flat: Sequence[int]) -> bool:
+    """Whether every run of ``flat`` has stored columns or no observations at all."""
+    sql = (
+        f"SELECT r.id FROM runs r WHERE r.id IN ({_ids(flat)}) "
+        "AND NOT EXISTS (SELECT 1 FROM run_columns c WHERE c.run_id = r.id) "
+        "AND EXISTS (SELECT 1 FROM observations o WHERE o.run_id = r.id) LIMIT 1"
+    )
+    return session.execute(text(sql)).first() is None
+
+
+def _merged(group: str, blocks: list[GroupBlock], run_ids: list[int], pooled: bool,
+            part_of: dict[int, int]) -> GroupBlock:  # fmt: skip
+    """One group recorded by several runs (``blocks`` in run priority order, ``run_ids``
+    theirs): the rows as the ordered row query gives them -- by ``(item, signal)``, then run
+    priority (a stable sort of the concatenation) -- through the same rules."""
+    rows = np.empty((sum(len(b) for b in blocks), 6), dtype=object)
+    rows[:, 0] = group
+    rows[:, 1] = np.concatenate([b.items for b in blocks])
+    rows[:, 2] = np.concatenate([b.signals for b in blocks])
+    rows[:, 3] = np.concatenate([b.labels for b in blocks])
+    rows[:, 4] = np.concatenate([b.values for b in blocks]).tolist()
+    rows[:, 5] = np.repeat(np.asarray(run_ids, dtype=object), [len(b) for b in blocks])
+    keys = list(zip(rows[:, 1].tolist(), rows[:, 2].tolist(), strict=True))
+    rows = rows[np.asarray(sorted(range(len(keys)), key=keys.__getitem__), dtype=np.int64)]
+    return _block(_pooled(rows, part_of) if pooled else _last_per_key(rows))
+
+
+def _column_groups(
+    session: Session, parts: Sequence[Sequence[int]], pooled: bool
+) -> Iterator[GroupBlock]:
+    flat = flat_runs(parts)
+    collate = ' COLLATE "C"' if session.connection().dialect.name == "postgresql" else ""
+    order = f"grp{collate}"
+    if len(flat) > 1:
+        order += ", CASE run_id " + " ".join(f"WHEN {r} THEN {k}" for k, r in enumerate(flat))
+        order += " END"
+    sql = (
+        f"SELECT grp, run_id, body FROM run_columns WHERE run_id IN ({_ids(flat)}) "
+        f"ORDER BY {order}, chunk"
+    )
+    part_of = {int(rid): k for k, part in enumerate(parts) for rid in part}
+    group: str | None = None
+    by_run: dict[int, list[GroupBlock]] = {}
+
+    def flush() -> GroupBlock:
+        runs = [r for r in flat if r in by_run]
+        blocks = [columns.concatenate(by_run[r]) for r in runs]
+        if len(blocks) == 1:  # one run's columns are already its effective rows
+            return blocks[0]
+        assert group is not None
+        return _merged(group, blocks, runs, pooled, part_of)
+
+    for rows in _chunks(session, sql, 1):  # one body at a time: memory is one group
+        for grp, run_id, body in rows:
+            if group is not None and grp != group:
+                yield flush()
+                by_run = {}
+            group = grp
+            by_run.setdefault(int(run_id), []).append(columns.decode(bytes(body)))
+    if by_run:
+        yield flush()
+
+
+def iter_groups(
+    session: Session, parts: Sequence[Sequence[int]], *, from_rows: bool = False
+) -> Iterator[GroupBlock]:
     """The effective observations of ``parts`` (see the module docstring), one group at a time
-    in group order; requires :func:`streamable`."""
+    in group order; requires :func:`streamable`. ``from_rows``: read the observation rows even
+    where stored columns exist (the columns' writer and the audit)."""
     flat = flat_runs(parts)
     if not flat:
         return
-    dialect = session.connection().dialect.name
     pooled = any(len(p) > 1 for p in parts)
+    if not from_rows and columns_cover(session, flat):
+        yield from _column_groups(session, parts, pooled)
+        return
+    dialect = session.connection().dialect.name
     sql = _query(dialect, flat, with_run=pooled)
     if not pooled:
         for rows in _raw_groups(session, sql, 5):
