@@ -59,16 +59,28 @@ def streamable(parts: Sequence[Sequence[int]]) -> bool:
     return len(flat) == len(set(flat))
 
 
+def _ids(flat: Sequence[int]) -> str:
+    return ", ".join(str(int(r)) for r in flat)
+
+
+def _collate(dialect: str) -> str:
+    return ' COLLATE "C"' if dialect == "postgresql" else ""
+
+
+def _run_priority(flat: Sequence[int]) -> str:
+    """ORDER BY terms ranking rows by their run's place in ``flat`` (none for one run)."""
+    if len(flat) < 2:
+        return ""
+    return (
+        ", CASE run_id " + " ".join(f"WHEN {int(r)} THEN {k}" for k, r in enumerate(flat)) + " END"
+    )
+
+
 def _query(dialect: str, flat: list[int], with_run: bool) -> str:
-    ids = ", ".join(str(int(r)) for r in flat)
-    collate = ' COLLATE "C"' if dialect == "postgresql" else ""
-    order = f"grp{collate}, item{collate}, signal{collate}"
-    if len(flat) > 1:
-        rank = " ".join(f"WHEN {int(r)} THEN {k}" for k, r in enumerate(flat))
-        order += f", CASE run_id {rank} END"
-    order += ", id"
+    c = _collate(dialect)
+    order = f"grp{c}, item{c}, signal{c}{_run_priority(flat)}, id"
     cols = "grp, item, signal, label, value" + (", run_id" if with_run else "")
-    return f"SELECT {cols} FROM observations WHERE run_id IN ({ids}) ORDER BY {order}"
+    return f"SELECT {cols} FROM observations WHERE run_id IN ({_ids(flat)}) ORDER BY {order}"
 
 
 def _chunks(session: Session, sql: str, size: int = FETCH_ROWS) -> Iterator[list[tuple]]:
@@ -162,10 +174,6 @@ def _pooled(rows: np.ndarray, part_of: dict[int, int]) -> np.ndarray:
     return out[:, :5]
 
 
-def _ids(flat: Sequence[int]) -> str:
-    return ", ".join(str(int(r)) for r in flat)
-
-
 def columns_cover(session: Session, flat: Sequence[int]) -> bool:
     """Whether every run of ``flat`` has stored columns or no observations at all."""
     sql = (
@@ -197,14 +205,9 @@ def _column_groups(
     session: Session, parts: Sequence[Sequence[int]], pooled: bool
 ) -> Iterator[GroupBlock]:
     flat = flat_runs(parts)
-    collate = ' COLLATE "C"' if session.connection().dialect.name == "postgresql" else ""
-    order = f"grp{collate}"
-    if len(flat) > 1:
-        order += ", CASE run_id " + " ".join(f"WHEN {r} THEN {k}" for k, r in enumerate(flat))
-        order += " END"
+    order = f"grp{_collate(session.connection().dialect.name)}{_run_priority(flat)}, chunk"
     sql = (
-        f"SELECT grp, run_id, body FROM run_columns WHERE run_id IN ({_ids(flat)}) "
-        f"ORDER BY {order}, chunk"
+        f"SELECT grp, run_id, body FROM run_columns WHERE run_id IN ({_ids(flat)}) ORDER BY {order}"
     )
     part_of = {int(rid): k for k, part in enumerate(parts) for rid in part}
     group: str | None = None
