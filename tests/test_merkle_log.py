@@ -38,6 +38,7 @@ from docketml.ledger.integrity.log import (
     log_size,
     root_at,
 )
+from docketml.ledger.store import merkle_log
 from docketml.ledger.store import protocols as store
 from docketml.ledger.store.db import Ledger, open_ledger
 from docketml.ledger.store.journal import append_entry
@@ -183,6 +184,79 @@ def test_a_rolled_back_record_leaves_no_leaf(ledger: Ledger) -> None:
     with ledger.read_session() as session:
         assert log_size(session) == 2
     assert leaf_findings_clean(ledger)
+
+
+def _per_level(ledger: Ledger) -> dict[int, int]:
+    with ledger.engine.connect() as conn:
+        query = text("SELECT level, count(*) FROM log_nodes GROUP BY level")
+        return {int(level): n for level, n in conn.execute(query)}
+
+
+def _expected_per_level(n: int) -> dict[int, int]:
+    return {level: n >> level for level in range(1, n.bit_length()) if n >> level}
+
+
+def _assert_log_is_the_rfc_tree(ledger: Ledger, n: int) -> None:
+    hashes = _stored_hashes(ledger)
+    assert len(hashes) == n
+    with ledger.read_session() as session:
+        for m in range(1, n + 1):
+            assert root_at(session, m) == _mth(hashes[:m]), m
+    assert _per_level(ledger) == _expected_per_level(n)
+    assert leaf_findings_clean(ledger)
+
+
+def test_cached_and_read_appends_build_the_same_tree(ledger: Ledger) -> None:
+    """Two engines on one ledger take turns: each turn's first append finds its connection's
+    cached edge stale (the other engine appended) and reads it; the rest use the cache. Every
+    root and node is still the RFC tree of the stored leaves."""
+    other = open_ledger(ledger.engine.url.render_as_string(hide_password=False))
+    cached_path = "cached+commit" if ledger.dialect == "postgresql" else "cached"
+    try:
+        before = dict(merkle_log.APPEND_PATHS)
+        turns = [(ledger, 5), (other, 3), (ledger, 1), (other, 7), (ledger, 4)]
+        for i, (writer, n) in enumerate(turns):
+            _journal(writer, n, start=100 * i)
+        delta = {k: merkle_log.APPEND_PATHS[k] - before.get(k, 0) for k in merkle_log.APPEND_PATHS}
+        assert delta.get("read", 0) == len(turns)  # one stale (or cold) edge per turn
+        assert delta.get(cached_path, 0) == sum(n for _, n in turns) - len(turns)
+        _assert_log_is_the_rfc_tree(ledger, 20)
+    finally:
+        other.engine.dispose()
+
+
+def test_a_rolled_back_append_leaves_a_stale_cache_that_is_not_used(ledger: Ledger) -> None:
+    _journal(ledger, 3)
+    with pytest.raises(RuntimeError), ledger.session() as session:
+        # the leaf goes in (and the connection caches size 4), then the transaction rolls back
+        merkle_log.append_leaves(session, [merkle_log._Pending("journal", 999, b'{"x":1}')])
+        raise RuntimeError("abort")
+    before = merkle_log.APPEND_PATHS["read"]
+    _journal(ledger, 2, start=3)
+    assert merkle_log.APPEND_PATHS["read"] == before + 1  # the guard refused the stale edge
+    _assert_log_is_the_rfc_tree(ledger, 5)
+
+
+def test_an_outer_transaction_is_not_committed_by_the_append(ledger: Ledger) -> None:
+    """A session joined to a caller's transaction (``Session(bind=connection)``) appends
+    without committing it: the caller's rollback undoes the record and its leaf."""
+    from sqlalchemy.orm import Session as OrmSession
+
+    _journal(ledger, 2)
+    with ledger.engine.connect() as conn:
+        outer = conn.begin()
+        if conn.dialect.name == "sqlite":
+            conn.exec_driver_sql("SELECT 1")  # BEGIN IMMEDIATE is issued at begin
+        with OrmSession(bind=conn) as session:
+            append_entry(
+                session, JournalEntry(date=date(2026, 12, 3), title="outer", observations=["o"])
+            )
+            session.commit()
+        outer.rollback()
+    with ledger.read_session() as session:
+        assert log_size(session) == 2
+    _journal(ledger, 2, start=2)
+    _assert_log_is_the_rfc_tree(ledger, 4)
 
 
 # ---------------------------------------------------------------------------------- concurrency
